@@ -1,0 +1,72 @@
+"""Commands to the engine service (``tether.cmd.<kind>.<run_id>``) and their wire form."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tether.engine import codec
+from tether.engine.state import CancelRun, Command, ExpireRun, ExpireWait, ResolveWait
+
+CommandKind = Literal["resume", "expire_wait", "expire_run", "cancel"]
+
+
+class CommandMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: CommandKind
+    run_id: str
+    task: str | None = None
+    wait_id: str | None = None
+    # log sequence of the wait_started event: resolving with it as the expected sequence
+    # succeeds in one write when nothing else happened to the run since
+    wait_seq: int | None = None
+    timer_key: str | None = None  # deadline key to remove once handled
+    event_key: str | None = None
+    event_seq: int | None = None
+    event_id: str | None = None
+    payload: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""
+
+    def msg_id(self) -> str:
+        """Deterministic, so a projection that publishes the same command twice is harmless."""
+        if self.kind == "resume":
+            return f"resume:{self.wait_id}"
+        if self.kind == "expire_wait":
+            return f"expire:{self.wait_id}"
+        if self.kind == "expire_run":
+            return f"expire-run:{self.run_id}"
+        return f"cancel:{self.run_id}"
+
+    def to_state_command(self) -> Command:
+        if self.kind == "resume":
+            return ResolveWait(
+                wait_id=str(self.wait_id),
+                event_key=str(self.event_key),
+                event_seq=int(self.event_seq or 0),
+                event_id=self.event_id,
+                payload=dict(self.payload or {}),
+                metadata=dict(self.metadata),
+            )
+        if self.kind == "expire_wait":
+            return ExpireWait(wait_id=str(self.wait_id))
+        if self.kind == "expire_run":
+            return ExpireRun(reason=self.reason or "execution timeout passed")
+        return CancelRun(reason=self.reason or "cancelled")
+
+
+class CommandDecodeError(ValueError):
+    pass
+
+
+def encode(command: CommandMessage) -> bytes:
+    return codec.dumps(command.model_dump(mode="json", exclude_defaults=True))
+
+
+def decode(data: bytes) -> CommandMessage:
+    try:
+        return CommandMessage.model_validate_json(data)
+    except ValidationError as exc:
+        raise CommandDecodeError(f"malformed engine command: {exc}") from exc

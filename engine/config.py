@@ -1,0 +1,48 @@
+"""Settings shared by every Tether process, read from arguments or ``TETHER_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from tether.engine.subjects import Names
+
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=24)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r} is not an integer") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    nats_url: str = DEFAULT_NATS_URL
+    namespace: str = "tether"
+    replicas: int = 1
+    # Largest event payload accepted, in bytes. Bigger pushes are refused by the SDK and by
+    # the server (stream max_msg_size), so an oversized event never reaches the matcher.
+    max_event_bytes: int = 256 * 1024
+    # How long a worker may hold a task message without progress before it is redelivered.
+    task_ack_wait_s: float = 30.0
+    names: Names = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", Names(self.namespace))
+
+    @classmethod
+    def from_env(cls, nats_url: str | None = None, namespace: str | None = None) -> Settings:
+        return cls(
+            nats_url=nats_url or os.environ.get("TETHER_NATS_URL") or DEFAULT_NATS_URL,
+            namespace=namespace or os.environ.get("TETHER_NAMESPACE") or "tether",
+            replicas=_env_int("TETHER_REPLICAS", 1),
+            max_event_bytes=_env_int("TETHER_MAX_EVENT_BYTES", 256 * 1024),
+            task_ack_wait_s=float(_env_int("TETHER_TASK_ACK_WAIT_S", 30)),
+        )

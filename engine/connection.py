@@ -1,0 +1,67 @@
+"""One NATS connection with everything Tether layers on it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from tether.engine.config import Settings
+from tether.engine.jetstream_store import JetStreamEventStore
+from tether.engine.nats_io import DirectReader
+from tether.engine.provision import ensure_streams
+
+log = logging.getLogger("tether.connection")
+
+
+class NatsUnavailableError(ConnectionError):
+    pass
+
+
+@dataclass
+class Connection:
+    settings: Settings
+    nc: NATS
+    js: JetStreamContext
+    reader: DirectReader
+    store: JetStreamEventStore
+    deadlines: KeyValue
+
+    @classmethod
+    async def open(cls, settings: Settings, *, name: str = "tether") -> Connection:
+        try:
+            nc = await nats.connect(
+                settings.nats_url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                allow_reconnect=True,
+            )
+        except Exception as exc:
+            raise NatsUnavailableError(
+                f"cannot connect to NATS at {settings.nats_url} ({exc}); start a server with "
+                "JetStream enabled (`tether dev` runs one) or set TETHER_NATS_URL"
+            ) from exc
+        js = nc.jetstream(timeout=10)
+        await ensure_streams(js, settings)
+        reader = DirectReader(nc)
+        store = JetStreamEventStore(nc, js, settings.names, reader)
+        deadlines = await js.key_value(settings.names.deadlines_bucket)
+        return cls(settings, nc, js, reader, store, deadlines)
+
+    async def events_position(self) -> int:
+        """The last sequence of the events stream: waits match events after it."""
+        info = await self.js.stream_info(self.settings.names.events_stream)
+        return int(info.state.last_seq)
+
+    async def close(self) -> None:
+        try:
+            await self.reader.close()
+            await self.nc.drain()
+        except Exception:
+            log.debug("error while closing the NATS connection", exc_info=True)

@@ -1,0 +1,70 @@
+"""The event store on JetStream: one subject per (run, event type), OCC over the run's wildcard."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from tether.engine import events as ev
+from tether.engine.nats_io import DirectReader
+from tether.engine.store import ConcurrencyConflictError
+from tether.engine.subjects import Names
+
+# 10071: wrong last sequence; 10164: the same check on the subject-filter form.
+_OCC_CODES = (10071, 10164)
+
+
+def is_occ_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, APIError) and exc.err_code in _OCC_CODES
+
+
+class JetStreamEventStore:
+    def __init__(self, nc: NATS, js: JetStreamContext, names: Names, reader: DirectReader) -> None:
+        self._nc = nc
+        self._js = js
+        self._names = names
+        self._reader = reader
+
+    async def append(self, event: ev.RunEvent, *, expected_last_seq: int, msg_id: str) -> int:
+        run_id = event.run_id
+        headers = {
+            "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": self._names.run_filter(run_id),
+            "Nats-Msg-Id": msg_id,
+        }
+        subject = self._names.run_subject(run_id, ev.subject_token(event))
+        try:
+            ack = await self._js.publish(subject, ev.encode(event), headers=headers)
+        except APIError as exc:
+            if not is_occ_conflict(exc):
+                raise
+            # A standalone server checks OCC before dedupe: a retry of a write that already
+            # landed is reported as a conflict. Look for our own message id to tell them apart.
+            landed = await self._find_msg_id(run_id, msg_id, after=expected_last_seq)
+            if landed is not None:
+                return landed
+            raise ConcurrencyConflictError(run_id, expected_last_seq) from exc
+        return int(ack.seq)
+
+    async def _find_msg_id(self, run_id: str, msg_id: str, *, after: int) -> int | None:
+        stored = await self._reader.read_subject(
+            self._names.runs_stream, self._names.run_filter(run_id), start_seq=after + 1
+        )
+        for message in stored:
+            if message.headers.get("Nats-Msg-Id") == msg_id:
+                return message.seq
+        return None
+
+    async def read(self, run_id: str) -> list[tuple[int, ev.RunEvent]]:
+        stored = await self._reader.read_subject(
+            self._names.runs_stream, self._names.run_filter(run_id)
+        )
+        return [(m.seq, ev.decode(m.data)) for m in stored]
+
+    async def read_raw(self, run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
+        """Events with their stored headers (trace context, message ids)."""
+        stored = await self._reader.read_subject(
+            self._names.runs_stream, self._names.run_filter(run_id)
+        )
+        return [(m.seq, ev.decode(m.data), m.headers) for m in stored]

@@ -1,0 +1,63 @@
+"""The event store contract: append with optimistic concurrency, read a run's log.
+
+Two implementations share it: ``InMemoryEventStore`` here (unit tests of the state machine
+and replay) and ``JetStreamEventStore`` (the real one). A conflict is always
+``ConcurrencyConflictError``.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tether.engine.events import RunEvent
+
+
+class ConcurrencyConflictError(Exception):
+    """The run's log moved on since it was read: re-read and decide again."""
+
+    def __init__(self, run_id: str, expected_last_seq: int) -> None:
+        super().__init__(
+            f"run {run_id} changed after sequence {expected_last_seq}; "
+            "reload its events and retry the decision"
+        )
+        self.run_id = run_id
+        self.expected_last_seq = expected_last_seq
+
+
+class EventStore(Protocol):
+    async def append(
+        self, event: RunEvent, *, expected_last_seq: int, msg_id: str
+    ) -> int:
+        """Append ``event`` to its run's log if the log still ends at ``expected_last_seq``.
+
+        Returns the new event's sequence. Re-appending the same ``msg_id`` at the same
+        position is idempotent and returns the original sequence.
+        """
+        ...
+
+    async def read(self, run_id: str) -> list[tuple[int, RunEvent]]:
+        """The run's events, oldest first, with their sequences."""
+        ...
+
+
+class InMemoryEventStore:
+    """A process-local store with the same OCC contract, for unit tests."""
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._logs: dict[str, list[tuple[int, RunEvent, str]]] = {}
+
+    async def append(self, event: RunEvent, *, expected_last_seq: int, msg_id: str) -> int:
+        log = self._logs.setdefault(event.run_id, [])
+        last = log[-1][0] if log else 0
+        if last != expected_last_seq:
+            for seq, _, existing_id in log:
+                if existing_id == msg_id:
+                    return seq
+            raise ConcurrencyConflictError(event.run_id, expected_last_seq)
+        self._seq += 1
+        log.append((self._seq, event, msg_id))
+        return self._seq
+
+    async def read(self, run_id: str) -> list[tuple[int, RunEvent]]:
+        return [(seq, event) for seq, event, _ in self._logs.get(run_id, [])]

@@ -1,0 +1,383 @@
+"""CEL wait conditions: parse, analyse for indexing, and evaluate against event payloads.
+
+A wait may carry a CEL expression over the pushed event payload, visible to CEL as
+``input``. Evaluating CEL for every open wait on every event does not scale, so
+:func:`analyze` reads the lark parse tree that cel-python produces and pulls out the
+top-level ``input.<path> == <literal>`` equalities. The wait index buckets waits on one
+of them, and when the whole expression is just such a conjunction (``fully_indexed``)
+the matcher can decide it with :func:`equalities_hold` and skip CEL entirely.
+
+:func:`equality_key` is the single definition of "CEL-equal" shared by
+:func:`equalities_hold` and the wait index, so the index can never split values that
+cel-python 0.5.0 would call equal. Measured behaviour of cel-python 0.5.0 for ``==``:
+
+* int vs double never compare (``1 == 1.0`` is an error, i.e. never true); doubles
+  compare as IEEE floats (``0.0 == -0.0``; NaN equals nothing).
+* bool vs int is lopsided: ``input.x == 1`` is true for ``x: true`` and
+  ``true == input.x`` is true for ``x: 1``, but ``1 == input.x`` and
+  ``input.x == true`` are errors in those cases. Keys therefore merge bool with int
+  (a superset), and only the orientations where that is exact are ``fully_indexed``.
+* ``null`` equals only null; a string never equals a non-string.
+* A missing field, or selecting a field of a non-map, is an error.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import celpy
+import celpy.celtypes
+import lark
+from celpy.adapter import json_to_cel
+from celpy.celparser import CELParseError
+from celpy.evaluation import CELEvalError, celstr
+
+__all__ = [
+    "CompiledProgram",
+    "Equality",
+    "ExpressionEvaluationError",
+    "ExpressionShape",
+    "InvalidExpressionError",
+    "JsonScalar",
+    "analyze",
+    "compile_program",
+    "equalities_hold",
+    "equality_key",
+    "lookup_path",
+    "validate",
+]
+
+JsonScalar = str | int | float | bool | None
+
+_HINT = (
+    "check the CEL syntax; the payload is available as `input` "
+    "(for example: input.runId == 'abc' && input.approved == true)"
+)
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+# Single-child grammar wrappers the analyser looks straight through.
+_WRAPPERS = frozenset(
+    {"expr", "conditionalor", "conditionaland", "relation", "addition", "multiplication"}
+    | {"unary", "member", "primary"}
+)
+_MISSING = object()
+
+
+class InvalidExpressionError(ValueError):
+    """The expression does not parse or cannot be turned into a CEL program."""
+
+
+class ExpressionEvaluationError(Exception):
+    """CEL raised at run time (missing field, wrong types, ...) or gave a non-bool."""
+
+
+@dataclass(frozen=True, slots=True)
+class Equality:
+    """``input.<path> == <value>`` (either side), found in the top-level conjunction."""
+
+    path: tuple[str, ...]
+    value: JsonScalar
+
+
+@dataclass(frozen=True, slots=True)
+class ExpressionShape:
+    """What the index and matcher need to know about an expression, from its syntax alone."""
+
+    source: str
+    equalities: tuple[Equality, ...]
+    fully_indexed: bool
+
+
+class CompiledProgram:
+    """A cel-python program bound to its source; cached by :func:`compile_program`."""
+
+    __slots__ = ("_runner", "source")
+
+    def __init__(self, source: str, runner: celpy.Runner | None) -> None:
+        self.source = source
+        self._runner = runner  # None: empty expression, always true
+
+    def __repr__(self) -> str:
+        return f"CompiledProgram({self.source!r})"
+
+    def matches(self, payload: Mapping[str, Any]) -> bool:
+        """Evaluate with ``input = payload``; errors and non-bool results raise."""
+        if self._runner is None:
+            return True
+        try:
+            activation = {"input": json_to_cel(dict(payload))}
+        except (TypeError, ValueError) as exc:
+            raise ExpressionEvaluationError(
+                f"payload cannot be given to CEL expression {self.source!r}: {exc} "
+                "(payloads must be JSON; integers must fit in 64 bits)"
+            ) from exc
+        try:
+            result: object = self._runner.evaluate(activation)
+        except Exception as exc:  # cel-python raises CELEvalError and plain errors alike
+            raise _evaluation_error(self.source, exc) from exc
+        if isinstance(result, CELEvalError):
+            raise _evaluation_error(self.source, result)
+        if isinstance(result, bool | celpy.celtypes.BoolType):
+            return bool(result)
+        raise ExpressionEvaluationError(
+            f"CEL expression {self.source!r} must evaluate to a bool, got "
+            f"{_cel_type_name(result)} {_plain(result)}; compare the value, e.g. `input.x == 'v'`"
+        )
+
+
+def _evaluation_error(source: str, exc: BaseException) -> ExpressionEvaluationError:
+    """Turn a cel-python failure into a short message (its own can dump the whole context)."""
+    detail = str(exc.args[0]) if exc.args else type(exc).__name__
+    detail = detail.split(" (in activation", 1)[0].splitlines()[0] if detail else detail
+    if len(detail) > 300:
+        detail = detail[:300] + "..."
+    return ExpressionEvaluationError(f"CEL expression {source!r} failed on this payload: {detail}")
+
+
+def _plain(value: object) -> str:
+    """Show a CEL value as plain Python (``3``, not ``IntType(3)``), truncated."""
+    for base in (bool, int, float, str):
+        if isinstance(value, base):
+            value = base(value)
+            break
+    text = repr(value)
+    return text if len(text) <= 100 else text[:100] + "..."
+
+
+def _cel_type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return name[:-4].lower() if name.endswith("Type") else name
+
+
+@functools.cache
+def _env() -> celpy.Environment:
+    """One shared environment; created lazily because it builds the lark parser."""
+    return celpy.Environment()
+
+
+def _parse(source: str) -> lark.Tree[Any]:
+    try:
+        tree: lark.Tree[Any] = _env().compile(source)
+    except CELParseError as exc:
+        context = str(exc.args[0]).rstrip("\n") if exc.args else ""
+        where = f" at line {exc.line}, column {exc.column}" if exc.line is not None else ""
+        raise InvalidExpressionError(
+            f"invalid CEL expression {source!r}: syntax error{where}:\n{context}\n{_HINT}"
+        ) from exc
+    except RecursionError as exc:
+        raise InvalidExpressionError(
+            f"invalid CEL expression {source!r}: nested too deeply; {_HINT}"
+        ) from exc
+    return tree
+
+
+def _is_empty(source: str | None) -> bool:
+    return source is None or not source.strip()
+
+
+def validate(source: str | None) -> None:
+    """Raise :class:`InvalidExpressionError` unless ``source`` parses and builds a program.
+
+    cel-python resolves names only at evaluation time, so a reference to a variable
+    other than ``input`` cannot be detected here; it fails at match time instead.
+    """
+    if not _is_empty(source):
+        assert source is not None
+        compile_program(source)
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_program(source: str) -> CompiledProgram:
+    """Parse and build a program once per distinct source (matchers reuse expressions)."""
+    if _is_empty(source):
+        return CompiledProgram(source, None)
+    tree = _parse(source)
+    try:
+        runner = _env().program(tree)
+    except Exception as exc:  # any failure here means the expression is unusable
+        raise InvalidExpressionError(
+            f"invalid CEL expression {source!r}: cannot build a program: {exc}; {_HINT}"
+        ) from exc
+    return CompiledProgram(source, runner)
+
+
+# --- analysis -------------------------------------------------------------------------
+
+
+def analyze(source: str | None) -> ExpressionShape:
+    """Extract the top-level equalities; raises :class:`InvalidExpressionError`."""
+    if source is None or _is_empty(source):
+        return ExpressionShape(source or "", (), True)
+    tree = _parse(source)
+    equalities: list[Equality] = []
+    fully_indexed = True
+    for conjunct in _conjuncts(tree):
+        found = _equality(conjunct)
+        if found is None:
+            fully_indexed = False
+            continue
+        equality, exact = found
+        equalities.append(equality)
+        fully_indexed = fully_indexed and exact
+    return ExpressionShape(source, tuple(equalities), fully_indexed)
+
+
+def _unwrap(node: object) -> object:
+    """Skip single-child wrappers and parentheses, which do not change meaning."""
+    while isinstance(node, lark.Tree):
+        if (node.data in _WRAPPERS and len(node.children) == 1) or node.data == "paren_expr":
+            node = node.children[0]
+        else:
+            break
+    return node
+
+
+def _conjuncts(tree: object) -> list[object]:
+    """The operands of the top-level ``&&`` chain, parentheses flattened, left to right."""
+    out: list[object] = []
+    stack = [tree]
+    while stack:
+        node = _unwrap(stack.pop())
+        if isinstance(node, lark.Tree) and node.data == "conditionaland":
+            stack.extend(reversed(node.children))  # two children: left && right
+        else:
+            out.append(node)
+    return out
+
+
+def _equality(node: object) -> tuple[Equality, bool] | None:
+    """Recognise ``input.path == literal`` (either order); also say if it is exact.
+
+    "Exact" means :func:`equality_key` agrees with cel-python for this orientation:
+    bool and int share keys, which cel-python honours only for ``input.x == <int>`` and
+    ``<bool> == input.x``. Unsigned literals keep an int value and are never exact.
+    """
+    if not (isinstance(node, lark.Tree) and node.data == "relation" and len(node.children) == 2):
+        return None
+    op, right = node.children
+    if not (isinstance(op, lark.Tree) and op.data == "relation_eq"):
+        return None
+    left = op.children[0]
+    path, literal, path_left = _path(left), _literal(right), True
+    if path is None or literal is None:
+        path, literal, path_left = _path(right), _literal(left), False
+    if path is None or literal is None:
+        return None
+    kind, value = literal
+    if kind == "UINT_LIT":
+        exact = False
+    elif kind == "BOOL_LIT":
+        exact = not path_left
+    elif kind == "INT_LIT":
+        exact = path_left or value not in (0, 1)
+    else:
+        exact = True
+    return Equality(path, value), exact
+
+
+def _path(node: object) -> tuple[str, ...] | None:
+    """``input.a.b`` / ``input["a"]`` -> ``("a", "b")``; anything else -> None."""
+    segments: list[str] = []
+    node = _unwrap(node)
+    while isinstance(node, lark.Tree):
+        if node.data == "member_dot":
+            segments.append(str(node.children[1]))
+        elif node.data == "member_index":
+            literal = _literal(node.children[1])
+            if literal is None or not isinstance(literal[1], str):
+                return None
+            segments.append(literal[1])
+        elif node.data == "ident":
+            if str(node.children[0]) != "input" or not segments:
+                return None
+            return tuple(reversed(segments))
+        else:
+            return None
+        node = _unwrap(node.children[0])
+    return None
+
+
+def _literal(node: object) -> tuple[str, JsonScalar] | None:
+    """Decode a literal exactly as cel-python does; None for non-literals and bytes."""
+    node = _unwrap(node)
+    if not (isinstance(node, lark.Tree) and node.data == "literal" and node.children):
+        return None
+    token = node.children[0]
+    if not isinstance(token, lark.Token):
+        return None
+    kind, text = token.type, str(token.value)
+    value: JsonScalar
+    try:
+        if kind == "INT_LIT":
+            value = int(celpy.celtypes.IntType(text))
+        elif kind == "UINT_LIT":
+            value = int(celpy.celtypes.UintType(text[:-1]))
+        elif kind == "FLOAT_LIT":
+            value = float(celpy.celtypes.DoubleType(text))
+        elif kind in ("STRING_LIT", "MLSTRING_LIT"):
+            value = str(celstr(token))
+        elif kind == "BOOL_LIT":
+            value = text == "true"
+        elif kind == "NULL_LIT":
+            value = None
+        else:
+            return None
+    except (ValueError, TypeError):  # e.g. int overflow: CEL yields an error value
+        return None
+    return kind, value
+
+
+# --- matching without CEL ---------------------------------------------------------------
+
+
+def equality_key(value: object) -> Hashable | None:
+    """Hashable key that is equal for two JSON values exactly when CEL may call them equal.
+
+    Returns ``(tag, value)`` so Python's ``True == 1 == 1.0`` cannot merge buckets wrongly;
+    bool shares the int tag (see module docs). None means "equals nothing": NaN, ints
+    outside int64 (cel-python rejects them), lists, maps and anything non-JSON.
+    """
+    if value is None:
+        return ("n", None)
+    if isinstance(value, bool):
+        return ("i", int(value))
+    if isinstance(value, float):
+        if value != value:
+            return None
+        return ("d", float(value) + 0.0)  # -0.0 -> 0.0
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            return None
+        return ("i", int(value))
+    if isinstance(value, str):
+        return ("s", str(value))
+    return None
+
+
+def lookup_path(payload: Mapping[str, Any], path: tuple[str, ...]) -> object:
+    """Value at ``path``, or a private sentinel when CEL selection would fail."""
+    current: object = payload
+    for segment in path:
+        if not isinstance(current, Mapping):
+            return _MISSING
+        current = current.get(segment, _MISSING)
+        if current is _MISSING:
+            return _MISSING
+    return current
+
+
+def equalities_hold(shape: ExpressionShape, payload: Mapping[str, Any]) -> bool:
+    """True iff every equality holds; equals the CEL result when ``shape.fully_indexed``.
+
+    For any shape, a true CEL result implies True here, so it is a safe pre-filter.
+    """
+    for equality in shape.equalities:
+        key = equality_key(lookup_path(payload, equality.path))
+        if key is None or key != equality_key(equality.value):
+            return False
+    return True

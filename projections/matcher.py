@@ -1,0 +1,324 @@
+"""The matcher projection: an index of open waits, fed by the run log, matched against pushed
+events, publishing one resume command per matched wait.
+
+No event that matches an open wait is missed, even one pushed while the wait is being
+registered: each wait carries the events-stream position read before it was recorded, and
+when the matcher learns of a wait after it has already passed that position, it re-reads
+the events since then (from a short in-memory window, or from the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from tether.engine.commands import CommandMessage
+from tether.engine.connection import Connection
+from tether.engine.dispatch import send_command
+from tether.engine.events import TERMINAL_TOKENS
+from tether.projections.cel_expressions import (
+    ExpressionEvaluationError,
+    ExpressionShape,
+    InvalidExpressionError,
+    analyze,
+    compile_program,
+    equalities_hold,
+)
+from tether.projections.rejections import record_rejection
+from tether.projections.wait_index import WaitIndex
+
+log = logging.getLogger("tether.matcher")
+
+METADATA_HEADER = "Tether-Metadata"
+
+
+@dataclass(slots=True)
+class OpenWait:
+    wait_id: str
+    run_id: str
+    task: str
+    event_key: str
+    events_position: int
+    started_seq: int
+    timeout_at: float | None
+    shape: ExpressionShape
+
+
+@dataclass(frozen=True, slots=True)
+class PushedEvent:
+    seq: int
+    key: str
+    payload: dict[str, Any]
+    event_id: str | None
+    metadata: dict[str, Any]
+    received: float
+
+
+class Matcher:
+    def __init__(
+        self, conn: Connection, *, window_s: float = 30.0, window_max: int = 100_000
+    ) -> None:
+        self._conn = conn
+        self._names = conn.settings.names
+        self._js: JetStreamContext = conn.js
+        self.waits: dict[str, OpenWait] = {}
+        self._open_by_run: dict[str, str] = {}
+        self._index: WaitIndex[str] = WaitIndex()
+        # events handled so far: everything with seq <= cursor has been matched
+        self.events_cursor: int | None = None
+        # recent events by key, for waits that register "behind" the cursor
+        self._recent: dict[str, deque[PushedEvent]] = {}
+        self._recent_order: deque[PushedEvent] = deque()
+        self._complete_after = 0  # every event with seq > this is in the recent window
+        self._window_s = window_s
+        self._window_max = window_max
+        self._subs: list[Any] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self.matched = 0
+        self.rejected = 0
+        self.evaluation_errors = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        info = await self._js.stream_info(self._names.runs_stream)
+        runs_target = int(info.state.last_seq)
+        caught_up = asyncio.Event()
+        if runs_target == 0:
+            caught_up.set()
+
+        async def on_run(msg: Msg) -> None:
+            self._on_run_msg(msg)
+            if not caught_up.is_set() and msg.metadata.sequence.stream >= runs_target:
+                caught_up.set()
+
+        self._subs.append(
+            await self._js.subscribe(
+                self._names.runs_all, cb=on_run, ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+        )
+        await caught_up.wait()
+        # Start matching events from the oldest position an open wait still needs.
+        info = await self._js.stream_info(self._names.events_stream)
+        start = int(info.state.last_seq) + 1
+        if self.waits:
+            start = min(start, min(w.events_position for w in self.waits.values()) + 1)
+        self.events_cursor = start - 1
+        self._complete_after = start - 1
+        self._subs.append(
+            await self._js.subscribe(
+                self._names.events_all, cb=self._on_event_async, ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
+            )
+        )
+        log.info("matcher started", extra={"open_waits": len(self.waits), "events_from": start})
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5.0)
+
+    # -- the run log: waits opening and closing ------------------------------------------------
+
+    def _on_run_msg(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        if token == "wait_started":
+            self._on_wait_started(msg)
+        elif token in ("wait_satisfied", "wait_timed_out"):
+            with contextlib.suppress(Exception):
+                self._close_wait(str(orjson.loads(msg.data)["wait_id"]))
+        elif token in TERMINAL_TOKENS:
+            run_id = msg.subject.split(".")[-2]
+            wait_id = self._open_by_run.get(run_id)
+            if wait_id is not None:
+                self._close_wait(wait_id)
+
+    def _on_wait_started(self, msg: Msg) -> None:
+        try:
+            body = orjson.loads(msg.data)
+            shape = analyze(body.get("expression"))
+            wait = OpenWait(
+                wait_id=str(body["wait_id"]),
+                run_id=str(body["run_id"]),
+                task=str(body["task"]),
+                event_key=str(body["event_key"]),
+                events_position=int(body["events_position"]),
+                started_seq=msg.metadata.sequence.stream,
+                timeout_at=body.get("timeout_at"),
+                shape=shape,
+            )
+        except InvalidExpressionError as exc:
+            # Workers validate before recording, so this means a foreign writer; skip it.
+            log.error("wait with an invalid expression ignored", extra={"error": str(exc)})
+            return
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.error("malformed wait_started skipped", extra={"error": repr(exc)})
+            return
+        self.waits[wait.wait_id] = wait
+        self._open_by_run[wait.run_id] = wait.wait_id
+        self._index.add(wait.wait_id, wait.event_key, wait.shape)
+        if self.events_cursor is not None and wait.events_position < self.events_cursor:
+            self._catch_up(wait)
+
+    def _close_wait(self, wait_id: str) -> None:
+        wait = self.waits.pop(wait_id, None)
+        if wait is None:
+            return
+        self._index.remove(wait_id)
+        if self._open_by_run.get(wait.run_id) == wait_id:
+            del self._open_by_run[wait.run_id]
+
+    # -- pushed events --------------------------------------------------------------------------
+
+    async def _on_event_async(self, msg: Msg) -> None:
+        self._on_event_msg(msg)
+
+    def _on_event_msg(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        key = msg.subject[len(self._names.events_prefix):]
+        self.events_cursor = seq
+        headers = msg.headers or {}
+        try:
+            payload = orjson.loads(msg.data)
+        except orjson.JSONDecodeError as exc:
+            self._reject(seq, key, f"payload is not valid JSON: {exc}", msg.data)
+            return
+        if not isinstance(payload, dict):
+            self._reject(
+                seq, key, f"payload must be a JSON object, got {type(payload).__name__}", msg.data
+            )
+            return
+        metadata: dict[str, Any] = {}
+        raw_meta = headers.get(METADATA_HEADER)
+        if raw_meta:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                loaded = orjson.loads(raw_meta)
+                if isinstance(loaded, dict):
+                    metadata = loaded
+        event = PushedEvent(seq, key, payload, headers.get("Nats-Msg-Id"), metadata, time.time())
+        self._remember(event)
+        for wait_id in self._index.candidates(key, payload):
+            wait = self.waits.get(wait_id)
+            if wait is not None and self._matches(wait, event):
+                self._resolve(wait, event)
+
+    def _matches(self, wait: OpenWait, event: PushedEvent) -> bool:
+        if event.seq <= wait.events_position:
+            return False  # pushed before the wait began
+        if wait.shape.fully_indexed:
+            return equalities_hold(wait.shape, event.payload)
+        try:
+            return compile_program(wait.shape.source).matches(event.payload)
+        except (ExpressionEvaluationError, InvalidExpressionError) as exc:
+            self.evaluation_errors += 1
+            log.info(
+                "expression error counts as no match",
+                extra={"wait_id": wait.wait_id, "event_seq": event.seq, "error": str(exc)},
+            )
+            return False
+
+    def _resolve(self, wait: OpenWait, event: PushedEvent) -> None:
+        self._close_wait(wait.wait_id)
+        self.matched += 1
+        command = CommandMessage(
+            kind="resume",
+            run_id=wait.run_id,
+            task=wait.task,
+            wait_id=wait.wait_id,
+            wait_seq=wait.started_seq,
+            timer_key=f"{wait.run_id}.w{wait.wait_id.rsplit(':', 1)[-1]}"
+            if wait.timeout_at is not None else None,
+            event_key=event.key,
+            event_seq=event.seq,
+            event_id=event.event_id,
+            payload=event.payload,
+            metadata=event.metadata,
+        )
+        self._spawn(self._publish(command, wait))
+
+    async def _publish(self, command: CommandMessage, wait: OpenWait) -> None:
+        for attempt in range(5):
+            try:
+                await send_command(self._js, self._names, command)
+                return
+            except Exception:
+                log.warning("resume command not published yet", exc_info=True,
+                            extra={"wait_id": wait.wait_id, "attempt": attempt + 1})
+                await asyncio.sleep(0.2 * (attempt + 1))
+        # Give the wait back to the index so a later event (or a restart) can resolve it.
+        log.error("resume command failed; wait reopened", extra={"wait_id": wait.wait_id})
+        self.waits[wait.wait_id] = wait
+        self._open_by_run[wait.run_id] = wait.wait_id
+        self._index.add(wait.wait_id, wait.event_key, wait.shape)
+
+    def _reject(self, seq: int, key: str, reason: str, data: bytes) -> None:
+        self.rejected += 1
+        log.warning("event rejected", extra={"event_seq": seq, "event_key": key, "reason": reason})
+        self._spawn(record_rejection(self._js, self._names, seq, key, reason, data))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- catching up waits that registered behind the cursor ----------------------------------
+
+    def _remember(self, event: PushedEvent) -> None:
+        self._recent.setdefault(event.key, deque()).append(event)
+        self._recent_order.append(event)
+        horizon = event.received - self._window_s
+        while self._recent_order and (
+            self._recent_order[0].received < horizon or len(self._recent_order) > self._window_max
+        ):
+            old = self._recent_order.popleft()
+            per_key = self._recent[old.key]
+            per_key.popleft()
+            if not per_key:
+                del self._recent[old.key]
+            self._complete_after = old.seq
+
+    def _catch_up(self, wait: OpenWait) -> None:
+        if wait.events_position >= self._complete_after:
+            for event in self._recent.get(wait.event_key, ()):
+                if event.seq > wait.events_position and self._matches(wait, event):
+                    self._resolve(wait, event)
+                    return
+            return
+        self._spawn(self._catch_up_from_stream(wait, until=self.events_cursor or 0))
+
+    async def _catch_up_from_stream(self, wait: OpenWait, until: int) -> None:
+        stored = await self._conn.reader.read_subject(
+            self._names.events_stream,
+            self._names.event_subject(wait.event_key),
+            start_seq=wait.events_position + 1,
+        )
+        for message in stored:
+            if message.seq > until or wait.wait_id not in self.waits:
+                return
+            try:
+                payload = orjson.loads(message.data)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(payload, dict):
+                continue
+            event = PushedEvent(message.seq, wait.event_key, payload,
+                                message.headers.get("Nats-Msg-Id"), {}, time.time())
+            if self._matches(wait, event):
+                self._resolve(wait, event)
+                return

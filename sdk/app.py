@@ -1,0 +1,88 @@
+"""The ``Tether`` application object: task registry, clients and the NATS connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+from tether.client import EventsClient, RunsClient
+from tether.engine.config import DEFAULT_EXECUTION_TIMEOUT, Settings
+from tether.engine.connection import Connection
+from tether.task import DurableTask, TaskFunction
+from tether.worker import Worker
+
+
+class Tether:
+    """Entry point. Creating it does no I/O; the connection opens on first use."""
+
+    def __init__(
+        self,
+        nats_url: str | None = None,
+        *,
+        namespace: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env(nats_url=nats_url, namespace=namespace)
+        self.tasks: dict[str, DurableTask[Any, Any]] = {}
+        self.runs = RunsClient(self)
+        self.events = EventsClient(self)
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def connection(self) -> Connection:
+        if self._conn is None:
+            async with self._lock:
+                if self._conn is None:
+                    self._conn = await Connection.open(self.settings, name="tether-sdk")
+        return self._conn
+
+    def durable_task(
+        self,
+        *,
+        name: str | None = None,
+        execution_timeout: timedelta = DEFAULT_EXECUTION_TIMEOUT,
+    ) -> Callable[[TaskFunction[Any, Any]], DurableTask[Any, Any]]:
+        """Declare a durable task. ``execution_timeout`` bounds the whole life of a run,
+        waits included (default 24 hours): past it the run ends ``timed_out``."""
+
+        def register(fn: TaskFunction[Any, Any]) -> DurableTask[Any, Any]:
+            task = DurableTask(
+                self, fn, name=name or fn.__name__, execution_timeout=execution_timeout
+            )
+            if task.name in self.tasks:
+                raise ValueError(f"a task named {task.name!r} is already registered")
+            self.tasks[task.name] = task
+            return task
+
+        return register
+
+    def worker(
+        self,
+        name: str,
+        tasks: Sequence[DurableTask[Any, Any]] | None = None,
+        *,
+        slots: int = 10,
+    ) -> Worker:
+        """A worker that runs ``tasks`` (default: every registered task), ``slots`` at once."""
+        return Worker(self, name, list(tasks) if tasks is not None else list(self.tasks.values()),
+                      slots=slots)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def __aenter__(self) -> Tether:
+        await self.connection()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

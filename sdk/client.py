@@ -1,0 +1,250 @@
+"""Client side: trigger runs, wait for results, read runs, push events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from tether.engine import codec
+from tether.engine import events as ev
+from tether.engine.connection import Connection
+from tether.engine.events import RunRequested
+from tether.engine.state import RunState, evolve
+from tether.engine.subjects import check_event_key, check_run_id
+from tether.errors import (
+    RunCancelledError,
+    RunError,
+    RunFailedError,
+    RunNotFoundError,
+    RunTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from tether.app import Tether
+    from tether.task import DurableTask
+
+METADATA_HEADER = "Tether-Metadata"
+
+
+@dataclass(frozen=True, slots=True)
+class RunEventView:
+    seq: int
+    type: str
+    at: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    run_id: str
+    task: str
+    status: str
+    input: Any
+    output: Any
+    error: dict[str, str] | None
+    attempt: int
+    created_at: float
+    ended_at: float | None
+    events: list[RunEventView] = field(default_factory=list)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("completed", "failed", "timed_out", "cancelled")
+
+
+def _raise_for(info: RunInfo) -> Any:
+    if info.status == "completed":
+        return info.output
+    error_cls: type[RunError] = {
+        "failed": RunFailedError,
+        "timed_out": RunTimeoutError,
+        "cancelled": RunCancelledError,
+    }.get(info.status, RunFailedError)
+    raise error_cls(info.run_id, info.status, info.error)
+
+
+class RunRef:
+    """A handle on a triggered run."""
+
+    def __init__(self, runs: RunsClient, run_id: str) -> None:
+        self._runs = runs
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunRef({self.run_id!r})"
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end; return its output or raise the matching RunError."""
+        return await self._runs.result(self.run_id, timeout=timeout)
+
+
+class _TerminalWatcher:
+    """One set of subscriptions on terminal run subjects, shared by every waiting caller."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._subs: list[Subscription] = []
+
+    async def start(self) -> None:
+        names = self._conn.settings.names
+        for token in ev.TERMINAL_TOKENS:
+            sub = await self._conn.nc.subscribe(names.runs_token_filter(token), cb=self._on_msg)
+            self._subs.append(sub)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        run_id = msg.subject.split(".")[-2]
+        for fut in self._waiters.pop(run_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    def register(self, run_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, []).append(fut)
+        return fut
+
+    def discard(self, run_id: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(run_id)
+        if waiters and fut in waiters:
+            waiters.remove(fut)
+            if not waiters:
+                del self._waiters[run_id]
+
+
+class RunsClient:
+    def __init__(self, app: Tether) -> None:
+        self._app = app
+        self._watcher: _TerminalWatcher | None = None
+        self._watcher_lock = asyncio.Lock()
+
+    async def trigger(
+        self,
+        task: DurableTask[Any, Any],
+        input: Any,
+        *,
+        metadata: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> RunRef:
+        conn = await self._app.connection()
+        run_id = check_run_id(run_id) if run_id else uuid.uuid4().hex
+        event = RunRequested(
+            run_id=run_id,
+            at=time.time(),
+            task=task.name,
+            input=task.encode_input(input),
+            execution_timeout_s=task.execution_timeout.total_seconds(),
+            metadata=codec.to_json_value(metadata or {}),
+        )
+        await conn.store.append(event, expected_last_seq=0, msg_id=f"{run_id}:requested")
+        return RunRef(self, run_id)
+
+    def ref(self, run_id: str) -> RunRef:
+        return RunRef(self, run_id)
+
+    async def state(self, run_id: str) -> tuple[RunState, list[RunEventView]]:
+        conn = await self._app.connection()
+        state = RunState(run_id=run_id)
+        views: list[RunEventView] = []
+        for seq, event in await conn.store.read(run_id):
+            evolve(state, event, seq)
+            views.append(
+                RunEventView(seq, event.type, event.at, event.model_dump(mode="json"))
+            )
+        return state, views
+
+    async def get(self, run_id: str) -> RunInfo:
+        """The run's status, output or error, and its events; RunNotFoundError if unknown."""
+        state, views = await self.state(run_id)
+        if not state.exists:
+            raise RunNotFoundError(run_id)
+        return RunInfo(
+            run_id=run_id,
+            task=state.task,
+            status=state.status,
+            input=state.input,
+            output=state.output,
+            error=state.error,
+            attempt=state.attempt,
+            created_at=state.requested_at,
+            ended_at=state.ended_at,
+            events=views,
+        )
+
+    async def _ensure_watcher(self) -> _TerminalWatcher:
+        async with self._watcher_lock:
+            if self._watcher is None:
+                watcher = _TerminalWatcher(await self._app.connection())
+                await watcher.start()
+                self._watcher = watcher
+            return self._watcher
+
+    async def wait_terminal(self, run_id: str, timeout: float | None = None) -> RunInfo:
+        watcher = await self._ensure_watcher()
+        fut = watcher.register(run_id)  # before reading, so no completion slips between
+        try:
+            info = await self.get(run_id)
+            if info.is_terminal:
+                return info
+            async with asyncio.timeout(timeout):
+                await fut
+            return await self.get(run_id)
+        finally:
+            watcher.discard(run_id, fut)
+
+    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+        return _raise_for(await self.wait_terminal(run_id, timeout=timeout))
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    id: str
+    seq: int
+    duplicate: bool
+
+
+class EventsClient:
+    def __init__(self, app: Tether) -> None:
+        self._app = app
+
+    async def push(
+        self,
+        key: str,
+        payload: dict[str, Any],
+        *,
+        id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> PushResult:
+        """Publish an event to ``tether.events.<key>`` with a JetStream ack.
+
+        Idempotent by ``id``: pushing the same id again (within the stream's duplicate window,
+        2 minutes) stores nothing new and returns ``duplicate=True``.
+        """
+        check_event_key(key)
+        if not isinstance(payload, dict):
+            raise TypeError(
+                f"event payload must be a JSON object (dict), got {type(payload).__name__}; "
+                "wrap the value, e.g. {'value': ...}"
+            )
+        conn = await self._app.connection()
+        data = codec.dumps(payload)
+        limit = conn.settings.max_event_bytes
+        if len(data) > limit:
+            raise ValueError(
+                f"event payload is {len(data)} bytes, over the {limit}-byte limit "
+                "(TETHER_MAX_EVENT_BYTES); store large data elsewhere and push a reference"
+            )
+        event_id = id or uuid.uuid4().hex
+        headers = {"Nats-Msg-Id": event_id}
+        if metadata:
+            headers[METADATA_HEADER] = orjson.dumps(codec.to_json_value(metadata)).decode()
+        ack = await conn.js.publish(
+            conn.settings.names.event_subject(key), data, headers=headers
+        )
+        return PushResult(id=event_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))

@@ -1,0 +1,165 @@
+"""Workers pull task dispatches and run attempts, never more at once than their slots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from nats.aio.msg import Msg
+
+from tether.attempt import run_attempt
+from tether.engine.provision import ensure_pull_consumer
+from tether.engine.pull import SlotBudget, SlotPuller
+
+if TYPE_CHECKING:
+    from tether.app import Tether
+    from tether.task import DurableTask
+
+log = logging.getLogger("tether.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        app: Tether,
+        name: str,
+        tasks: Sequence[DurableTask[Any, Any]],
+        *,
+        slots: int = 10,
+    ) -> None:
+        if not tasks:
+            raise ValueError(f"worker {name!r} has no tasks to run")
+        self.app = app
+        self.name = name
+        self.tasks = {t.name: t for t in tasks}
+        self.slots = slots
+        self.worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._budget = SlotBudget(slots)
+        self._pullers: list[SlotPuller] = []
+        self._stopped = asyncio.Event()
+        self._background: asyncio.Task[None] | None = None
+        self.completed_attempts = 0
+
+    @property
+    def active(self) -> int:
+        """Attempts running now (suspended runs are not counted: they hold no slot)."""
+        return self._budget.active
+
+    async def _open(self) -> None:
+        conn = await self.app.connection()
+        names = conn.settings.names
+        for task in self.tasks.values():
+            consumer = names.task_consumer(task.name)
+            await ensure_pull_consumer(
+                conn.js,
+                names.tasks_stream,
+                consumer,
+                filter_subjects=[names.task_subject(task.name)],
+                ack_wait_s=conn.settings.task_ack_wait_s,
+            )
+            puller = SlotPuller(
+                conn.nc,
+                names.tasks_stream,
+                consumer,
+                self._handler(task),
+                budget=self._budget,
+            )
+            await puller.start()
+            self._pullers.append(puller)
+        log.info("worker started", extra={"worker": self.worker_id, "slots": self.slots,
+                                           "tasks": sorted(self.tasks)})
+
+    def _handler(self, task: DurableTask[Any, Any]):  # type: ignore[no-untyped-def]
+        async def handle(msg: Msg) -> None:
+            await self._handle(task, msg)
+
+        return handle
+
+    async def _handle(self, task: DurableTask[Any, Any], msg: Msg) -> None:
+        try:
+            run_id = str(orjson.loads(msg.data)["run_id"])
+        except Exception:
+            log.error("malformed task message dropped", extra={"data": msg.data[:200]})
+            await msg.term()
+            return
+        conn = await self.app.connection()
+        heartbeat = asyncio.create_task(self._keep_alive(msg, conn.settings.task_ack_wait_s))
+        try:
+            result = await run_attempt(
+                task,
+                conn.store,
+                run_id,
+                worker_id=self.worker_id,
+                events_position=conn.events_position,
+            )
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception:
+            # NATS trouble mid-attempt: hand the message back for another try.
+            log.exception("attempt crashed", extra={"run_id": run_id, "task": task.name})
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+            return
+        finally:
+            heartbeat.cancel()
+        self.completed_attempts += 1
+        log.debug("attempt ended", extra={"run_id": run_id, "outcome": result.outcome})
+        await msg.ack()
+
+    @staticmethod
+    async def _keep_alive(msg: Msg, ack_wait_s: float) -> None:
+        while True:
+            await asyncio.sleep(max(ack_wait_s / 3, 0.5))
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def start(self) -> None:
+        """Run until ``stop()`` is called."""
+        await self._open()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self._close()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        if self._background is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+
+    async def _close(self) -> None:
+        for puller in self._pullers:
+            await puller.stop()
+        self._pullers.clear()
+        log.info("worker stopped", extra={"worker": self.worker_id})
+
+    async def __aenter__(self) -> Worker:
+        await self._open()
+
+        async def wait_then_close() -> None:
+            try:
+                await self._stopped.wait()
+            finally:
+                await self._close()
+
+        self._background = asyncio.create_task(wait_then_close())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
