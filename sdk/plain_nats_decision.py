@@ -1,0 +1,31 @@
+"""Push an approval decision with plain nats-py: no Tether import, as any service would.
+
+Usage: python plain_nats_decision.py NATS_URL RUN_ID approve|reject [REASON]
+"""
+
+import asyncio
+import json
+import sys
+import uuid
+
+import nats
+
+
+async def main(url: str, run_id: str, decision: str, reason: str | None) -> None:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    payload = {"runId": run_id, "decision": decision}
+    if reason:
+        payload["reason"] = reason
+    # A JetStream publish gets an ack; Nats-Msg-Id makes a retry harmless.
+    ack = await js.publish(
+        "tether.events.approval:decision",
+        json.dumps(payload).encode(),
+        headers={"Nats-Msg-Id": f"decision-{run_id}-{uuid.uuid4().hex[:8]}"},
+    )
+    print(f"pushed {decision} for run {run_id} (events stream seq {ack.seq})")
+    await nc.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None))
