@@ -1,14 +1,17 @@
-"""A continuous pull consumer that never holds more messages than it has free slots.
+"""A continuous pull consumer that never runs more messages than it has free slots.
 
 nats-py only offers ``fetch``; concurrent fetches on one subscription steal each other's
 messages. This keeps one inbox per pull request, counts what each request may still deliver,
 and asks for more only when a slot frees, so a worker with 2 slots never holds a third task.
+Pullers sharing slots (one per task of a worker) split them; each idle puller keeps at least
+one request open, and a message that arrives when every slot is taken is handed back at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -68,7 +71,9 @@ class SlotPuller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._sub: Subscription | None = None
+        # One subscription per open request: a JetStream delivery carries the stream subject,
+        # not the inbox, so only the subscription it arrives on says which request it used.
+        self._subs: dict[str, Subscription] = {}
         self._loop_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -79,7 +84,6 @@ class SlotPuller:
         return int(sum(r[0] for r in self._requests.values()))
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_msg)
         self._loop_task = asyncio.create_task(self._run(), name=f"pull:{self._consumer}")
 
     async def _run(self) -> None:
@@ -87,13 +91,25 @@ class SlotPuller:
             now = time.monotonic()
             for inbox, (_, give_up) in list(self._requests.items()):
                 if now > give_up:  # the server's 408 never came (e.g. a reconnect)
-                    self._requests.pop(inbox, None)
-            want = self._budget.free()
+                    await self._forget(inbox)
+            want = self._wanted()
             if want > 0 and self._nc.is_connected:
                 await self._request(want)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    def _wanted(self) -> int:
+        """How many messages to ask for now. Pullers sharing a budget each ask for at most
+        their share of it, and an idle puller always keeps one request open while a slot is
+        free: otherwise one task's standing request could hold every slot of the worker and
+        starve its other tasks. The rare delivery beyond capacity is handed back at once."""
+        budget = self._budget
+        share = -(-budget.capacity // max(1, len(budget.pullers)))
+        want = min(budget.free(), share - self.outstanding)
+        if want <= 0 and self.outstanding == 0 and budget.active < budget.capacity:
+            want = 1
+        return want
 
     async def _request(self, batch: int) -> None:
         self._counter += 1
@@ -101,18 +117,29 @@ class SlotPuller:
         self._requests[inbox] = [batch, time.monotonic() + self._expires_s + 5.0]
         body = orjson.dumps({"batch": batch, "expires": int(self._expires_s * 1e9)})
         try:
+            self._subs[inbox] = await self._nc.subscribe(
+                inbox, cb=functools.partial(self._on_msg, inbox)
+            )
             await self._nc.publish(self._next_subject, body, reply=inbox)
         except Exception:
-            self._requests.pop(inbox, None)
+            await self._forget(inbox)
             log.exception("pull request failed", extra={"consumer": self._consumer})
 
-    async def _on_msg(self, msg: Msg) -> None:
+    async def _forget(self, inbox: str) -> None:
+        """The request is over (filled, expired, refused or given up): stop counting it."""
+        self._requests.pop(inbox, None)
+        sub = self._subs.pop(inbox, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_msg(self, inbox: str, msg: Msg) -> None:
         status = status_of(msg)
-        request = self._requests.get(msg.subject)
+        request = self._requests.get(inbox)
         if status is not None:
             if status == "100":
                 return
-            self._requests.pop(msg.subject, None)
+            await self._forget(inbox)
             if status == "409":
                 desc = (msg.headers or {}).get(DESCRIPTION, "")
                 log.warning(
@@ -121,13 +148,13 @@ class SlotPuller:
                 )
             self._wake.set()
             return
-        if self._stopping:
-            await msg.nak()  # hand it straight back rather than strand it until ack_wait
-            return
         if request is not None:
             request[0] -= 1
             if request[0] <= 0:
-                self._requests.pop(msg.subject, None)
+                await self._forget(inbox)
+        if self._stopping or self._budget.active >= self._budget.capacity:
+            await msg.nak()  # hand it straight back rather than strand it until ack_wait
+            return
         self._budget.active += 1
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
@@ -154,7 +181,5 @@ class SlotPuller:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        for inbox in list(self._subs):
+            await self._forget(inbox)

@@ -24,6 +24,7 @@ cel-python 0.5.0 would call equal. Measured behaviour of cel-python 0.5.0 for ``
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -101,7 +102,7 @@ class CompiledProgram:
         self._runner = runner  # None: empty expression, always true
 
     def __repr__(self) -> str:
-        return f"CompiledProgram({self.source!r})"
+        return f"CompiledProgram({_show(self.source)})"
 
     def matches(self, payload: Mapping[str, Any]) -> bool:
         """Evaluate with ``input = payload``; errors and non-bool results raise."""
@@ -111,7 +112,7 @@ class CompiledProgram:
             activation = {"input": json_to_cel(dict(payload))}
         except (TypeError, ValueError) as exc:
             raise ExpressionEvaluationError(
-                f"payload cannot be given to CEL expression {self.source!r}: {exc} "
+                f"payload cannot be given to CEL expression {_show(self.source)}: {exc} "
                 "(payloads must be JSON; integers must fit in 64 bits)"
             ) from exc
         try:
@@ -123,7 +124,7 @@ class CompiledProgram:
         if isinstance(result, bool | celpy.celtypes.BoolType):
             return bool(result)
         raise ExpressionEvaluationError(
-            f"CEL expression {self.source!r} must evaluate to a bool, got "
+            f"CEL expression {_show(self.source)} must evaluate to a bool, got "
             f"{_cel_type_name(result)} {_plain(result)}; compare the value, e.g. `input.x == 'v'`"
         )
 
@@ -134,7 +135,15 @@ def _evaluation_error(source: str, exc: BaseException) -> ExpressionEvaluationEr
     detail = detail.split(" (in activation", 1)[0].splitlines()[0] if detail else detail
     if len(detail) > 300:
         detail = detail[:300] + "..."
-    return ExpressionEvaluationError(f"CEL expression {source!r} failed on this payload: {detail}")
+    return ExpressionEvaluationError(
+        f"CEL expression {_show(source)} failed on this payload: {detail}"
+    )
+
+
+def _show(source: str) -> str:
+    """Quote an expression for a message, cut short so huge expressions stay readable."""
+    text = repr(source)
+    return text if len(text) <= 200 else text[:200] + "...(truncated)"
 
 
 def _plain(value: object) -> str:
@@ -167,11 +176,11 @@ def _parse(source: str) -> lark.Tree[Any]:
         context = str(exc.args[0]).rstrip("\n") if exc.args else ""
         where = f" at line {exc.line}, column {exc.column}" if exc.line is not None else ""
         raise InvalidExpressionError(
-            f"invalid CEL expression {source!r}: syntax error{where}:\n{context}\n{_HINT}"
+            f"invalid CEL expression {_show(source)}: syntax error{where}:\n{context}\n{_HINT}"
         ) from exc
     except RecursionError as exc:
         raise InvalidExpressionError(
-            f"invalid CEL expression {source!r}: nested too deeply; {_HINT}"
+            f"invalid CEL expression {_show(source)}: nested too deeply; {_HINT}"
         ) from exc
     return tree
 
@@ -186,8 +195,7 @@ def validate(source: str | None) -> None:
     cel-python resolves names only at evaluation time, so a reference to a variable
     other than ``input`` cannot be detected here; it fails at match time instead.
     """
-    if not _is_empty(source):
-        assert source is not None
+    if source is not None and source.strip():
         compile_program(source)
 
 
@@ -201,7 +209,7 @@ def compile_program(source: str) -> CompiledProgram:
         runner = _env().program(tree)
     except Exception as exc:  # any failure here means the expression is unusable
         raise InvalidExpressionError(
-            f"invalid CEL expression {source!r}: cannot build a program: {exc}; {_HINT}"
+            f"invalid CEL expression {_show(source)}: cannot build a program: {exc}; {_HINT}"
         ) from exc
     return CompiledProgram(source, runner)
 
@@ -286,12 +294,12 @@ def _path(node: object) -> tuple[str, ...] | None:
     node = _unwrap(node)
     while isinstance(node, lark.Tree):
         if node.data == "member_dot":
-            segments.append(str(node.children[1]))
+            segments.append(sys.intern(str(node.children[1])))  # shared across waits
         elif node.data == "member_index":
             literal = _literal(node.children[1])
             if literal is None or not isinstance(literal[1], str):
                 return None
-            segments.append(literal[1])
+            segments.append(sys.intern(literal[1]))
         elif node.data == "ident":
             if str(node.children[0]) != "input" or not segments:
                 return None

@@ -234,17 +234,28 @@ class EventsClient:
             )
         conn = await self._app.connection()
         data = codec.dumps(payload)
-        limit = conn.settings.max_event_bytes
-        if len(data) > limit:
-            raise ValueError(
-                f"event payload is {len(data)} bytes, over the {limit}-byte limit "
-                "(TETHER_MAX_EVENT_BYTES); store large data elsewhere and push a reference"
-            )
         event_id = id or uuid.uuid4().hex
         headers = {"Nats-Msg-Id": event_id}
         if metadata:
             headers[METADATA_HEADER] = orjson.dumps(codec.to_json_value(metadata)).decode()
+        limit = conn.settings.max_event_bytes
+        # The server's limit (the events stream's max_msg_size) counts headers too.
+        header_bytes = _header_block_size(headers)
+        if len(data) + header_bytes > limit:
+            raise ValueError(
+                f"event payload is {len(data)} bytes (plus {header_bytes} bytes of id and "
+                f"metadata headers), over the {limit}-byte limit (TETHER_MAX_EVENT_BYTES); "
+                "store large data elsewhere and push a reference"
+            )
         ack = await conn.js.publish(
             conn.settings.names.event_subject(key), data, headers=headers
         )
         return PushResult(id=event_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))
+
+
+def _header_block_size(headers: dict[str, str]) -> int:
+    """Bytes of the NATS header block nats-py sends for ``headers``."""
+    size = len(b"NATS/1.0\r\n\r\n")
+    for key, value in headers.items():
+        size += len(key.encode()) + len(b": ") + len(value.encode()) + len(b"\r\n")
+    return size

@@ -14,8 +14,9 @@ log = logging.getLogger("tether.serve")
 
 
 class TetherServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, matcher_window_s: float = 30.0) -> None:
         self.settings = settings
+        self._matcher_window_s = matcher_window_s
         self.conn: Connection | None = None
         self.engine: EngineService | None = None
         self.matcher: Matcher | None = None
@@ -24,7 +25,7 @@ class TetherServer:
     async def start(self) -> None:
         self.conn = await Connection.open(self.settings, name="tether-serve")
         self.engine = EngineService(self.conn)
-        self.matcher = Matcher(self.conn)
+        self.matcher = Matcher(self.conn, window_s=self._matcher_window_s)
         self.timer = TimerProjection(self.conn)
         await self.engine.start()
         await self.matcher.start()

@@ -1,0 +1,115 @@
+"""Tasks and a worker process for the resilience tests.
+
+Run as a script, it starts a worker in its own interpreter, so a test can SIGKILL it:
+
+    python tests/integration/procs.py worker --nats-url URL --namespace NS [--ack-wait S]
+
+Once the worker is pulling it prints ``READY <worker id>`` on stdout; it runs until SIGTERM.
+The tests import ``define_tasks`` from here, so in-process workers run the very same code.
+
+Tasks:
+- ``approval``: step ``propose``, then ``wait_for_event("approval:decision",
+  "input.runId == '<run id>'")``; returns the decision and the proposed action.
+- ``blocking``: step ``before``, then step ``block``, which waits until the file
+  ``<dir>/release`` exists (the tests create it only after killing the first worker).
+Each step appends a line to ``<dir>/<step>.count`` whenever its function really runs, so a
+test can count executions across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tether import DurableContext, DurableTask, Tether
+from tether.engine.config import Settings
+from tether.logs import configure
+
+APPROVAL_KEY = "approval:decision"
+
+
+def _count(directory: str, step: str) -> None:
+    with open(Path(directory) / f"{step}.count", "a") as out:
+        out.write("ran\n")
+
+
+def executions(directory: Path, step: str) -> int:
+    """How many times the function of ``step`` ran, in any process."""
+    path = directory / f"{step}.count"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def define_tasks(app: Tether) -> dict[str, DurableTask[Any, Any]]:
+    def propose(amount: int, directory: str) -> dict[str, int]:
+        _count(directory, "propose")
+        return {"pay": amount}
+
+    @app.durable_task(name="approval", execution_timeout=timedelta(minutes=10))
+    async def approval(input: dict[str, Any], ctx: DurableContext) -> dict[str, Any]:
+        action = await ctx.step("propose", propose, input["amount"], input["dir"])
+        decision = await ctx.wait_for_event(
+            APPROVAL_KEY, expression=f"input.runId == '{ctx.run_id}'",
+            timeout=timedelta(minutes=10),
+        )
+        return {"decision": decision["decision"], "action": action}
+
+    def before(directory: str) -> str:
+        _count(directory, "before")
+        return "prepared"
+
+    async def block(directory: str) -> str:
+        _count(directory, "block")
+        release = Path(directory) / "release"
+        while not release.exists():
+            await asyncio.sleep(0.05)
+        return "released"
+
+    @app.durable_task(name="blocking", execution_timeout=timedelta(minutes=10))
+    async def blocking(input: dict[str, Any], ctx: DurableContext) -> dict[str, Any]:
+        first = await ctx.step("before", before, input["dir"])
+        second = await ctx.step("block", block, input["dir"])
+        return {"before": first, "block": second, "attempt": ctx.attempt}
+
+    return {"approval": approval, "blocking": blocking}
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    settings = Settings(
+        nats_url=args.nats_url, namespace=args.namespace, task_ack_wait_s=args.ack_wait
+    )
+    app = Tether(settings=settings)
+    define_tasks(app)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with app.worker(args.name, slots=args.slots) as worker:
+            print(f"READY {worker.worker_id}", flush=True)
+            await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await app.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="run a worker for the test tasks until SIGTERM")
+    worker.add_argument("--nats-url", required=True)
+    worker.add_argument("--namespace", required=True)
+    worker.add_argument("--name", default="proc-worker")
+    worker.add_argument("--slots", type=int, default=4)
+    worker.add_argument("--ack-wait", type=float, default=30.0, help="task ack wait, seconds")
+    args = parser.parse_args()
+    configure("WARNING")  # JSON lines on stderr, which the tests capture
+    asyncio.run(_worker(args))
+
+
+if __name__ == "__main__":
+    main()

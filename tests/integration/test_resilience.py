@@ -1,0 +1,347 @@
+"""Invariant 1 with real processes: nothing is lost when a worker, ``tether serve`` or NATS
+itself dies (SIGKILL) and comes back.
+
+Workers and ``tether serve`` run in their own interpreters (``tests/integration/procs.py``
+and ``python -m tether.cli serve``); the last test restarts a dedicated nats-server on the
+same port and store. Every child is killed in a fixture finaliser, and its stderr is part of
+any failure message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tether import RunRef, Tether
+from tether.engine.config import Settings
+from tether.engine.nats_server import NatsServer
+from tether.server import TetherServer
+from tests.helpers import wait_until
+from tests.integration.procs import APPROVAL_KEY, define_tasks, executions
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[2]
+PROCS = Path(__file__).with_name("procs.py")
+SHORT_ACK_WAIT_S = 2.0
+
+
+class Child:
+    """A child process whose stdout lines and stderr are collected as they come."""
+
+    def __init__(self, label: str, proc: asyncio.subprocess.Process) -> None:
+        self.label = label
+        self.proc = proc
+        self.lines: list[str] = []
+        self.stderr = bytearray()
+        assert proc.stdout is not None and proc.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._read_lines(proc.stdout)),
+            asyncio.create_task(self._read_err(proc.stderr)),
+        ]
+
+    async def _read_lines(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    async def _read_err(self, stream: asyncio.StreamReader) -> None:
+        while chunk := await stream.read(65536):
+            self.stderr.extend(chunk)
+
+    def describe(self) -> str:
+        err = self.stderr.decode(errors="replace")[-3000:]
+        return (f"--- {self.label} (pid {self.proc.pid}, exit {self.proc.returncode}) stdout:\n"
+                + "\n".join(self.lines[-20:]) + f"\n--- {self.label} stderr:\n{err}")
+
+    async def line_starting(self, prefix: str, timeout: float = 20.0) -> str:
+        async def check() -> str | None:
+            for line in self.lines:
+                if line.startswith(prefix):
+                    return line
+            if self.proc.returncode is not None:
+                raise AssertionError(f"{self.label} exited before printing {prefix!r}\n"
+                                     + self.describe())
+            return None
+
+        return await wait_until(check, timeout=timeout, message=f"{self.label}: {prefix!r}")
+
+    async def kill(self) -> None:
+        """SIGKILL: no cleanup, no acks, no goodbyes."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+        await asyncio.wait(self._readers, timeout=5)
+
+    async def terminate(self, timeout: float = 10.0) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                await self.kill()
+        await asyncio.wait(self._readers, timeout=5)
+
+
+class Children:
+    """Starts child processes for a test and reports on all of them when something fails."""
+
+    def __init__(self) -> None:
+        self.all: list[Child] = []
+
+    async def spawn(self, label: str, *args: str) -> Child:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, *args, cwd=str(REPO), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        child = Child(label, proc)
+        self.all.append(child)
+        return child
+
+    async def worker(
+        self, label: str, nats_url: str, namespace: str, *, ack_wait: float = 30.0
+    ) -> tuple[Child, str]:
+        """A worker process for the tasks of ``procs.py``; returns it with its worker id."""
+        child = await self.spawn(
+            label, str(PROCS), "worker", "--nats-url", nats_url, "--namespace", namespace,
+            "--name", label, "--ack-wait", str(ack_wait),
+        )
+        ready = await child.line_starting("READY ")
+        return child, ready.split(" ", 1)[1]
+
+    async def serve(self, label: str, nats_url: str, namespace: str) -> Child:
+        child = await self.spawn(
+            label, "-m", "tether.cli", "serve", "--nats-url", nats_url, "--namespace", namespace,
+        )
+        await child.line_starting("tether serve:")
+        return child
+
+    def report(self) -> str:
+        return "\n".join(child.describe() for child in self.all)
+
+    async def until(
+        self, check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, message: str
+    ) -> T:
+        try:
+            return await wait_until(check, timeout=timeout, message=message)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.report()}") from None
+
+    async def kill_all(self) -> None:
+        for child in self.all:
+            await child.kill()
+
+
+@pytest.fixture
+async def children() -> AsyncIterator[Children]:
+    kids = Children()
+    try:
+        yield kids
+    finally:
+        await kids.kill_all()
+
+
+async def statuses(app: Tether, run_ids: list[str]) -> list[str]:
+    infos = await asyncio.gather(*(app.runs.get(run_id) for run_id in run_ids))
+    return [info.status for info in infos]
+
+
+async def all_in_status(
+    kids: Children, app: Tether, run_ids: list[str], status: str, timeout: float = 20.0
+) -> None:
+    seen: list[str] = []
+
+    async def check() -> bool:
+        seen[:] = await statuses(app, run_ids)
+        return all(s == status for s in seen)
+
+    try:
+        await kids.until(check, timeout=timeout, message=f"{len(run_ids)} runs to be {status}")
+    except AssertionError as exc:
+        counts = {s: seen.count(s) for s in sorted(set(seen))}
+        raise AssertionError(f"statuses {counts}\n{exc}") from None
+
+
+async def results(kids: Children, refs: list[RunRef], timeout: float) -> list[Any]:
+    try:
+        return await asyncio.gather(*(ref.result(timeout=timeout) for ref in refs))
+    except TimeoutError:
+        raise AssertionError(f"runs did not finish within {timeout}s\n{kids.report()}") from None
+
+
+def approve(run_id: str) -> dict[str, str]:
+    return {"runId": run_id, "decision": "approve"}
+
+
+# -- 1. a worker dies while its run waits ----------------------------------------------------
+
+
+async def test_worker_killed_while_run_waits(
+    app: Tether, server: TetherServer, children: Children, nats_url: str, namespace: str,
+    tmp_path: Path,
+) -> None:
+    tasks = define_tasks(app)
+    first, first_id = await children.worker("first", nats_url, namespace)
+    ref = await tasks["approval"].run_no_wait({"amount": 120, "dir": str(tmp_path)})
+    await all_in_status(children, app, [ref.run_id], "waiting")
+
+    await first.kill()
+    second, second_id = await children.worker("second", nats_url, namespace)
+    await app.events.push(APPROVAL_KEY, approve(ref.run_id))
+    result = await results(children, [ref], timeout=15)
+
+    assert result == [{"decision": "approve", "action": {"pay": 120}}], children.report()
+    info = await app.runs.get(ref.run_id)
+    assert info.status == "completed"
+    started = [e.data for e in info.events if e.type == "run.started.v1"]
+    assert [(s["attempt"], s["worker"]) for s in started] == [(1, first_id), (2, second_id)]
+    assert first_id != second_id
+    assert executions(tmp_path, "propose") == 1  # the recorded step was replayed, not re-run
+    await second.terminate()
+    assert second.proc.returncode == 0, second.describe()
+
+
+# -- 2. a worker dies in the middle of a step --------------------------------------------------
+
+
+async def test_worker_killed_while_run_is_running(
+    app: Tether, server: TetherServer, children: Children, nats_url: str, namespace: str,
+    tmp_path: Path,
+) -> None:
+    tasks = define_tasks(app)
+    first, first_id = await children.worker(
+        "first", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S
+    )
+    ref = await tasks["blocking"].run_no_wait({"dir": str(tmp_path)})
+
+    async def inside_block() -> bool:
+        return executions(tmp_path, "block") == 1
+
+    await children.until(inside_block, message="the first worker to enter the blocking step")
+    info = await app.runs.get(ref.run_id)
+    assert info.status == "running"
+    assert [e.data["name"] for e in info.events if e.type == "run.step.v1"] == ["before"]
+
+    await first.kill()
+    (tmp_path / "release").touch()
+    _, second_id = await children.worker(
+        "second", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S
+    )
+    # Redelivery comes once the dead worker's ack wait runs out.
+    result = await results(children, [ref], timeout=SHORT_ACK_WAIT_S + 15)
+
+    assert result == [{"before": "prepared", "block": "released", "attempt": 2}]
+    info = await app.runs.get(ref.run_id)
+    started = [e.data for e in info.events if e.type == "run.started.v1"]
+    assert [(s["attempt"], s["worker"]) for s in started] == [(1, first_id), (2, second_id)]
+    assert [e.data["name"] for e in info.events if e.type == "run.step.v1"] == [
+        "before", "block"
+    ]
+    assert executions(tmp_path, "before") == 1  # recorded before the kill: never again
+    assert executions(tmp_path, "block") == 2  # cut short by the kill, so it ran again
+    assert [e.type for e in info.events].count("run.completed.v1") == 1
+
+
+# -- 3. tether serve dies with runs waiting and approvals arriving ---------------------------
+
+
+async def test_serve_killed_and_restarted_mid_flow(
+    app: Tether, children: Children, nats_url: str, namespace: str, tmp_path: Path
+) -> None:
+    runs = 20
+    tasks = define_tasks(app)
+    serve = await children.serve("serve-1", nats_url, namespace)
+    async with app.worker("w", tasks=[tasks["approval"]], slots=4):
+        refs = [
+            await tasks["approval"].run_no_wait({"amount": i, "dir": str(tmp_path)})
+            for i in range(runs)
+        ]
+        ids = [ref.run_id for ref in refs]
+        await all_in_status(children, app, ids, "waiting")
+
+        await serve.kill()
+        for run_id in ids:
+            await app.events.push(APPROVAL_KEY, approve(run_id))
+        late = await tasks["approval"].run_no_wait({"amount": 999, "dir": str(tmp_path)})
+        # Nothing moves without the engine and the matcher.
+        assert await statuses(app, ids) == ["waiting"] * runs
+        assert (await app.runs.get(late.run_id)).status == "queued"
+
+        await children.serve("serve-2", nats_url, namespace)
+        outputs = await results(children, refs, timeout=30)
+        assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)]
+
+        # The run requested while serve was down was dispatched from the durable consumer.
+        await all_in_status(children, app, [late.run_id], "waiting")
+        await app.events.push(APPROVAL_KEY, approve(late.run_id))
+        assert await results(children, [late], timeout=15) == [
+            {"decision": "approve", "action": {"pay": 999}}
+        ]
+    assert executions(tmp_path, "propose") == runs + 1
+    for ref in [*refs, late]:
+        types = [e.type for e in (await app.runs.get(ref.run_id)).events]
+        assert types.count("run.wait_satisfied.v1") == 1
+        assert types.count("run.completed.v1") == 1
+
+
+# -- 4. NATS itself restarts under everything ---------------------------------------------------
+
+
+async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) -> None:
+    runs = 10
+    nats = NatsServer(store_dir=tmp_path / "nats", sync_always=True).start()
+    settings = Settings(nats_url=nats.url, namespace=namespace)
+    app = Tether(settings=settings)
+    srv = TetherServer(settings)
+    tasks = define_tasks(app)
+    try:
+        await srv.start()
+        async with app.worker("w", tasks=[tasks["approval"]], slots=4):
+            refs = [
+                await tasks["approval"].run_no_wait({"amount": i, "dir": str(tmp_path)})
+                for i in range(runs)
+            ]
+            ids = [ref.run_id for ref in refs]
+            kids = Children()
+            await all_in_status(kids, app, ids, "waiting")
+
+            nats.kill()
+            nats.start()  # same port, same store
+
+            async def pushed_all() -> bool:
+                # Retries are safe: the id makes each push idempotent.
+                try:
+                    for run_id in ids:
+                        await app.events.push(APPROVAL_KEY, approve(run_id), id=f"ok-{run_id}")
+                except Exception:
+                    return False
+                return True
+
+            await wait_until(pushed_all, timeout=20, interval=0.2,
+                             message="NATS to accept pushes again")
+            outputs = await asyncio.gather(*(ref.result(timeout=30) for ref in refs))
+            assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)]
+
+            # New work flows too: requested, dispatched, waited, resumed after the restart.
+            fresh = await tasks["approval"].run_no_wait({"amount": 77, "dir": str(tmp_path)})
+            await all_in_status(kids, app, [fresh.run_id], "waiting")
+            await app.events.push(APPROVAL_KEY, approve(fresh.run_id))
+            assert await fresh.result(timeout=15) == {
+                "decision": "approve", "action": {"pay": 77}
+            }
+        assert executions(tmp_path, "propose") == runs + 1
+    finally:
+        await srv.stop()
+        await app.close()
+        nats.cleanup()
