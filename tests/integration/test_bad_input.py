@@ -16,11 +16,11 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
-
 from tether import DurableContext, DurableTask, RunFailedError, RunNotFoundError, RunRef, Tether
 from tether.engine.commands import CommandMessage
 from tether.engine.config import Settings
 from tether.server import TetherServer
+
 from tests.helpers import wait_for_status, wait_until
 
 KEY = "approval:decision"
@@ -134,8 +134,13 @@ async def test_malformed_json_is_rejected_and_recorded(
     [(b"[1,2]", [1, 2], "list"), (b'"yes"', "yes", "str"), (b"42", 42, "int")],
 )
 async def test_non_object_payload_is_rejected(
-    app: Tether, server: TetherServer, settings: Settings, plain_nc: NATS,
-    raw: bytes, value: Any, type_name: str,
+    app: Tether,
+    server: TetherServer,
+    settings: Settings,
+    plain_nc: NATS,
+    raw: bytes,
+    value: Any,
+    type_name: str,
 ) -> None:
     task = define(app)
     async with app.worker("w", slots=2):
@@ -196,8 +201,9 @@ async def test_cel_runtime_error_is_no_match(
         good = {"amount": 150, "runId": ref.run_id}
         pushed = await app.events.push(KEY, good)
         assert await ref.result(timeout=15) == {"decision": good}
-        satisfied = [e for e in (await app.runs.get(ref.run_id)).events
-                     if e.type == "run.wait_satisfied.v1"]
+        satisfied = [
+            e for e in (await app.runs.get(ref.run_id)).events if e.type == "run.wait_satisfied.v1"
+        ]
         assert [e.data["event_seq"] for e in satisfied] == [pushed.seq]
         await assert_resumes(app, healthy)
 
@@ -218,12 +224,16 @@ async def test_events_for_unknown_and_finished_runs_change_nothing(
         await matcher_passed(server, max(late.seq, stray.seq))
 
         # commands that reach the engine anyway (a replayed or foreign command) do nothing
-        wait_id = next(e.data["wait_id"] for e in before.events
-                       if e.type == "run.wait_started.v1")
+        wait_id = next(e.data["wait_id"] for e in before.events if e.type == "run.wait_started.v1")
         for run_id, wid in ((finished.run_id, wait_id), ("no-such-run", "no-such-run:0")):
             command = CommandMessage(
-                kind="resume", run_id=run_id, task="approval", wait_id=wid,
-                event_key=KEY, event_seq=late.seq, payload={"runId": run_id},
+                kind="resume",
+                run_id=run_id,
+                task="approval",
+                wait_id=wid,
+                event_key=KEY,
+                event_seq=late.seq,
+                payload={"runId": run_id},
             )
             assert await server.engine.apply(command) is None
             expire = CommandMessage(kind="expire_wait", run_id=run_id, wait_id=wid)
