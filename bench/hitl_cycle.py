@@ -38,7 +38,6 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel
-
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
@@ -91,7 +90,9 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def spawn_ready(cmd: list[str], marker: str, what: str, timeout: float = 30.0) -> subprocess.Popen[str]:
+def spawn_ready(
+    cmd: list[str], marker: str, what: str, timeout: float = 30.0
+) -> subprocess.Popen[str]:
     """Start ``cmd`` and wait until it prints a line containing ``marker``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
@@ -167,16 +168,16 @@ class RunWatch:
 
 
 async def until(
-    check: Callable[[], bool], *, timeout: float, what: str, progress: Callable[[], str],
+    check: Callable[[], bool], *, limit_s: float, what: str, progress: Callable[[], str],
     every: float = 2.0,
 ) -> None:
-    """Poll ``check`` (cheap, in-memory) until true; print progress; fail after ``timeout``."""
+    """Poll ``check`` (cheap, in-memory) until true; print progress; fail after ``limit_s``."""
     start = time.monotonic()
     last = start
     while not check():
         now = time.monotonic()
-        if now - start > timeout:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}: {progress()}")
+        if now - start > limit_s:
+            raise RuntimeError(f"timed out after {limit_s:.0f}s waiting for {what}: {progress()}")
         if now - last >= every:
             print(f"    ... {progress()} ({now - start:.1f}s)", flush=True)
             last = now
@@ -253,7 +254,7 @@ async def throughput(
     )
     t_triggered = time.perf_counter()
     ids = [ref.run_id for ref in refs]
-    await until(lambda: all(r in watch.waiting for r in ids), timeout=max(120, n / 5),
+    await until(lambda: all(r in watch.waiting for r in ids), limit_s=max(120, n / 5),
                 what="all runs waiting",
                 progress=lambda: f"waiting {sum(r in watch.waiting for r in ids)}/{n}")
     t_waiting = time.perf_counter()
@@ -268,7 +269,7 @@ async def throughput(
         lambda r: app.events.push(EVENT_KEY, {"runId": r, "decision": "approve"}), "approved",
     )
     t_pushed = time.perf_counter()
-    await until(lambda: all(r in watch.terminal for r in ids), timeout=max(120, n / 5),
+    await until(lambda: all(r in watch.terminal for r in ids), limit_s=max(120, n / 5),
                 what="all runs completed",
                 progress=lambda: f"completed {sum(r in watch.terminal for r in ids)}/{n}")
     t_done = time.perf_counter()
@@ -342,12 +343,14 @@ async def latency(app: Tether, task: Any, watch: RunWatch, samples: int) -> dict
 # -- main ----------------------------------------------------------------------------------
 
 
-async def client_main(args: argparse.Namespace, nats_url: str, pids: dict[str, int]) -> dict[str, Any]:
+async def client_main(
+    args: argparse.Namespace, nats_url: str, pids: dict[str, int]
+) -> dict[str, Any]:
     namespace = args.namespace
     nc = await nats.connect(nats_url)
     results: dict[str, Any] = {}
     try:
-        print(f"\n[1] JetStream publish ceiling (300-byte messages, scratch stream)", flush=True)
+        print("\n[1] JetStream publish ceiling (300-byte messages, scratch stream)", flush=True)
         results["publish_ceiling"] = await publish_ceiling(nc, args.ceiling_seq, args.ceiling_pipe)
         c = results["publish_ceiling"]
         print(f"    sequential await js.publish: {c['sequential_per_s']:,.0f}/s; "
@@ -362,7 +365,7 @@ async def client_main(args: argparse.Namespace, nats_url: str, pids: dict[str, i
         async with app:
             # warm-up: a few full cycles so every process has its caches and consumers ready
             warm = [await task.run_no_wait(Proposal(amount=1)) for _ in range(20)]
-            await until(lambda: all(r.run_id in watch.waiting for r in warm), timeout=60,
+            await until(lambda: all(r.run_id in watch.waiting for r in warm), limit_s=60,
                         what="warm-up runs waiting", progress=lambda: "warm-up")
             await asyncio.gather(*(app.events.push(EVENT_KEY, {"runId": r.run_id,
                                                                "decision": "approve"})

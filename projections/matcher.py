@@ -41,6 +41,11 @@ log = logging.getLogger("tether.matcher")
 
 METADATA_HEADER = "Tether-Metadata"
 
+# The matcher reads both streams through ordered consumers, which live in server memory. After
+# a NATS restart the client recreates one only once it misses two idle heartbeats, so the
+# heartbeat bounds how long matching pauses (nats-py's default of 5 s meant up to 20 s).
+IDLE_HEARTBEAT_S = 1.0
+
 
 @dataclass(slots=True)
 class OpenWait:
@@ -105,7 +110,7 @@ class Matcher:
         self._subs.append(
             await self._js.subscribe(
                 self._names.runs_all, cb=on_run, ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL,
+                deliver_policy=DeliverPolicy.ALL, idle_heartbeat=IDLE_HEARTBEAT_S,
             )
         )
         await caught_up.wait()
@@ -119,6 +124,7 @@ class Matcher:
         self._subs.append(
             await self._js.subscribe(
                 self._names.events_all, cb=self._on_event_async, ordered_consumer=True,
+                idle_heartbeat=IDLE_HEARTBEAT_S,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
                 ),
