@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -27,7 +28,7 @@ _CONSUMER_EXISTS = 10148
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
     names = settings.names
-    common = {"storage": StorageType.FILE, "num_replicas": settings.replicas}
+    common: dict[str, Any] = {"storage": StorageType.FILE, "num_replicas": settings.replicas}
     return [
         # The run log: no limits (limits silently delete events), no deletes, no purges.
         StreamConfig(

@@ -17,7 +17,14 @@ from tether.engine.connection import Connection
 from tether.engine.dispatch import dispatch_task
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
-from tether.engine.state import ExpireWait, ResolveWait, decide, fold, wait_resolution
+from tether.engine.state import (
+    ExpireWait,
+    ResolveWait,
+    WaitRecord,
+    decide,
+    fold,
+    wait_resolution,
+)
 from tether.engine.store import ConcurrencyConflictError
 
 log = logging.getLogger("tether.engine")
@@ -124,6 +131,14 @@ class EngineService:
 
     # -- bookkeeping from the run log ------------------------------------------------------
 
+    async def _delete_open_wait_deadlines(self, run_id: str) -> None:
+        """A run ended while waiting: its wait deadlines will never be needed."""
+        state = fold(run_id, await self._conn.store.read(run_id))
+        for record in state.records:
+            if isinstance(record, WaitRecord) and record.timeout_at is not None:
+                with contextlib.suppress(Exception):
+                    await self._conn.deadlines.delete(wait_deadline_key(run_id, record.position))
+
     async def _on_run_event(self, msg: Msg) -> None:
         names = self._conn.settings.names
         seq = msg.metadata.sequence.stream
@@ -153,4 +168,6 @@ class EngineService:
                             "run.cancelled.v1"):
             with contextlib.suppress(Exception):
                 await kv.delete(run_deadline_key(event.run_id))
+            if event.type in ("run.timed_out.v1", "run.cancelled.v1"):
+                await self._delete_open_wait_deadlines(event.run_id)
         await msg.ack()

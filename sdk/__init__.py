@@ -5,6 +5,7 @@ from tether.client import PushResult, RunEventView, RunInfo, RunRef
 from tether.context import DurableContext
 from tether.errors import (
     NonDeterminismError,
+    RunAlreadyFinishedError,
     RunCancelledError,
     RunError,
     RunFailedError,
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidExpressionError",
     "NonDeterminismError",
     "PushResult",
+    "RunAlreadyFinishedError",
     "RunCancelledError",
     "RunError",
     "RunEventView",

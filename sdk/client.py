@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ from tether.engine import codec
 from tether.engine import events as ev
 from tether.engine.connection import Connection
 from tether.engine.events import RunRequested
-from tether.engine.state import RunState, evolve
+from tether.engine.state import CancelRun, RunState, decide, evolve
+from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import check_event_key, check_run_id
 from tether.errors import (
+    RunAlreadyFinishedError,
     RunCancelledError,
     RunError,
     RunFailedError,
@@ -186,20 +189,56 @@ class RunsClient:
             return self._watcher
 
     async def wait_terminal(self, run_id: str, timeout: float | None = None) -> RunInfo:
+        """Wait until the run's log holds a terminal event. A notice on a terminal subject is
+        only a hint: core subscribers also see writes the store refused (a lost OCC race),
+        and can see a stored one before it is readable, so the log is re-read until it shows
+        the end, polling with backoff once a notice has come."""
         watcher = await self._ensure_watcher()
-        fut = watcher.register(run_id)  # before reading, so no completion slips between
-        try:
-            info = await self.get(run_id)
-            if info.is_terminal:
-                return info
-            async with asyncio.timeout(timeout):
-                await fut
-            return await self.get(run_id)
-        finally:
-            watcher.discard(run_id, fut)
+        recheck: float | None = None  # None: wait for a notice; else poll this often
+        async with asyncio.timeout(timeout):
+            while True:
+                fut = watcher.register(run_id)  # before reading, so no completion slips by
+                try:
+                    info = await self.get(run_id)
+                    if info.is_terminal:
+                        return info
+                    if recheck is None:
+                        await fut
+                        recheck = 0.01
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(fut), recheck)
+                        recheck = min(recheck * 2, 1.0)
+                finally:
+                    watcher.discard(run_id, fut)
 
     async def result(self, run_id: str, timeout: float | None = None) -> Any:
         return _raise_for(await self.wait_terminal(run_id, timeout=timeout))
+
+    async def cancel(self, run_id: str, *, reason: str = "cancelled") -> RunInfo:
+        """End a queued, running or waiting run ``cancelled``.
+
+        A waiting run's wait is closed and its deadlines removed; a running attempt stops at
+        its next durable call (its write is refused). Raises ``RunNotFoundError`` for an
+        unknown run and ``RunAlreadyFinishedError`` for one that has already ended.
+        """
+        conn = await self._app.connection()
+        for _ in range(10):
+            state, _views = await self.state(run_id)
+            if not state.exists:
+                raise RunNotFoundError(run_id)
+            if state.is_terminal:
+                raise RunAlreadyFinishedError(run_id, state.status)
+            [event] = decide(state, CancelRun(reason=reason), time.time())
+            try:
+                await conn.store.append(
+                    event, expected_last_seq=state.last_seq,
+                    msg_id=f"{run_id}:{state.last_seq}:cancel",
+                )
+            except ConcurrencyConflictError:
+                continue  # the run moved on (e.g. a step was recorded): decide again
+            return await self.get(run_id)
+        raise ConcurrencyConflictError(run_id, -1)
 
 
 @dataclass(frozen=True, slots=True)

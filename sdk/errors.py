@@ -28,6 +28,15 @@ class RunNotFoundError(TetherError, LookupError):
         self.run_id = run_id
 
 
+class RunAlreadyFinishedError(TetherError):
+    """The run has already ended, so it cannot be cancelled (or changed) any more."""
+
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id} already ended {status}; there is nothing to cancel")
+        self.run_id = run_id
+        self.status = status
+
+
 class RunError(TetherError):
     """A run ended without output. ``status`` and ``error_type`` say how."""
 

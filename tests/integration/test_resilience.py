@@ -318,6 +318,12 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
 
             nats.kill()
             nats.start()  # same port, same store
+            conn = await app.connection()
+
+            async def reconnected() -> bool:
+                return conn.nc.is_connected and conn.nc.stats["reconnects"] >= 1
+
+            await wait_until(reconnected, timeout=10, message="the SDK to reconnect")
 
             async def pushed_all() -> bool:
                 # Retries are safe: the id makes each push idempotent.
@@ -340,6 +346,10 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
             assert await fresh.result(timeout=15) == {
                 "decision": "approve", "action": {"pay": 77}
             }
+            for ref in [*refs, fresh]:
+                types = [e.type for e in (await app.runs.get(ref.run_id)).events]
+                assert types.count("run.wait_satisfied.v1") == 1
+                assert types.count("run.completed.v1") == 1
         assert executions(tmp_path, "propose") == runs + 1
     finally:
         await srv.stop()
