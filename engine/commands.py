@@ -7,9 +7,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tether.engine import codec
-from tether.engine.state import CancelRun, Command, ExpireRun, ExpireWait, ResolveWait
+from tether.engine.state import (
+    CancelRun,
+    Command,
+    ExpireRun,
+    ExpireSchedule,
+    ExpireWait,
+    ResolveWait,
+)
 
-CommandKind = Literal["resume", "expire_wait", "expire_run", "cancel"]
+CommandKind = Literal["resume", "expire_wait", "expire_run", "expire_schedule", "cancel", "retry"]
 
 
 class CommandMessage(BaseModel):
@@ -23,6 +30,10 @@ class CommandMessage(BaseModel):
     # succeeds in one write when nothing else happened to the run since
     wait_seq: int | None = None
     timer_key: str | None = None  # deadline key to remove once handled
+    condition_id: str | None = None  # resume: which condition of the wait fired
+    condition_key: str | None = None
+    single_clause: bool = False  # resume: the wait has one clause, so this completes it
+    retry_seq: int | None = None  # retry: the attempt_failed event this retry follows
     event_key: str | None = None
     event_seq: int | None = None
     event_id: str | None = None
@@ -33,27 +44,34 @@ class CommandMessage(BaseModel):
     def msg_id(self) -> str:
         """Deterministic, so a projection that publishes the same command twice is harmless."""
         if self.kind == "resume":
-            return f"resume:{self.wait_id}"
+            return f"resume:{self.wait_id}:{self.wait_seq}:{self.condition_id}"
         if self.kind == "expire_wait":
-            return f"expire:{self.wait_id}"
-        if self.kind == "expire_run":
-            return f"expire-run:{self.run_id}"
-        return f"cancel:{self.run_id}"
+            return f"expire:{self.wait_id}:{self.wait_seq}"
+        if self.kind == "retry":
+            return f"retry:{self.run_id}:{self.retry_seq}"
+        return f"{self.kind}:{self.run_id}"
 
-    def to_state_command(self) -> Command:
+    def to_state_command(self) -> Command | None:
+        """The state-machine command, or None for kinds handled outside it (retry)."""
+        if self.kind == "retry":
+            return None
         if self.kind == "resume":
             return ResolveWait(
                 wait_id=str(self.wait_id),
-                event_key=str(self.event_key),
-                event_seq=int(self.event_seq or 0),
+                condition_id=str(self.condition_id),
+                condition_key=str(self.condition_key),
+                event_key=self.event_key,
+                event_seq=self.event_seq,
                 event_id=self.event_id,
-                payload=dict(self.payload or {}),
+                payload=self.payload,
                 metadata=dict(self.metadata),
             )
         if self.kind == "expire_wait":
             return ExpireWait(wait_id=str(self.wait_id))
         if self.kind == "expire_run":
             return ExpireRun(reason=self.reason or "execution timeout passed")
+        if self.kind == "expire_schedule":
+            return ExpireSchedule(reason=self.reason or "no worker started the run in time")
         return CancelRun(reason=self.reason or "cancelled")
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -58,6 +61,28 @@ class Connection:
         """The last sequence of the events stream: waits match events after it."""
         info = await self.js.stream_info(self.settings.names.events_stream)
         return int(info.state.last_seq)
+
+    async def read_events(
+        self, key: str, since: float, until_seq: int
+    ) -> list[tuple[int, dict[str, Any], str | None]]:
+        """Events on ``key`` stored at or after ``since`` (epoch seconds) and at or before
+        ``until_seq``, as (seq, payload, event id); payloads that are not objects are skipped."""
+        start = datetime.fromtimestamp(since, tz=UTC).isoformat().replace("+00:00", "Z")
+        stored = await self.reader.read_subject(
+            self.settings.names.events_stream, self.settings.names.event_subject(key),
+            start_time=start,
+        )
+        out: list[tuple[int, dict[str, Any], str | None]] = []
+        for message in stored:
+            if message.seq > until_seq:
+                break
+            try:
+                payload = orjson.loads(message.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(payload, dict):
+                out.append((message.seq, payload, message.headers.get("Nats-Msg-Id")))
+        return out
 
     async def close(self) -> None:
         try:

@@ -33,6 +33,22 @@ class RunRequested(_Event):
     input: Any
     execution_timeout_s: float
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # a run that no worker has started within this many seconds ends timed_out
+    schedule_timeout_s: float | None = None
+    parent_run_id: str | None = None  # set for child runs: the parent is told when it ends
+
+
+class ConditionSpec(BaseModel):
+    """One condition of a wait: an event on a key (optionally filtered by CEL) or a sleep."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str  # position in the wait's conjunctive normal form: "c<clause>.<alternative>"
+    key: str  # what the result calls it
+    kind: Literal["event", "sleep"]
+    event_key: str | None = None
+    expression: str | None = None
+    due_at: float | None = None  # sleeps: when it fires
 
 
 class AttemptStarted(_Event):
@@ -49,26 +65,76 @@ class StepRecorded(_Event):
 
 
 class WaitStarted(_Event):
-    """The task registered a wait and suspended; it holds no slot until the wait resolves."""
+    """The task registered a wait and suspended; it holds no slot until the wait resolves.
+
+    ``clauses`` are in conjunctive normal form: every clause needs one satisfied condition.
+    ``event_key``/``expression`` repeat the first event condition for simple readers.
+    """
 
     type: Literal["run.wait_started.v1"] = "run.wait_started.v1"
     position: int
     wait_id: str
     task: str
-    event_key: str
+    event_key: str | None
     expression: str | None
     events_position: int  # last events-stream sequence before the wait; match after it
     timeout_at: float | None
+    kind: Literal["event", "conditions"] = "event"
+    label: str | None = None
+    clauses: list[list[ConditionSpec]] = Field(default_factory=list)
+    description: str | None = None  # what the human is asked to decide, for inboxes
+    details: dict[str, Any] | None = None
+
+
+class WaitConditionMet(_Event):
+    """One condition of a multi-clause wait fired; the wait stays open for the others."""
+
+    type: Literal["run.wait_condition_met.v1"] = "run.wait_condition_met.v1"
+    wait_id: str
+    condition_id: str
+    event_seq: int | None = None
+    event_id: str | None = None
+    payload: dict[str, Any] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventRejected(_Event):
+    """A matched event failed the wait's model validation; the wait is registered again."""
+
+    type: Literal["run.event_rejected.v1"] = "run.event_rejected.v1"
+    wait_id: str
+    event_seq: int | None
+    payload: dict[str, Any] | None
+    error: str
+
+
+class AttemptFailed(_Event):
+    """An attempt raised and the task has retries left: the run retries at ``retry_at``."""
+
+    type: Literal["run.attempt_failed.v1"] = "run.attempt_failed.v1"
+    attempt: int
+    error: ErrorInfo
+    retry_at: float
+
+
+class TimeoutRefreshed(_Event):
+    type: Literal["run.timeout_refreshed.v1"] = "run.timeout_refreshed.v1"
+    execution_timeout_s: float  # the new total, counted from the request
 
 
 class WaitSatisfied(_Event):
+    """The wait resolved. ``fired``/``payloads`` name every satisfied condition; the
+    ``event_*``/``payload``/``metadata`` fields describe the event that completed it."""
+
     type: Literal["run.wait_satisfied.v1"] = "run.wait_satisfied.v1"
     wait_id: str
-    event_key: str
-    event_seq: int
+    event_key: str | None
+    event_seq: int | None
     event_id: str | None
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    fired: list[str] = Field(default_factory=list)
+    payloads: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class WaitTimedOut(_Event):
@@ -76,22 +142,26 @@ class WaitTimedOut(_Event):
     wait_id: str
 
 
-class RunCompleted(_Event):
+class _Terminal(_Event):
+    parent_run_id: str | None = None  # copied from the request so the parent is told
+
+
+class RunCompleted(_Terminal):
     type: Literal["run.completed.v1"] = "run.completed.v1"
     output: Any
 
 
-class RunFailed(_Event):
+class RunFailed(_Terminal):
     type: Literal["run.failed.v1"] = "run.failed.v1"
     error: ErrorInfo
 
 
-class RunTimedOut(_Event):
+class RunTimedOut(_Terminal):
     type: Literal["run.timed_out.v1"] = "run.timed_out.v1"
     reason: str
 
 
-class RunCancelled(_Event):
+class RunCancelled(_Terminal):
     type: Literal["run.cancelled.v1"] = "run.cancelled.v1"
     reason: str
 
@@ -103,6 +173,10 @@ RunEvent = Annotated[
     | WaitStarted
     | WaitSatisfied
     | WaitTimedOut
+    | WaitConditionMet
+    | EventRejected
+    | AttemptFailed
+    | TimeoutRefreshed
     | RunCompleted
     | RunFailed
     | RunTimedOut
@@ -120,6 +194,10 @@ SUBJECT_TOKENS: dict[str, str] = {
     "run.wait_started.v1": "wait_started",
     "run.wait_satisfied.v1": "wait_satisfied",
     "run.wait_timed_out.v1": "wait_timed_out",
+    "run.wait_condition_met.v1": "condition_met",
+    "run.event_rejected.v1": "event_rejected",
+    "run.attempt_failed.v1": "attempt_failed",
+    "run.timeout_refreshed.v1": "timeout_refreshed",
     "run.completed.v1": "completed",
     "run.failed.v1": "failed",
     "run.timed_out.v1": "timed_out",

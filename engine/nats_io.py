@@ -62,27 +62,50 @@ class DirectReader:
         subject_filter: str,
         *,
         start_seq: int = 1,
+        start_time: str | None = None,
         batch: int = 500,
         timeout: float = 5.0,
     ) -> list[StoredMessage]:
-        """All messages matching ``subject_filter`` from ``start_seq`` on, oldest first."""
+        """All messages matching ``subject_filter`` from ``start_seq`` (or from the RFC 3339
+        ``start_time``) on, oldest first."""
         await self._ensure_sub()
         out: list[StoredMessage] = []
         seq = start_seq
+        first_time = start_time
+        # Ask for one message first, then for exactly as many as the server says are left:
+        # a batch bigger than what is left makes the server search for one more match up to
+        # the end of the stream, a cost that grows with everything stored after the subject.
+        want = 1
         while True:
-            got, more = await self._one_batch(stream, subject_filter, seq, batch, timeout)
+            got, pending = await self._one_batch(
+                stream, subject_filter, seq, want, timeout, first_time
+            )
+            first_time = None
             out.extend(got)
-            if not more or not got:
+            if not pending or not got:
                 return out
             seq = got[-1].seq + 1
+            want = min(pending, batch)
 
     async def _one_batch(
-        self, stream: str, subject_filter: str, seq: int, batch: int, timeout: float
-    ) -> tuple[list[StoredMessage], bool]:
+        self,
+        stream: str,
+        subject_filter: str,
+        seq: int,
+        batch: int,
+        timeout: float,
+        start_time: str | None = None,
+    ) -> tuple[list[StoredMessage], int]:
+        """Up to ``batch`` messages from ``seq`` on, and how many more match after them."""
         inbox = f"{self._prefix}.{next(self._tokens)}"
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._pending[inbox] = queue
-        request = orjson.dumps({"batch": batch, "seq": seq, "next_by_subj": subject_filter})
+        body: dict[str, object] = {"batch": batch, "next_by_subj": subject_filter}
+        if start_time is not None:
+            body["start_time"] = start_time
+        else:
+            body["seq"] = seq
+        request = orjson.dumps(body)
         out: list[StoredMessage] = []
         try:
             await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
@@ -91,10 +114,9 @@ class DirectReader:
                     msg = await queue.get()
                     status = status_of(msg)
                     if status == "404":
-                        return out, False
+                        return out, 0
                     if status == "204":  # end of batch
-                        pending = int((msg.headers or {}).get("Nats-Num-Pending", "0") or 0)
-                        return out, pending > 0
+                        return out, int((msg.headers or {}).get("Nats-Num-Pending", "0") or 0)
                     if status is not None and status != "200":
                         desc = (msg.headers or {}).get(DESCRIPTION, "")
                         raise RuntimeError(

@@ -134,12 +134,14 @@ class SlotPuller:
                 await sub.unsubscribe()
 
     async def _on_msg(self, inbox: str, msg: Msg) -> None:
+        # Unsubscribing cancels the task that runs this callback (nats-py), so a finished
+        # request stops being counted at once but is unsubscribed only as the last step,
+        # after the message has been handed on.
         status = status_of(msg)
-        request = self._requests.get(inbox)
         if status is not None:
             if status == "100":
                 return
-            await self._forget(inbox)
+            self._requests.pop(inbox, None)
             if status == "409":
                 desc = (msg.headers or {}).get(DESCRIPTION, "")
                 log.warning(
@@ -147,18 +149,24 @@ class SlotPuller:
                     extra={"consumer": self._consumer, "reason": desc},
                 )
             self._wake.set()
+            await self._forget(inbox)
             return
+        request = self._requests.get(inbox)
+        finished = False
         if request is not None:
             request[0] -= 1
             if request[0] <= 0:
-                await self._forget(inbox)
+                self._requests.pop(inbox, None)
+                finished = True
         if self._stopping or self._budget.active >= self._budget.capacity:
             await msg.nak()  # hand it straight back rather than strand it until ack_wait
-            return
-        self._budget.active += 1
-        task = asyncio.create_task(self._handle(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        else:
+            self._budget.active += 1
+            task = asyncio.create_task(self._handle(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if finished:
+            await self._forget(inbox)
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -20,6 +20,7 @@ from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.state import (
     ExpireWait,
     ResolveWait,
+    RunState,
     WaitRecord,
     decide,
     fold,
@@ -40,6 +41,18 @@ def wait_deadline_key(run_id: str, position: int) -> str:
     return f"{run_id}.w{position}"
 
 
+def sleep_deadline_key(run_id: str, position: int, condition_id: str) -> str:
+    return f"{run_id}.w{position}.{condition_id}"
+
+
+def wait_deadline_keys(run_id: str, record: WaitRecord) -> list[str]:
+    keys = [wait_deadline_key(run_id, record.position)] if record.timeout_at is not None else []
+    for clause in record.clauses:
+        keys += [sleep_deadline_key(run_id, record.position, spec.id)
+                 for spec in clause if spec.kind == "sleep"]
+    return keys
+
+
 class EngineService:
     def __init__(self, conn: Connection, *, concurrency: int = 256) -> None:
         self._conn = conn
@@ -55,7 +68,8 @@ class EngineService:
         )
         bookkeeping = [
             names.runs_token_filter(token)
-            for token in ("requested", "wait_started", *ev.TERMINAL_TOKENS)
+            for token in ("requested", "wait_started", "attempt_failed", "timeout_refreshed",
+                          *ev.TERMINAL_TOKENS)
         ]
         await ensure_pull_consumer(
             conn.js, names.runs_stream, names.bookkeeper_consumer, filter_subjects=bookkeeping
@@ -89,40 +103,65 @@ class EngineService:
     async def apply(self, command: commands.CommandMessage) -> int | None:
         """Apply ``command`` to its run; returns the new event's sequence, or None if the
         command no longer applies (wait already resolved, run finished, unknown run)."""
-        seq = await self._append_decision(command)
-        if seq is not None and command.kind in ("resume", "expire_wait"):
-            task = command.task or fold(command.run_id, await self._conn.store.read(command.run_id)).task
-            await dispatch_task(self._conn.js, self._conn.settings.names, task, command.run_id, seq)
+        names = self._conn.settings.names
+        if command.kind == "retry":
+            seq = await self._retry(command)
+        else:
+            decided = await self._append_decision(command)
+            seq = None
+            if decided is not None:
+                seq, event = decided
+                if isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
+                    task = command.task or (await self._state(command.run_id)).task
+                    await dispatch_task(self._conn.js, names, task, command.run_id, seq)
         if command.timer_key:
             with contextlib.suppress(Exception):
                 await self._conn.deadlines.delete(command.timer_key)
         return seq
 
-    async def _append_decision(self, command: commands.CommandMessage) -> int | None:
+    async def _state(self, run_id: str) -> RunState:
+        return fold(run_id, await self._conn.store.read(run_id))
+
+    async def _retry(self, command: commands.CommandMessage) -> int | None:
+        """The backoff after a failed attempt is over: dispatch the run again."""
+        state = await self._state(command.run_id)
+        if state.status != "queued" or state.runnable_since_seq != command.retry_seq:
+            return None  # cancelled, timed out, or already retried
+        await dispatch_task(self._conn.js, self._conn.settings.names, state.task,
+                            command.run_id, state.runnable_since_seq)
+        return state.runnable_since_seq
+
+    async def _append_decision(
+        self, command: commands.CommandMessage
+    ) -> tuple[int, ev.RunEvent] | None:
         store, run_id = self._conn.store, command.run_id
         state_command = command.to_state_command()
-        if command.wait_seq is not None and command.kind in ("resume", "expire_wait"):
+        assert state_command is not None
+        fast = command.kind == "expire_wait" or (command.kind == "resume" and command.single_clause)
+        if fast and command.wait_seq is not None:
             # Fast path: if the log still ends at the wait's own event, the wait is open and
             # one guarded write resolves it. Anything else goes through a full decision.
             assert isinstance(state_command, ResolveWait | ExpireWait)
             event = wait_resolution(run_id, state_command, time.time())
             with contextlib.suppress(ConcurrencyConflictError):
-                return await store.append(
+                seq = await store.append(
                     event, expected_last_seq=command.wait_seq,
-                    msg_id=f"{run_id}:{command.wait_id}:{command.kind}",
+                    msg_id=f"{run_id}:{command.wait_seq}:{command.kind}:{command.condition_id}",
                 )
+                return seq, event
         for _ in range(10):
-            state = fold(run_id, await store.read(run_id))
+            state = await self._state(run_id)
             decided = decide(state, state_command, time.time())
             if not decided:
                 log.debug("command no longer applies",
                           extra={"run_id": run_id, "kind": command.kind, "status": state.status})
                 return None
             try:
-                return await store.append(
+                seq = await store.append(
                     decided[0], expected_last_seq=state.last_seq,
-                    msg_id=f"{run_id}:{state.last_seq}:{command.kind}",
+                    msg_id=f"{run_id}:{state.last_seq}:{command.kind}:{command.condition_id}",
                 )
+                return seq, decided[0]
             except ConcurrencyConflictError:
                 continue
         log.error("gave up applying command after repeated conflicts",
@@ -133,14 +172,20 @@ class EngineService:
 
     async def _delete_open_wait_deadlines(self, run_id: str) -> None:
         """A run ended while waiting: its wait deadlines will never be needed."""
-        state = fold(run_id, await self._conn.store.read(run_id))
+        state = await self._state(run_id)
         for record in state.records:
-            if isinstance(record, WaitRecord) and record.timeout_at is not None:
-                with contextlib.suppress(Exception):
-                    await self._conn.deadlines.delete(wait_deadline_key(run_id, record.position))
+            if isinstance(record, WaitRecord):
+                for key in wait_deadline_keys(run_id, record):
+                    with contextlib.suppress(Exception):
+                        await self._conn.deadlines.delete(key)
+        with contextlib.suppress(Exception):
+            await self._conn.deadlines.delete(f"{run_id}.retry")
+
+    async def _put_deadline(self, key: str, due_at: float, command: commands.CommandMessage) -> None:
+        body = {"due_at": due_at, "command": command.model_dump(mode="json", exclude_defaults=True)}
+        await self._conn.deadlines.put(key, orjson.dumps(body))
 
     async def _on_run_event(self, msg: Msg) -> None:
-        names = self._conn.settings.names
         seq = msg.metadata.sequence.stream
         try:
             event = ev.decode(msg.data)
@@ -148,26 +193,84 @@ class EngineService:
             log.error("undecodable run event skipped", extra={"subject": msg.subject, "seq": seq})
             await msg.term()
             return
-        kv = self._conn.deadlines
-        if isinstance(event, ev.RunRequested):
-            due = event.at + event.execution_timeout_s
-            await kv.put(
-                run_deadline_key(event.run_id),
-                orjson.dumps({"due_at": due, "kind": "expire_run", "run_id": event.run_id}),
-            )
-            await dispatch_task(self._conn.js, names, event.task, event.run_id, seq)
-        elif isinstance(event, ev.WaitStarted) and event.timeout_at is not None:
-            await kv.put(
-                wait_deadline_key(event.run_id, event.position),
-                orjson.dumps({
-                    "due_at": event.timeout_at, "kind": "expire_wait", "run_id": event.run_id,
-                    "wait_id": event.wait_id, "wait_seq": seq, "task": event.task,
-                }),
-            )
-        elif event.type in ("run.completed.v1", "run.failed.v1", "run.timed_out.v1",
-                            "run.cancelled.v1"):
-            with contextlib.suppress(Exception):
-                await kv.delete(run_deadline_key(event.run_id))
-            if event.type in ("run.timed_out.v1", "run.cancelled.v1"):
-                await self._delete_open_wait_deadlines(event.run_id)
+        await self._book(event, seq)
         await msg.ack()
+
+    async def _book(self, event: ev.RunEvent, seq: int) -> None:
+        """Keep dispatches and deadlines in step with one run-log event."""
+        names, kv, run_id = self._conn.settings.names, self._conn.deadlines, event.run_id
+        CM = commands.CommandMessage  # noqa: N806
+        if isinstance(event, ev.RunRequested):
+            await self._put_deadline(
+                run_deadline_key(run_id), event.at + event.execution_timeout_s,
+                CM(kind="expire_run", run_id=run_id,
+                   reason="execution timeout passed (it covers the whole run, waits included)"),
+            )
+            if event.schedule_timeout_s is not None:
+                await self._put_deadline(
+                    f"{run_id}.sched", event.at + event.schedule_timeout_s,
+                    CM(kind="expire_schedule", run_id=run_id,
+                       reason=f"no worker started the run within {event.schedule_timeout_s:g}s"),
+                )
+            await dispatch_task(self._conn.js, names, event.task, run_id, seq)
+        elif isinstance(event, ev.TimeoutRefreshed):
+            state = await self._state(run_id)
+            if not state.is_terminal:
+                await self._put_deadline(
+                    run_deadline_key(run_id), state.requested_at + event.execution_timeout_s,
+                    CM(kind="expire_run", run_id=run_id,
+                       reason="execution timeout passed (it covers the whole run, waits included)"),
+                )
+        elif isinstance(event, ev.AttemptFailed):
+            await self._put_deadline(
+                f"{run_id}.retry", event.retry_at, CM(kind="retry", run_id=run_id, retry_seq=seq)
+            )
+        elif isinstance(event, ev.WaitStarted):
+            await self._book_wait(event, seq)
+        elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
+            for key in (run_deadline_key(run_id), f"{run_id}.sched"):
+                with contextlib.suppress(Exception):
+                    await kv.delete(key)
+            if isinstance(event, ev.RunTimedOut | ev.RunCancelled):
+                await self._delete_open_wait_deadlines(run_id)
+            if event.parent_run_id:
+                await self._tell_parent(event)
+
+    async def _book_wait(self, event: ev.WaitStarted, seq: int) -> None:
+        run_id = event.run_id
+        if event.timeout_at is not None:
+            await self._put_deadline(
+                wait_deadline_key(run_id, event.position), event.timeout_at,
+                commands.CommandMessage(kind="expire_wait", run_id=run_id, task=event.task,
+                                        wait_id=event.wait_id, wait_seq=seq),
+            )
+        for clause in event.clauses:
+            for spec in clause:
+                if spec.kind == "sleep" and spec.due_at is not None:
+                    await self._put_deadline(
+                        sleep_deadline_key(run_id, event.position, spec.id), spec.due_at,
+                        commands.CommandMessage(
+                            kind="resume", run_id=run_id, task=event.task, wait_id=event.wait_id,
+                            wait_seq=seq, condition_id=spec.id, condition_key=spec.key,
+                            single_clause=len(event.clauses) == 1,
+                        ),
+                    )
+
+    async def _tell_parent(
+        self, event: ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled
+    ) -> None:
+        """A child run ended: push an event its parent's durable wait matches."""
+        status = ev.SUBJECT_TOKENS[event.type]
+        body: dict[str, object] = {"runId": event.run_id, "status": status}
+        if isinstance(event, ev.RunCompleted):
+            body["output"] = event.output
+        elif isinstance(event, ev.RunFailed):
+            body["error"] = event.error.model_dump()
+        else:
+            body["error"] = {"type": "RunTimeoutError" if status == "timed_out"
+                             else "RunCancelledError", "message": event.reason}
+        names = self._conn.settings.names
+        await self._conn.js.publish(
+            names.event_subject(f"tether:run:{event.run_id}"), orjson.dumps(body),
+            headers={"Nats-Msg-Id": f"run-ended:{event.run_id}"},
+        )

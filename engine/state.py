@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether.engine.events import (
+    AttemptFailed,
     AttemptStarted,
+    ConditionSpec,
+    EventRejected,
     RunCancelled,
     RunCompleted,
     RunEvent,
@@ -16,6 +19,8 @@ from tether.engine.events import (
     RunRequested,
     RunTimedOut,
     StepRecorded,
+    TimeoutRefreshed,
+    WaitConditionMet,
     WaitSatisfied,
     WaitStarted,
     WaitTimedOut,
@@ -37,7 +42,7 @@ class StepRecord:
 class WaitRecord:
     position: int
     wait_id: str
-    event_key: str
+    event_key: str  # the first event condition's key, or the label when there is none
     expression: str | None
     events_position: int
     timeout_at: float | None
@@ -45,6 +50,35 @@ class WaitRecord:
     outcome: Literal["open", "satisfied", "timed_out"] = "open"
     payload: dict[str, Any] | None = None
     kind: Literal["wait"] = "wait"
+    wait_kind: Literal["event", "conditions"] = "event"
+    label: str | None = None
+    clauses: list[list[ConditionSpec]] = field(default_factory=list)
+    met: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # condition id -> payload
+    fired: list[str] = field(default_factory=list)
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resolved_event_seq: int | None = None
+
+    @property
+    def name(self) -> str:
+        """What replay compares: the label of a ``wait_for``, the key of a ``wait_for_event``."""
+        return self.label if self.wait_kind == "conditions" and self.label else self.event_key
+
+    def condition(self, condition_id: str) -> ConditionSpec | None:
+        for clause in self.clauses:
+            for spec in clause:
+                if spec.id == condition_id:
+                    return spec
+        return None
+
+    def clause_satisfied(self, index: int) -> bool:
+        return any(spec.id in self.met for spec in self.clauses[index])
+
+    def satisfied_with(self, condition_id: str) -> bool:
+        """Would every clause be satisfied once ``condition_id`` is met?"""
+        return all(
+            any(spec.id in self.met or spec.id == condition_id for spec in clause)
+            for clause in self.clauses
+        )
 
 
 DurableRecord = StepRecord | WaitRecord
@@ -67,6 +101,11 @@ class RunState:
     ended_at: float | None = None
     # how the run became runnable last: the seq of that event names its dispatch uniquely
     runnable_since_seq: int = 0
+    failures: int = 0  # attempts that failed and were retried
+    retry_at: float | None = None
+    schedule_timeout_s: float | None = None
+    parent_run_id: str | None = None
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # events a wait's model refused
 
     @property
     def exists(self) -> bool:
@@ -106,33 +145,59 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.requested_at = event.at
             state.execution_timeout_s = event.execution_timeout_s
             state.metadata = dict(event.metadata)
+            state.schedule_timeout_s = event.schedule_timeout_s
+            state.parent_run_id = event.parent_run_id
             state.status = "queued"
             state.runnable_since_seq = seq
         case AttemptStarted():
             state.attempt = event.attempt
             state.status = "running"
+            state.retry_at = None
+        case AttemptFailed():
+            state.failures += 1
+            state.retry_at = event.retry_at
+            state.status = "queued"
+            state.runnable_since_seq = seq
+        case TimeoutRefreshed():
+            state.execution_timeout_s = event.execution_timeout_s
         case StepRecorded():
             state.records.append(StepRecord(event.position, event.name, event.output))
         case WaitStarted():
-            state.records.append(
-                WaitRecord(
-                    position=event.position,
-                    wait_id=event.wait_id,
-                    event_key=event.event_key,
-                    expression=event.expression,
-                    events_position=event.events_position,
-                    timeout_at=event.timeout_at,
-                    started_seq=seq,
-                )
+            record = WaitRecord(
+                position=event.position,
+                wait_id=event.wait_id,
+                event_key=event.event_key or event.label or "",
+                expression=event.expression,
+                events_position=event.events_position,
+                timeout_at=event.timeout_at,
+                started_seq=seq,
+                wait_kind=event.kind,
+                label=event.label,
+                clauses=list(event.clauses),
             )
+            if state.records and state.records[-1].position == event.position:
+                state.records[-1] = record  # registered again after a rejected event
+            else:
+                state.records.append(record)
             state.status = "waiting"
+        case WaitConditionMet():
+            record = state.wait(event.wait_id)
+            if record is not None and record.outcome == "open":
+                record.met[event.condition_id] = event.payload
         case WaitSatisfied():
             record = state.wait(event.wait_id)
             if record is not None and record.outcome == "open":
                 record.outcome = "satisfied"
                 record.payload = event.payload
+                record.fired = list(event.fired)
+                record.payloads = dict(event.payloads)
+                record.resolved_event_seq = event.event_seq
                 state.status = "queued"
                 state.runnable_since_seq = seq
+        case EventRejected():
+            state.rejected.append(
+                {"wait_id": event.wait_id, "event_seq": event.event_seq, "error": event.error}
+            )
         case WaitTimedOut():
             record = state.wait(event.wait_id)
             if record is not None and record.outcome == "open":
@@ -170,14 +235,16 @@ def fold(run_id: str, stored: list[tuple[int, RunEvent]]) -> RunState:
 
 @dataclass(frozen=True, slots=True)
 class ResolveWait:
-    """A pushed event matched an open wait."""
+    """A condition of an open wait fired: a pushed event matched it, or its sleep ended."""
 
     wait_id: str
-    event_key: str
-    event_seq: int
-    event_id: str | None
-    payload: dict[str, Any]
-    metadata: dict[str, Any]
+    condition_id: str
+    condition_key: str
+    event_key: str | None = None
+    event_seq: int | None = None
+    event_id: str | None = None
+    payload: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,23 +262,48 @@ class CancelRun:
     reason: str
 
 
-Command = ResolveWait | ExpireWait | ExpireRun | CancelRun
+@dataclass(frozen=True, slots=True)
+class ExpireSchedule:
+    """The schedule timeout passed: only applies if no attempt has started."""
+
+    reason: str
 
 
-def wait_resolution(run_id: str, command: ResolveWait | ExpireWait, now: float) -> RunEvent:
-    """The event that resolves a wait, whatever the run's state (``decide`` checks that)."""
-    if isinstance(command, ResolveWait):
-        return WaitSatisfied(
-            run_id=run_id,
-            at=now,
-            wait_id=command.wait_id,
-            event_key=command.event_key,
-            event_seq=command.event_seq,
-            event_id=command.event_id,
-            payload=command.payload,
-            metadata=command.metadata,
-        )
-    return WaitTimedOut(run_id=run_id, at=now, wait_id=command.wait_id)
+Command = ResolveWait | ExpireWait | ExpireRun | ExpireSchedule | CancelRun
+
+
+def wait_resolution(
+    run_id: str, command: ResolveWait | ExpireWait, now: float, met: WaitRecord | None = None
+) -> RunEvent:
+    """The event that completes a wait, given the conditions already met (``met``); the
+    caller has checked the wait is open and that ``command`` completes it."""
+    if isinstance(command, ExpireWait):
+        return WaitTimedOut(run_id=run_id, at=now, wait_id=command.wait_id)
+    fired: list[str] = []
+    payloads: dict[str, dict[str, Any]] = {}
+    if met is not None:
+        for clause in met.clauses:
+            for spec in clause:
+                if spec.id in met.met:
+                    fired.append(spec.key)
+                    payload = met.met[spec.id]
+                    if payload is not None:
+                        payloads[spec.key] = payload
+    fired.append(command.condition_key)
+    if command.payload is not None:
+        payloads[command.condition_key] = command.payload
+    return WaitSatisfied(
+        run_id=run_id,
+        at=now,
+        wait_id=command.wait_id,
+        event_key=command.event_key,
+        event_seq=command.event_seq,
+        event_id=command.event_id,
+        payload=command.payload,
+        metadata=command.metadata,
+        fired=fired,
+        payloads=payloads,
+    )
 
 
 def decide(state: RunState, command: Command, now: float) -> list[RunEvent]:
@@ -220,13 +312,44 @@ def decide(state: RunState, command: Command, now: float) -> list[RunEvent]:
         return []
     run_id = state.run_id
     match command:
-        case ResolveWait() | ExpireWait():
+        case ResolveWait():
+            record = state.wait(command.wait_id)
+            if record is None or record.outcome != "open":
+                return []
+            spec = record.condition(command.condition_id)
+            if spec is None or spec.id in record.met:
+                return []
+            clause = next(i for i, c in enumerate(record.clauses) if spec in c)
+            if record.clause_satisfied(clause):
+                return []  # another alternative of this clause fired first
+            if record.satisfied_with(command.condition_id):
+                return [wait_resolution(run_id, command, now, met=record)]
+            return [
+                WaitConditionMet(
+                    run_id=run_id,
+                    at=now,
+                    wait_id=command.wait_id,
+                    condition_id=command.condition_id,
+                    event_seq=command.event_seq,
+                    event_id=command.event_id,
+                    payload=command.payload,
+                    metadata=command.metadata,
+                )
+            ]
+        case ExpireWait():
             record = state.wait(command.wait_id)
             if record is None or record.outcome != "open":
                 return []
             return [wait_resolution(run_id, command, now)]
         case ExpireRun():
-            return [RunTimedOut(run_id=run_id, at=now, reason=command.reason)]
+            return [RunTimedOut(run_id=run_id, at=now, reason=command.reason,
+                                parent_run_id=state.parent_run_id)]
+        case ExpireSchedule():
+            if state.attempt > 0 or state.status != "queued":
+                return []  # a worker picked it up in time
+            return [RunTimedOut(run_id=run_id, at=now, reason=command.reason,
+                                parent_run_id=state.parent_run_id)]
         case CancelRun():
-            return [RunCancelled(run_id=run_id, at=now, reason=command.reason)]
+            return [RunCancelled(run_id=run_id, at=now, reason=command.reason,
+                                 parent_run_id=state.parent_run_id)]
     return []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -48,15 +49,36 @@ IDLE_HEARTBEAT_S = 1.0
 
 
 @dataclass(slots=True)
+class OpenCondition:
+    condition_id: str
+    key: str  # the result key
+    clause: int
+    event_key: str
+    shape: ExpressionShape
+
+
+@dataclass(slots=True)
 class OpenWait:
     wait_id: str
     run_id: str
     task: str
-    event_key: str
     events_position: int
     started_seq: int
     timeout_at: float | None
-    shape: ExpressionShape
+    clause_count: int
+    conditions: list[OpenCondition]
+    met_clauses: set[int]
+
+    @property
+    def event_key(self) -> str:
+        return self.conditions[0].event_key if self.conditions else ""
+
+    def open_conditions(self) -> list[OpenCondition]:
+        return [c for c in self.conditions if c.clause not in self.met_clauses]
+
+
+# index ids: (wait id, condition id)
+ConditionRef = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +100,7 @@ class Matcher:
         self._js: JetStreamContext = conn.js
         self.waits: dict[str, OpenWait] = {}
         self._open_by_run: dict[str, str] = {}
-        self._index: WaitIndex[str] = WaitIndex()
+        self._index: WaitIndex[ConditionRef] = WaitIndex()
         # events handled so far: everything with seq <= cursor has been matched
         self.events_cursor: int | None = None
         # recent events by key, for waits that register "behind" the cursor
@@ -149,6 +171,12 @@ class Matcher:
         elif token in ("wait_satisfied", "wait_timed_out"):
             with contextlib.suppress(Exception):
                 self._close_wait(str(orjson.loads(msg.data)["wait_id"]))
+        elif token == "condition_met":
+            with contextlib.suppress(Exception):
+                body = orjson.loads(msg.data)
+                wait = self.waits.get(str(body["wait_id"]))
+                if wait is not None:
+                    self._clause_met(wait, str(body["condition_id"]))
         elif token in TERMINAL_TOKENS:
             run_id = msg.subject.split(".")[-2]
             wait_id = self._open_by_run.get(run_id)
@@ -157,18 +185,7 @@ class Matcher:
 
     def _on_wait_started(self, msg: Msg) -> None:
         try:
-            body = orjson.loads(msg.data)
-            shape = analyze(body.get("expression"))
-            wait = OpenWait(
-                wait_id=str(body["wait_id"]),
-                run_id=str(body["run_id"]),
-                task=str(body["task"]),
-                event_key=str(body["event_key"]),
-                events_position=int(body["events_position"]),
-                started_seq=msg.metadata.sequence.stream,
-                timeout_at=body.get("timeout_at"),
-                shape=shape,
-            )
+            wait = self._parse_wait(orjson.loads(msg.data), msg.metadata.sequence.stream)
         except InvalidExpressionError as exc:
             # Workers validate before recording, so this means a foreign writer; skip it.
             log.error("wait with an invalid expression ignored", extra={"error": str(exc)})
@@ -176,17 +193,67 @@ class Matcher:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             log.error("malformed wait_started skipped", extra={"error": repr(exc)})
             return
+        self._close_wait(wait.wait_id)  # registered again (after a rejected event)
         self.waits[wait.wait_id] = wait
         self._open_by_run[wait.run_id] = wait.wait_id
-        self._index.add(wait.wait_id, wait.event_key, wait.shape)
+        for condition in wait.conditions:
+            self._index.add((wait.wait_id, condition.condition_id), condition.event_key,
+                            condition.shape)
         if self.events_cursor is not None and wait.events_position < self.events_cursor:
             self._catch_up(wait)
+
+    @staticmethod
+    def _parse_wait(body: dict[str, Any], seq: int) -> OpenWait:
+        clauses = body.get("clauses") or [[{
+            "id": "c0.0", "key": body["event_key"], "kind": "event",
+            "event_key": body["event_key"], "expression": body.get("expression"),
+        }]]
+        conditions = [
+            OpenCondition(
+                condition_id=sys.intern(str(spec["id"])),
+                key=sys.intern(str(spec["key"])),
+                clause=index,
+                event_key=sys.intern(str(spec["event_key"])),
+                shape=analyze(spec.get("expression")),
+            )
+            for index, clause in enumerate(clauses)
+            for spec in clause
+            if spec["kind"] == "event"
+        ]
+        return OpenWait(
+            wait_id=str(body["wait_id"]),
+            run_id=str(body["run_id"]),
+            task=sys.intern(str(body["task"])),
+            events_position=int(body["events_position"]),
+            started_seq=seq,
+            timeout_at=body.get("timeout_at"),
+            clause_count=len(clauses),
+            conditions=conditions,
+            met_clauses=set(),
+        )
+
+    def _clause_met(self, wait: OpenWait, condition_id: str) -> None:
+        """A clause is satisfied: its other alternatives need no more matching."""
+        clause = next((c.clause for c in wait.conditions if c.condition_id == condition_id),
+                      None)
+        if clause is None:  # a sleep condition: find its clause from the id "c<i>.<j>"
+            with contextlib.suppress(ValueError, IndexError):
+                clause = int(condition_id[1:].split(".")[0])
+        if clause is None:
+            return
+        wait.met_clauses.add(clause)
+        for condition in wait.conditions:
+            if condition.clause == clause:
+                self._index.remove((wait.wait_id, condition.condition_id))
+        if len(wait.met_clauses) >= wait.clause_count:
+            self._close_wait(wait.wait_id)
 
     def _close_wait(self, wait_id: str) -> None:
         wait = self.waits.pop(wait_id, None)
         if wait is None:
             return
-        self._index.remove(wait_id)
+        for condition in wait.conditions:
+            self._index.remove((wait_id, condition.condition_id))
         if self._open_by_run.get(wait.run_id) == wait_id:
             del self._open_by_run[wait.run_id]
 
@@ -219,18 +286,24 @@ class Matcher:
                     metadata = loaded
         event = PushedEvent(seq, key, payload, headers.get("Nats-Msg-Id"), metadata, time.time())
         self._remember(event)
-        for wait_id in self._index.candidates(key, payload):
+        for wait_id, condition_id in self._index.candidates(key, payload):
             wait = self.waits.get(wait_id)
-            if wait is not None and self._matches(wait, event):
-                self._resolve(wait, event)
+            if wait is None:
+                continue
+            condition = next(
+                (c for c in wait.conditions if c.condition_id == condition_id), None
+            )
+            if condition is not None and self._matches(wait, condition, event):
+                self._resolve(wait, condition, event)
 
-    def _matches(self, wait: OpenWait, event: PushedEvent) -> bool:
-        if event.seq <= wait.events_position:
-            return False  # pushed before the wait began
-        if wait.shape.fully_indexed:
-            return equalities_hold(wait.shape, event.payload)
+    def _matches(self, wait: OpenWait, condition: OpenCondition, event: PushedEvent) -> bool:
+        if event.seq <= wait.events_position or condition.clause in wait.met_clauses:
+            return False  # pushed before the wait began, or the clause is already satisfied
+        shape = condition.shape
+        if shape.fully_indexed:
+            return equalities_hold(shape, event.payload)
         try:
-            return compile_program(wait.shape.source).matches(event.payload)
+            return compile_program(shape.source).matches(event.payload)
         except (ExpressionEvaluationError, InvalidExpressionError) as exc:
             self.evaluation_errors += 1
             log.info(
@@ -239,8 +312,7 @@ class Matcher:
             )
             return False
 
-    def _resolve(self, wait: OpenWait, event: PushedEvent) -> None:
-        self._close_wait(wait.wait_id)
+    def _resolve(self, wait: OpenWait, condition: OpenCondition, event: PushedEvent) -> None:
         self.matched += 1
         command = CommandMessage(
             kind="resume",
@@ -249,13 +321,17 @@ class Matcher:
             wait_id=wait.wait_id,
             wait_seq=wait.started_seq,
             timer_key=f"{wait.run_id}.w{wait.wait_id.rsplit(':', 1)[-1]}"
-            if wait.timeout_at is not None else None,
+            if wait.timeout_at is not None and wait.clause_count == 1 else None,
+            condition_id=condition.condition_id,
+            condition_key=condition.key,
+            single_clause=wait.clause_count == 1,
             event_key=event.key,
             event_seq=event.seq,
             event_id=event.event_id,
             payload=event.payload,
             metadata=event.metadata,
         )
+        self._clause_met(wait, condition.condition_id)
         self._spawn(self._publish(command, wait))
 
     async def _publish(self, command: CommandMessage, wait: OpenWait) -> None:
@@ -267,11 +343,17 @@ class Matcher:
                 log.warning("resume command not published yet", exc_info=True,
                             extra={"wait_id": wait.wait_id, "attempt": attempt + 1})
                 await asyncio.sleep(0.2 * (attempt + 1))
-        # Give the wait back to the index so a later event (or a restart) can resolve it.
+        # Give the condition back so a later event (or a restart) can resolve the wait.
         log.error("resume command failed; wait reopened", extra={"wait_id": wait.wait_id})
+        clause = next(c.clause for c in wait.conditions
+                      if c.condition_id == command.condition_id)
+        wait.met_clauses.discard(clause)
         self.waits[wait.wait_id] = wait
         self._open_by_run[wait.run_id] = wait.wait_id
-        self._index.add(wait.wait_id, wait.event_key, wait.shape)
+        for condition in wait.conditions:
+            if condition.clause == clause:
+                self._index.add((wait.wait_id, condition.condition_id), condition.event_key,
+                                condition.shape)
 
     def _reject(self, seq: int, key: str, reason: str, data: bytes) -> None:
         self.rejected += 1
@@ -301,30 +383,32 @@ class Matcher:
 
     def _catch_up(self, wait: OpenWait) -> None:
         if wait.events_position >= self._complete_after:
-            for event in self._recent.get(wait.event_key, ()):
-                if event.seq > wait.events_position and self._matches(wait, event):
-                    self._resolve(wait, event)
-                    return
+            for condition in wait.open_conditions():
+                for event in self._recent.get(condition.event_key, ()):
+                    if event.seq > wait.events_position and self._matches(wait, condition, event):
+                        self._resolve(wait, condition, event)
+                        break
             return
         self._spawn(self._catch_up_from_stream(wait, until=self.events_cursor or 0))
 
     async def _catch_up_from_stream(self, wait: OpenWait, until: int) -> None:
-        stored = await self._conn.reader.read_subject(
-            self._names.events_stream,
-            self._names.event_subject(wait.event_key),
-            start_seq=wait.events_position + 1,
-        )
-        for message in stored:
-            if message.seq > until or wait.wait_id not in self.waits:
-                return
-            try:
-                payload = orjson.loads(message.data)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(payload, dict):
-                continue
-            event = PushedEvent(message.seq, wait.event_key, payload,
-                                message.headers.get("Nats-Msg-Id"), {}, time.time())
-            if self._matches(wait, event):
-                self._resolve(wait, event)
-                return
+        for condition in wait.open_conditions():
+            stored = await self._conn.reader.read_subject(
+                self._names.events_stream,
+                self._names.event_subject(condition.event_key),
+                start_seq=wait.events_position + 1,
+            )
+            for message in stored:
+                if message.seq > until or wait.wait_id not in self.waits:
+                    break
+                try:
+                    payload = orjson.loads(message.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(payload, dict):
+                    continue
+                event = PushedEvent(message.seq, condition.event_key, payload,
+                                    message.headers.get("Nats-Msg-Id"), {}, time.time())
+                if self._matches(wait, condition, event):
+                    self._resolve(wait, condition, event)
+                    break

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from nats.js.kv import KeyValue
 
 from tether.engine.commands import CommandMessage
@@ -92,17 +93,12 @@ class TimerProjection:
 
     async def _fire(self, key: str, body: dict[str, Any]) -> None:
         try:
-            command = CommandMessage(
-                kind=body["kind"],
-                run_id=body["run_id"],
-                task=body.get("task"),
-                wait_id=body.get("wait_id"),
-                wait_seq=body.get("wait_seq"),
-                timer_key=key,
-                reason="execution timeout passed (it covers the whole run, waits included)"
-                if body["kind"] == "expire_run"
-                else "",
-            )
+            command = CommandMessage.model_validate({**body["command"], "timer_key": key})
+        except (KeyError, TypeError, ValidationError) as exc:
+            log.error("ignoring malformed deadline", extra={"key": key, "error": str(exc)})
+            self._due.pop(key, None)
+            return
+        try:
             await send_command(self._conn.js, self._conn.settings.names, command)
             self.fired += 1
         except Exception:

@@ -44,13 +44,27 @@ class Tether:
         *,
         name: str | None = None,
         execution_timeout: timedelta = DEFAULT_EXECUTION_TIMEOUT,
+        schedule_timeout: timedelta | None = None,
+        retries: int = 0,
+        backoff_factor: float = 2.0,
+        backoff_max: timedelta = timedelta(minutes=5),
+        backoff_initial: timedelta = timedelta(seconds=1),
     ) -> Callable[[TaskFunction[Any, Any]], DurableTask[Any, Any]]:
-        """Declare a durable task. ``execution_timeout`` bounds the whole life of a run,
-        waits included (default 24 hours): past it the run ends ``timed_out``."""
+        """Declare a durable task.
+
+        ``execution_timeout`` bounds the whole life of a run, waits included (default 24
+        hours): past it the run ends ``timed_out``. ``schedule_timeout`` ends a run
+        ``timed_out`` if no worker starts it in time. ``retries`` re-runs a failed attempt
+        after ``backoff_initial * backoff_factor ** (n - 1)`` (capped at ``backoff_max``);
+        recorded steps and waits replay instantly; ``NonRetryableError`` fails at once.
+        """
 
         def register(fn: TaskFunction[Any, Any]) -> DurableTask[Any, Any]:
             task = DurableTask(
-                self, fn, name=name or fn.__name__, execution_timeout=execution_timeout
+                self, fn, name=name or fn.__name__, execution_timeout=execution_timeout,
+                schedule_timeout=schedule_timeout, retries=retries,
+                backoff_factor=backoff_factor, backoff_max=backoff_max,
+                backoff_initial=backoff_initial,
             )
             if task.name in self.tasks:
                 raise ValueError(f"a task named {task.name!r} is already registered")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tether.engine import codec
 from tether.engine.events import (
+    AttemptFailed,
     AttemptStarted,
     ErrorInfo,
     RunCompleted,
@@ -23,19 +24,30 @@ from tether.engine.events import (
 )
 from tether.engine.state import RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError, EventStore
-from tether.errors import _Abandon, _Suspend
+from tether.errors import NonRetryableError, _Abandon, _Suspend
 
 if TYPE_CHECKING:
     from tether.task import DurableTask
 
 log = logging.getLogger("tether.worker")
 
-Outcome = Literal["completed", "failed", "timed_out", "suspended", "skipped", "abandoned"]
+Outcome = Literal[
+    "completed", "failed", "retrying", "timed_out", "suspended", "skipped", "abandoned"
+]
+# (key, since epoch seconds, up to events-stream seq) -> [(seq, payload, event id)]
+EventReader = Callable[[str, float, int], Awaitable[list[tuple[int, dict[str, Any], str | None]]]]
+
+
+async def _no_event_reader(
+    key: str, since: float, until_seq: int
+) -> list[tuple[int, dict[str, Any], str | None]]:
+    raise RuntimeError("lookback needs a connection to the events stream")
 
 
 class Attempt:
     """Owns the run for one attempt. Every append is guarded by the sequence this attempt last
-    saw, so if anyone else writes to the run, this attempt stops instead of diverging."""
+    saw, so if anyone else writes to the run (a cancel, a timeout, another worker), this
+    attempt stops at its next durable call instead of diverging."""
 
     def __init__(
         self,
@@ -44,13 +56,16 @@ class Attempt:
         number: int,
         events_position: Callable[[], Awaitable[int]],
         clock: Callable[[], float] = time.time,
+        read_events: EventReader = _no_event_reader,
     ) -> None:
         self.store = store
         self.state = state
         self.number = number
         self.events_position = events_position
+        self.read_events = read_events
         self.clock = clock
         self._token = uuid.uuid4().hex[:12]
+        self._timeout: asyncio.Timeout | None = None
 
     async def append(self, event: RunEvent) -> int:
         msg_id = f"{event.run_id}:{self.state.last_seq}:{subject_token(event)}:{self._token}"
@@ -63,8 +78,11 @@ class Attempt:
         self.state.last_seq = seq
         return seq
 
-    def check_live(self) -> None:
-        """Cooperative cancellation point before side effects (used by later features)."""
+    def extend_deadline(self, deadline: float) -> None:
+        """Move the running attempt's execution deadline (after ``refresh_timeout``)."""
+        if self._timeout is not None:
+            loop = asyncio.get_running_loop()
+            self._timeout.reschedule(loop.time() + max(0.0, deadline - self.clock()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +103,11 @@ async def run_attempt(
     *,
     worker_id: str,
     events_position: Callable[[], Awaitable[int]],
+    read_events: EventReader = _no_event_reader,
     clock: Callable[[], float] = time.time,
 ) -> AttemptResult:
     """Execute ``run_id`` once, from the top, replaying its recorded durable calls."""
-    from tether.context import DurableContext
+    from tether.context import DurableContext, current_context
 
     state = fold(run_id, await store.read(run_id))
     if not state.exists:
@@ -96,49 +115,68 @@ async def run_attempt(
     if state.is_terminal or state.status == "waiting":
         return AttemptResult("skipped", f"run is {state.status}")
 
-    attempt = Attempt(store, state, state.attempt + 1, events_position, clock)
+    attempt = Attempt(store, state, state.attempt + 1, events_position, clock, read_events)
+    parent = state.parent_run_id
     now = clock()
     try:
         if now >= state.deadline:
-            await attempt.append(
-                RunTimedOut(run_id=run_id, at=now, reason=_timeout_reason(state))
-            )
+            await attempt.append(RunTimedOut(run_id=run_id, at=now, reason=_timeout_reason(state),
+                                             parent_run_id=parent))
             return AttemptResult("timed_out")
-        seq = await attempt.append(
-            AttemptStarted(run_id=run_id, at=now, attempt=attempt.number, worker=worker_id)
-        )
-        evolve(state, AttemptStarted(run_id=run_id, at=now, attempt=attempt.number,
-                                     worker=worker_id), seq)
+        started = AttemptStarted(run_id=run_id, at=now, attempt=attempt.number, worker=worker_id)
+        evolve(state, started, await attempt.append(started))
         ctx = DurableContext(attempt)
+        token = current_context.set(ctx)
         try:
-            async with asyncio.timeout(state.deadline - clock()):
+            async with asyncio.timeout(state.deadline - clock()) as timeout:
+                attempt._timeout = timeout
                 output = await task.invoke(state.input, ctx)
         except TimeoutError:
-            await attempt.append(
-                RunTimedOut(run_id=run_id, at=clock(), reason=_timeout_reason(state))
-            )
+            await attempt.append(RunTimedOut(run_id=run_id, at=clock(),
+                                             reason=_timeout_reason(state), parent_run_id=parent))
             return AttemptResult("timed_out")
         except (_Suspend, _Abandon, asyncio.CancelledError):
             raise
         except Exception as exc:
-            log.info(
-                "task failed",
-                extra={"run_id": run_id, "task": state.task, "error": repr(exc),
-                       "trace": traceback.format_exc(limit=5)},
-            )
-            await attempt.append(RunFailed(run_id=run_id, at=clock(), error=_error_info(exc)))
-            return AttemptResult("failed", repr(exc))
+            return await _record_failure(task, attempt, exc, clock)
+        finally:
+            current_context.reset(token)
         try:
             encoded = codec.to_json_value(output)
         except codec.EncodingError as exc:
-            await attempt.append(RunFailed(run_id=run_id, at=clock(), error=_error_info(exc)))
+            await attempt.append(RunFailed(run_id=run_id, at=clock(), error=_error_info(exc),
+                                           parent_run_id=parent))
             return AttemptResult("failed", str(exc))
-        await attempt.append(RunCompleted(run_id=run_id, at=clock(), output=encoded))
+        await attempt.append(RunCompleted(run_id=run_id, at=clock(), output=encoded,
+                                          parent_run_id=parent))
         return AttemptResult("completed")
     except _Suspend:
         return AttemptResult("suspended")
     except _Abandon:
         return AttemptResult("abandoned", "the run changed under this attempt")
+
+
+async def _record_failure(
+    task: DurableTask[Any, Any], attempt: Attempt, exc: Exception, clock: Callable[[], float]
+) -> AttemptResult:
+    """Retry with backoff while retries remain; fail at once on NonRetryableError."""
+    state = attempt.state
+    log.info(
+        "attempt failed",
+        extra={"run_id": state.run_id, "task": state.task, "attempt": attempt.number,
+               "error": repr(exc), "trace": traceback.format_exc(limit=5)},
+    )
+    now = clock()
+    retryable = not isinstance(exc, NonRetryableError)
+    if retryable and state.failures < task.retries:
+        delay = task.retry_delay(state.failures + 1)
+        if now + delay < state.deadline:
+            await attempt.append(AttemptFailed(run_id=state.run_id, at=now, attempt=attempt.number,
+                                               error=_error_info(exc), retry_at=now + delay))
+            return AttemptResult("retrying", repr(exc))
+    await attempt.append(RunFailed(run_id=state.run_id, at=now, error=_error_info(exc),
+                                   parent_run_id=state.parent_run_id))
+    return AttemptResult("failed", repr(exc))
 
 
 def _timeout_reason(state: RunState) -> str:

@@ -62,15 +62,20 @@ class RunInfo:
         return self.status in ("completed", "failed", "timed_out", "cancelled")
 
 
-def _raise_for(info: RunInfo) -> Any:
-    if info.status == "completed":
-        return info.output
+def raise_for_outcome(run_id: str, status: str, output: Any, error: Any) -> Any:
+    """The output of a completed run, else the RunError that matches its status."""
+    if status == "completed":
+        return output
     error_cls: type[RunError] = {
         "failed": RunFailedError,
         "timed_out": RunTimeoutError,
         "cancelled": RunCancelledError,
-    }.get(info.status, RunFailedError)
-    raise error_cls(info.run_id, info.status, info.error)
+    }.get(status, RunFailedError)
+    raise error_cls(run_id, status, error if isinstance(error, dict) else None)
+
+
+def _raise_for(info: RunInfo) -> Any:
+    return raise_for_outcome(info.run_id, info.status, info.output, info.error)
 
 
 class RunRef:
@@ -134,7 +139,10 @@ class RunsClient:
         *,
         metadata: dict[str, Any] | None = None,
         run_id: str | None = None,
+        parent_run_id: str | None = None,
+        exist_ok: bool = False,
     ) -> RunRef:
+        """Append ``run.requested``; with ``exist_ok`` an existing run of that id is kept."""
         conn = await self._app.connection()
         run_id = check_run_id(run_id) if run_id else uuid.uuid4().hex
         event = RunRequested(
@@ -144,8 +152,18 @@ class RunsClient:
             input=task.encode_input(input),
             execution_timeout_s=task.execution_timeout.total_seconds(),
             metadata=codec.to_json_value(metadata or {}),
+            schedule_timeout_s=(
+                task.schedule_timeout.total_seconds() if task.schedule_timeout else None
+            ),
+            parent_run_id=parent_run_id,
         )
-        await conn.store.append(event, expected_last_seq=0, msg_id=f"{run_id}:requested")
+        try:
+            await conn.store.append(event, expected_last_seq=0, msg_id=f"{run_id}:requested")
+        except ConcurrencyConflictError:
+            if not exist_ok:
+                raise ValueError(
+                    f"a run with id {run_id!r} already exists; pick another id"
+                ) from None
         return RunRef(self, run_id)
 
     def ref(self, run_id: str) -> RunRef:

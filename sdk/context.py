@@ -2,22 +2,54 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from tether.conditions import (
+    Condition,
+    OrGroup,
+    SleepCondition,
+    UserEventCondition,
+    WaitResult,
+)
 from tether.engine import codec
-from tether.engine.events import StepRecorded, WaitStarted
-from tether.engine.state import StepRecord, WaitRecord
+from tether.engine.events import (
+    ConditionSpec,
+    EventRejected,
+    StepRecorded,
+    TimeoutRefreshed,
+    WaitConditionMet,
+    WaitSatisfied,
+    WaitStarted,
+)
+from tether.engine.state import ResolveWait, StepRecord, WaitRecord, evolve, wait_resolution
 from tether.engine.subjects import check_event_key
 from tether.errors import NonDeterminismError, WaitTimeoutError, _Suspend
-from tether.projections.cel_expressions import validate
+from tether.projections.cel_expressions import (
+    ExpressionEvaluationError,
+    compile_program,
+    validate,
+)
 
 if TYPE_CHECKING:
     from tether.attempt import Attempt
+    from tether.task import DurableTask
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+# The context of the task running in this asyncio task, so that ``task.run()`` called inside
+# a durable task spawns a child run durably instead of a free-standing one.
+current_context: contextvars.ContextVar[DurableContext | None] = contextvars.ContextVar(
+    "tether_durable_context", default=None
+)
+
+CHILD_EVENT_PREFIX = "tether:run:"
 
 
 class DurableContext:
@@ -52,15 +84,16 @@ class DurableContext:
         if position >= len(records):
             return None
         record = records[position]
-        recorded_name = record.name if isinstance(record, StepRecord) else record.event_key
-        if record.kind != kind or recorded_name != name:
+        if record.kind != kind or record.name != name:
             raise NonDeterminismError(
                 f"run {self.run_id}: durable call #{position} is {kind} {name!r} now, but the "
-                f"history recorded {record.kind} {recorded_name!r}. Durable calls must happen "
+                f"history recorded {record.kind} {record.name!r}. Durable calls must happen "
                 "in the same order on every replay; keep the old order for runs already in "
                 "flight (or branch on a recorded value), or cancel them."
             )
         return record
+
+    # -- steps ----------------------------------------------------------------------------------
 
     async def step(
         self, name: str, fn: Callable[..., Awaitable[T] | T], *args: Any, **kwargs: Any
@@ -69,22 +102,52 @@ class DurableContext:
         record = self._next_record("step", name)
         if isinstance(record, StepRecord):
             return record.output
-        self._attempt.check_live()
         result = fn(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result
         output = codec.to_json_value(result)
+        position = self._position - 1
         await self._attempt.append(
             StepRecorded(
                 run_id=self.run_id,
                 at=self._attempt.clock(),
-                position=self._position - 1,
+                position=position,
                 name=name,
                 output=output,
             )
         )
-        self._attempt.state.records.append(StepRecord(self._position - 1, name, output))
+        self._attempt.state.records.append(StepRecord(position, name, output))
         return output
+
+    async def now(self) -> datetime:
+        """The current time, recorded: the same value on every replay."""
+        value = await self.step("tether:now", self._attempt.clock)
+        return datetime.fromtimestamp(float(value), tz=UTC)
+
+    async def refresh_timeout(self, extra: timedelta) -> datetime:
+        """Extend this run's execution timeout by ``extra``; returns the new deadline."""
+        if extra.total_seconds() <= 0:
+            raise ValueError("refresh_timeout needs a positive duration")
+        state = self._attempt.state
+        new_total = state.execution_timeout_s + extra.total_seconds()
+        record = self._next_record("step", "tether:refresh_timeout")
+        if isinstance(record, StepRecord):
+            return datetime.fromtimestamp(float(record.output), tz=UTC)
+        event = TimeoutRefreshed(
+            run_id=self.run_id, at=self._attempt.clock(), execution_timeout_s=new_total
+        )
+        evolve(state, event, await self._attempt.append(event))
+        deadline = state.deadline
+        position = self._position - 1
+        await self._attempt.append(
+            StepRecorded(run_id=self.run_id, at=self._attempt.clock(), position=position,
+                         name="tether:refresh_timeout", output=deadline)
+        )
+        state.records.append(StepRecord(position, "tether:refresh_timeout", deadline))
+        self._attempt.extend_deadline(deadline)
+        return datetime.fromtimestamp(deadline, tz=UTC)
+
+    # -- waits ----------------------------------------------------------------------------------
 
     async def wait_for_event(
         self,
@@ -92,41 +155,261 @@ class DurableContext:
         expression: str | None = None,
         *,
         timeout: timedelta | None = None,
-    ) -> dict[str, Any]:
+        lookback: timedelta | None = None,
+        model: type[M] | None = None,
+        description: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Any:
         """Wait durably for an event on ``key`` whose payload satisfies the CEL
-        ``expression`` (payload as ``input``); returns the payload.
+        ``expression`` (payload as ``input``); returns the payload (a dict), or an instance
+        of ``model`` when given.
 
-        The first time, the wait is recorded and the task suspends, freeing its slot. The
-        task is re-run from the top once the wait resolves. Raises ``WaitTimeoutError`` if
-        ``timeout`` passes first. Events pushed after this call began are considered.
+        The first time, the wait is recorded and the task suspends, freeing its slot; the
+        task re-runs from the top once the wait resolves. Events stored after this call
+        began are considered, plus those within ``lookback`` before it. Raises
+        ``WaitTimeoutError`` if ``timeout`` passes first. A payload that fails ``model``
+        validation is recorded on the run as rejected and the wait stays open.
         """
         check_event_key(key)
+        condition = UserEventCondition(key, expression, lookback=lookback)
         record = self._next_record("wait", key)
-        if isinstance(record, WaitRecord):
-            if record.outcome == "satisfied":
-                return dict(record.payload or {})
-            if record.outcome == "timed_out":
-                raise WaitTimeoutError(key, record.wait_id)
+        if record is None:
+            await self._register(
+                kind="event", label=None, clauses=[[condition]], timeout=timeout,
+                description=description, details=details,
+            )
+            record = self._attempt.state.records[self._position - 1]
+            assert isinstance(record, WaitRecord)
+        return await self._event_outcome(record, model)
+
+    async def _event_outcome(self, record: WaitRecord | StepRecord, model: type[M] | None) -> Any:
+        assert isinstance(record, WaitRecord)
+        if record.outcome == "timed_out":
+            raise WaitTimeoutError(record.event_key, record.wait_id)
+        if record.outcome != "satisfied":
             raise _Suspend()
-        expression = expression.strip() if expression else None
-        validate(expression)  # a bad expression fails the task here, not in the matcher
+        payload = dict(record.payload or {})
+        if model is None:
+            return payload
+        try:
+            return model.model_validate(payload)
+        except ValidationError as exc:
+            await self._reject_and_rewait(record, exc)
+            raise _Suspend() from None
+
+    async def _reject_and_rewait(self, record: WaitRecord, exc: ValidationError) -> None:
+        """Record the refused payload and register the same wait again after it."""
+        state, clock = self._attempt.state, self._attempt.clock
+        satisfied_seq = record.resolved_event_seq
+        rejected = EventRejected(
+            run_id=self.run_id, at=clock(), wait_id=record.wait_id,
+            event_seq=satisfied_seq, payload=record.payload,
+            error=f"payload does not match the wait's model: {exc}",
+        )
+        evolve(state, rejected, await self._attempt.append(rejected))
+        again = WaitStarted(
+            run_id=self.run_id, at=clock(), position=record.position, wait_id=record.wait_id,
+            task=self.task_name, event_key=record.event_key, expression=record.expression,
+            events_position=max(record.events_position, satisfied_seq or 0),
+            timeout_at=record.timeout_at, kind=record.wait_kind, label=record.label,
+            clauses=record.clauses,
+        )
+        evolve(state, again, await self._attempt.append(again))
+
+    async def wait_for(self, label: str, *conditions: Condition | OrGroup) -> WaitResult:
+        """Wait until every positional condition (or ``or_`` group) is satisfied.
+
+        ``wait_for("review", or_(UserEventCondition("approval:decision", expr),
+        SleepCondition(timedelta(hours=4), key="escalate")))`` resolves with
+        ``fired == ["approval:decision"]`` or ``["escalate"]``.
+        """
+        if not conditions:
+            raise ValueError("wait_for needs at least one condition")
+        clauses: list[list[Condition]] = []
+        for item in conditions:
+            if isinstance(item, OrGroup):
+                clauses.append(list(item.conditions))
+            elif isinstance(item, UserEventCondition | SleepCondition):
+                clauses.append([item])
+            else:
+                raise TypeError(f"wait_for takes conditions or or_() groups, not {item!r}")
+        record = self._next_record("wait", label)
+        if record is None:
+            await self._register(kind="conditions", label=label, clauses=clauses)
+            record = self._attempt.state.records[self._position - 1]
+        assert isinstance(record, WaitRecord)
+        if record.outcome == "satisfied":
+            return WaitResult(fired=list(record.fired), payloads=dict(record.payloads))
+        if record.outcome == "timed_out":
+            raise WaitTimeoutError(label, record.wait_id)
+        raise _Suspend()
+
+    async def sleep_for(self, duration: timedelta) -> None:
+        """Sleep durably: the task suspends, holding no slot, and resumes after ``duration``
+        (measured from the first call, not from each replay)."""
+        await self.wait_for("tether:sleep", SleepCondition(duration))
+
+    async def _register(
+        self,
+        *,
+        kind: str,
+        label: str | None,
+        clauses: list[list[Condition]],
+        timeout: timedelta | None = None,
+        description: str | None = None,
+        details: dict[str, Any] | None = None,
+        events_position: int | None = None,
+    ) -> None:
+        """Record a new wait. Conditions already satisfied (by lookback, or zero sleeps) are
+        recorded at once; if that completes the wait the task carries on without suspending."""
         if timeout is not None and timeout.total_seconds() <= 0:
             raise ValueError("wait timeout must be positive")
-        self._attempt.check_live()
+        for clause in clauses:
+            for condition in clause:
+                if isinstance(condition, UserEventCondition):
+                    validate(condition.expression)  # a bad expression fails the task here
+        attempt, state = self._attempt, self._attempt.state
         position = self._position - 1
-        events_position = await self._attempt.events_position()
-        now = self._attempt.clock()
-        await self._attempt.append(
-            WaitStarted(
-                run_id=self.run_id,
-                at=now,
-                position=position,
-                wait_id=f"{self.run_id}:{position}",
-                task=self.task_name,
-                event_key=key,
-                expression=expression or None,
-                events_position=events_position,
-                timeout_at=now + timeout.total_seconds() if timeout is not None else None,
-            )
+        if events_position is None:
+            events_position = await attempt.events_position()
+        now = attempt.clock()
+        specs = [
+            [_spec(f"c{i}.{j}", condition, now) for j, condition in enumerate(clause)]
+            for i, clause in enumerate(clauses)
+        ]
+        first_event = next(
+            (s for clause in specs for s in clause if s.kind == "event"), None
         )
-        raise _Suspend()
+        started = WaitStarted(
+            run_id=self.run_id, at=now, position=position,
+            wait_id=f"{self.run_id}:{position}", task=self.task_name,
+            event_key=first_event.event_key if first_event else None,
+            expression=first_event.expression if first_event else None,
+            events_position=events_position,
+            timeout_at=now + timeout.total_seconds() if timeout is not None else None,
+            kind="event" if kind == "event" else "conditions", label=label, clauses=specs,
+            description=description, details=details,
+        )
+        evolve(state, started, await attempt.append(started))
+        record = state.records[-1]
+        assert isinstance(record, WaitRecord)
+        for clause_specs, clause in zip(specs, clauses, strict=True):
+            for spec, condition in zip(clause_specs, clause, strict=True):
+                early = await self._already_satisfied(spec, condition, events_position, now)
+                if early is None or record.outcome != "open":
+                    continue
+                seq, payload, event_id = early
+                met: WaitConditionMet | WaitSatisfied
+                if record.satisfied_with(spec.id) and not record.clause_satisfied(
+                    _clause_index(record, spec.id)
+                ):
+                    resolved = wait_resolution(
+                        self.run_id,
+                        ResolveWait(record.wait_id, spec.id, spec.key, spec.event_key, seq,
+                                    event_id, payload),
+                        attempt.clock(), met=record,
+                    )
+                    assert isinstance(resolved, WaitSatisfied)
+                    met = resolved
+                elif not record.clause_satisfied(_clause_index(record, spec.id)):
+                    met = WaitConditionMet(
+                        run_id=self.run_id, at=attempt.clock(), wait_id=record.wait_id,
+                        condition_id=spec.id, event_seq=seq, event_id=event_id,
+                        payload=payload,
+                    )
+                else:
+                    continue
+                evolve(state, met, await attempt.append(met))
+
+    async def _already_satisfied(
+        self, spec: ConditionSpec, condition: Condition, events_position: int, now: float
+    ) -> tuple[int | None, dict[str, Any] | None, str | None] | None:
+        if isinstance(condition, SleepCondition):
+            return (None, None, None) if condition.duration.total_seconds() == 0 else None
+        if condition.lookback is None:
+            return None
+        since = now - condition.lookback.total_seconds()
+        events = await self._attempt.read_events(condition.event_key, since, events_position)
+        for seq, payload, event_id in sorted(events, key=lambda e: e[0], reverse=True):
+            if _matches(condition.expression, payload):
+                return seq, payload, event_id
+        return None
+
+    # -- child runs -----------------------------------------------------------------------------
+
+    async def spawn(
+        self, task: DurableTask[Any, Any], input: Any, metadata: dict[str, Any] | None = None
+    ) -> ChildRunRef:
+        """Start a child run once (a replay returns the recorded child)."""
+        position = self._position
+        child_id = f"{self.run_id}-c{position}"
+
+        async def start_child() -> dict[str, Any]:
+            events_position = await self._attempt.events_position()
+            await task.app.runs.trigger(
+                task, input, metadata=metadata, run_id=child_id, parent_run_id=self.run_id,
+                exist_ok=True,
+            )
+            return {"run_id": child_id, "events_position": events_position}
+
+        recorded = await self.step(f"tether:spawn:{task.name}", start_child)
+        return ChildRunRef(self, str(recorded["run_id"]), int(recorded["events_position"]))
+
+    async def _wait_for_child(self, child_id: str, events_position: int) -> dict[str, Any]:
+        key = CHILD_EVENT_PREFIX + child_id
+        record = self._next_record("wait", key)
+        if record is None:
+            await self._register(
+                kind="event", label=None, clauses=[[UserEventCondition(key)]],
+                events_position=events_position,
+            )
+            record = self._attempt.state.records[self._position - 1]
+        payload = await self._event_outcome(record, None)
+        assert isinstance(payload, dict)
+        return payload
+
+
+class ChildRunRef:
+    """A child run started from a durable task; ``await ref.result()`` waits durably."""
+
+    def __init__(self, ctx: DurableContext, run_id: str, events_position: int) -> None:
+        self._ctx = ctx
+        self.run_id = run_id
+        self._events_position = events_position
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The child's output; raises RunFailedError / RunTimeoutError / RunCancelledError.
+        The parent suspends while the child runs, holding no slot."""
+        from tether.client import raise_for_outcome
+
+        payload = await self._ctx._wait_for_child(self.run_id, self._events_position)
+        return raise_for_outcome(
+            self.run_id, str(payload.get("status")), payload.get("output"), payload.get("error")
+        )
+
+
+def _spec(condition_id: str, condition: Condition, now: float) -> ConditionSpec:
+    if isinstance(condition, SleepCondition):
+        return ConditionSpec(
+            id=condition_id, key=condition.result_key, kind="sleep",
+            due_at=now + condition.duration.total_seconds(),
+        )
+    expression = condition.expression.strip() if condition.expression else None
+    return ConditionSpec(
+        id=condition_id, key=condition.result_key, kind="event",
+        event_key=condition.event_key, expression=expression or None,
+    )
+
+
+def _clause_index(record: WaitRecord, condition_id: str) -> int:
+    return next(i for i, clause in enumerate(record.clauses)
+                if any(spec.id == condition_id for spec in clause))
+
+
+def _matches(expression: str | None, payload: dict[str, Any]) -> bool:
+    if not expression or not expression.strip():
+        return True
+    try:
+        return compile_program(expression).matches(payload)
+    except ExpressionEvaluationError:
+        return False

@@ -18,6 +18,10 @@ class WaitTimeoutError(TetherError):
         self.wait_id = wait_id
 
 
+class NonRetryableError(TetherError):
+    """Raise (or subclass) this in a task to fail the run at once, without retries."""
+
+
 class NonDeterminismError(TetherError):
     """Replay met a different sequence of durable calls than the run's history records."""
 

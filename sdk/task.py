@@ -16,7 +16,7 @@ from tether.engine.subjects import check_token
 if TYPE_CHECKING:
     from tether.app import Tether
     from tether.client import RunRef
-    from tether.context import DurableContext
+    from tether.context import ChildRunRef, DurableContext
 
 I = TypeVar("I")  # noqa: E741 - input type
 O = TypeVar("O")  # noqa: E741 - output type
@@ -34,6 +34,11 @@ class DurableTask(Generic[I, O]):
         *,
         name: str,
         execution_timeout: timedelta,
+        schedule_timeout: timedelta | None = None,
+        retries: int = 0,
+        backoff_factor: float = 2.0,
+        backoff_max: timedelta = timedelta(minutes=5),
+        backoff_initial: timedelta = timedelta(seconds=1),
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"durable task {name!r} must be an async function")
@@ -42,7 +47,16 @@ class DurableTask(Generic[I, O]):
         self.app = app
         self.fn = fn
         self.name = check_token("task name", name)
+        if retries < 0:
+            raise ValueError(f"durable task {name!r}: retries must not be negative")
+        if schedule_timeout is not None and schedule_timeout.total_seconds() <= 0:
+            raise ValueError(f"durable task {name!r}: schedule_timeout must be positive")
         self.execution_timeout = execution_timeout
+        self.schedule_timeout = schedule_timeout
+        self.retries = retries
+        self.backoff_factor = backoff_factor
+        self.backoff_max = backoff_max
+        self.backoff_initial = backoff_initial
         self.input_model = _input_model(fn)
 
     def __repr__(self) -> str:
@@ -54,6 +68,11 @@ class DurableTask(Generic[I, O]):
             return self.input_model.model_validate(raw)
         return raw
 
+    def retry_delay(self, failure: int) -> float:
+        """Seconds before retry number ``failure`` (1-based): exponential, capped."""
+        delay = self.backoff_initial.total_seconds() * self.backoff_factor ** (failure - 1)
+        return float(min(delay, self.backoff_max.total_seconds()))
+
     async def invoke(self, raw_input: Any, ctx: DurableContext) -> O:
         return await self.fn(self.parse_input(raw_input), ctx)
 
@@ -64,14 +83,24 @@ class DurableTask(Generic[I, O]):
 
     async def run_no_wait(
         self, input: I, *, metadata: dict[str, Any] | None = None, run_id: str | None = None
-    ) -> RunRef:
-        """Record a new run of this task and return at once with its reference."""
+    ) -> RunRef | ChildRunRef:
+        """Record a new run of this task and return at once with its reference.
+
+        Called inside a durable task, this starts a child run: the spawn is recorded once
+        (replays do not start it again) and ``await ref.result()`` waits durably.
+        """
+        from tether.context import current_context
+
+        ctx = current_context.get()
+        if ctx is not None:
+            return await ctx.spawn(self, input, metadata)
         return await self.app.runs.trigger(self, input, metadata=metadata, run_id=run_id)
 
     async def run(
         self, input: I, *, metadata: dict[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
-        """Trigger a run and wait for its output (raises RunFailedError / RunTimeoutError)."""
+        """Trigger a run and wait for its output (raises RunFailedError / RunTimeoutError).
+        Inside a durable task the parent suspends until the child ends, holding no slot."""
         ref = await self.run_no_wait(input, metadata=metadata)
         return await ref.result(timeout=timeout)
 

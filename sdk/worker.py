@@ -99,6 +99,7 @@ class Worker:
                 run_id,
                 worker_id=self.worker_id,
                 events_position=conn.events_position,
+                read_events=conn.read_events,
             )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):

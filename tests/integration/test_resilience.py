@@ -14,11 +14,13 @@ import contextlib
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from nats.aio.msg import Msg
 
 from tether import RunRef, Tether
 from tether.engine.config import Settings
@@ -61,17 +63,17 @@ class Child:
         return (f"--- {self.label} (pid {self.proc.pid}, exit {self.proc.returncode}) stdout:\n"
                 + "\n".join(self.lines[-20:]) + f"\n--- {self.label} stderr:\n{err}")
 
-    async def line_starting(self, prefix: str, timeout: float = 20.0) -> str:
-        async def check() -> str | None:
+    async def line_starting(self, prefix: str, within: float = 20.0) -> str:
+        async def check() -> str:
             for line in self.lines:
                 if line.startswith(prefix):
                     return line
             if self.proc.returncode is not None:
                 raise AssertionError(f"{self.label} exited before printing {prefix!r}\n"
                                      + self.describe())
-            return None
+            return ""
 
-        return await wait_until(check, timeout=timeout, message=f"{self.label}: {prefix!r}")
+        return await wait_until(check, timeout=within, message=f"{self.label}: {prefix!r}")
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, no acks, no goodbyes."""
@@ -81,12 +83,12 @@ class Child:
         await self.proc.wait()
         await asyncio.wait(self._readers, timeout=5)
 
-    async def terminate(self, timeout: float = 10.0) -> None:
+    async def terminate(self, within: float = 10.0) -> None:
         if self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
+                await asyncio.wait_for(self.proc.wait(), within)
             except TimeoutError:
                 await self.kill()
         await asyncio.wait(self._readers, timeout=5)
@@ -131,10 +133,10 @@ class Children:
         return "\n".join(child.describe() for child in self.all)
 
     async def until(
-        self, check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, message: str
+        self, check: Callable[[], Awaitable[T]], *, within: float = 15.0, message: str
     ) -> T:
         try:
-            return await wait_until(check, timeout=timeout, message=message)
+            return await wait_until(check, timeout=within, message=message)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.report()}") from None
 
@@ -158,7 +160,7 @@ async def statuses(app: Tether, run_ids: list[str]) -> list[str]:
 
 
 async def all_in_status(
-    kids: Children, app: Tether, run_ids: list[str], status: str, timeout: float = 20.0
+    kids: Children, app: Tether, run_ids: list[str], status: str, within: float = 20.0
 ) -> None:
     seen: list[str] = []
 
@@ -167,17 +169,17 @@ async def all_in_status(
         return all(s == status for s in seen)
 
     try:
-        await kids.until(check, timeout=timeout, message=f"{len(run_ids)} runs to be {status}")
+        await kids.until(check, within=within, message=f"{len(run_ids)} runs to be {status}")
     except AssertionError as exc:
         counts = {s: seen.count(s) for s in sorted(set(seen))}
         raise AssertionError(f"statuses {counts}\n{exc}") from None
 
 
-async def results(kids: Children, refs: list[RunRef], timeout: float) -> list[Any]:
+async def results(kids: Children, refs: list[RunRef], within: float) -> list[Any]:
     try:
-        return await asyncio.gather(*(ref.result(timeout=timeout) for ref in refs))
+        return await asyncio.gather(*(ref.result(timeout=within) for ref in refs))
     except TimeoutError:
-        raise AssertionError(f"runs did not finish within {timeout}s\n{kids.report()}") from None
+        raise AssertionError(f"runs did not finish within {within}s\n{kids.report()}") from None
 
 
 def approve(run_id: str) -> dict[str, str]:
@@ -199,7 +201,7 @@ async def test_worker_killed_while_run_waits(
     await first.kill()
     second, second_id = await children.worker("second", nats_url, namespace)
     await app.events.push(APPROVAL_KEY, approve(ref.run_id))
-    result = await results(children, [ref], timeout=15)
+    result = await results(children, [ref], within=15)
 
     assert result == [{"decision": "approve", "action": {"pay": 120}}], children.report()
     info = await app.runs.get(ref.run_id)
@@ -239,7 +241,7 @@ async def test_worker_killed_while_run_is_running(
         "second", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S
     )
     # Redelivery comes once the dead worker's ack wait runs out.
-    result = await results(children, [ref], timeout=SHORT_ACK_WAIT_S + 15)
+    result = await results(children, [ref], within=SHORT_ACK_WAIT_S + 15)
 
     assert result == [{"before": "prepared", "block": "released", "attempt": 2}]
     info = await app.runs.get(ref.run_id)
@@ -279,13 +281,13 @@ async def test_serve_killed_and_restarted_mid_flow(
         assert (await app.runs.get(late.run_id)).status == "queued"
 
         await children.serve("serve-2", nats_url, namespace)
-        outputs = await results(children, refs, timeout=30)
+        outputs = await results(children, refs, within=30)
         assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)]
 
         # The run requested while serve was down was dispatched from the durable consumer.
         await all_in_status(children, app, [late.run_id], "waiting")
         await app.events.push(APPROVAL_KEY, approve(late.run_id))
-        assert await results(children, [late], timeout=15) == [
+        assert await results(children, [late], within=15) == [
             {"decision": "approve", "action": {"pay": 999}}
         ]
     assert executions(tmp_path, "propose") == runs + 1
@@ -293,6 +295,57 @@ async def test_serve_killed_and_restarted_mid_flow(
         types = [e.type for e in (await app.runs.get(ref.run_id)).events]
         assert types.count("run.wait_satisfied.v1") == 1
         assert types.count("run.completed.v1") == 1
+
+
+async def test_serve_killed_while_resuming_runs(
+    app: Tether, children: Children, nats_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """SIGKILL lands while serve is matching approvals, appending resolutions and dispatching:
+    whatever it held unacknowledged comes back to the next serve (after the engine consumers'
+    ack wait at worst), and no run is resumed twice."""
+    runs = 20
+    tasks = define_tasks(app)
+    serve = await children.serve("serve-1", nats_url, namespace)
+    async with app.worker("w", tasks=[tasks["approval"]], slots=4):
+        refs = [
+            await tasks["approval"].run_no_wait({"amount": i, "dir": str(tmp_path)})
+            for i in range(runs)
+        ]
+        ids = [ref.run_id for ref in refs]
+        await all_in_status(children, app, ids, "waiting")
+
+        # Kill serve the moment its first resolution lands in the log: the others are then
+        # somewhere between matched, commanded, appended and dispatched.
+        conn = await app.connection()
+        first_resolution = asyncio.Event()
+
+        async def on_resolution(msg: Msg) -> None:
+            if not first_resolution.is_set():
+                first_resolution.set()
+                serve.proc.send_signal(signal.SIGKILL)
+
+        sub = await conn.nc.subscribe(
+            conn.settings.names.runs_token_filter("wait_satisfied"), cb=on_resolution
+        )
+        await asyncio.gather(*(app.events.push(APPROVAL_KEY, approve(i)) for i in ids))
+
+        async def resolved() -> bool:
+            return first_resolution.is_set()
+
+        await children.until(resolved, message="serve to resolve a wait")
+        await sub.unsubscribe()
+        await serve.kill()
+        in_flight = dict(Counter(await statuses(app, ids)))
+        await children.serve("serve-2", nats_url, namespace)
+        outputs = await results(children, refs, within=45)
+    assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)], (
+        in_flight
+    )
+    for ref in refs:
+        types = [e.type for e in (await app.runs.get(ref.run_id)).events]
+        assert types.count("run.wait_satisfied.v1") == 1, (in_flight, types)
+        assert types.count("run.completed.v1") == 1, (in_flight, types)
+    assert executions(tmp_path, "propose") == runs
 
 
 # -- 4. NATS itself restarts under everything ---------------------------------------------------
@@ -321,7 +374,7 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
             conn = await app.connection()
 
             async def reconnected() -> bool:
-                return conn.nc.is_connected and conn.nc.stats["reconnects"] >= 1
+                return bool(conn.nc.is_connected and conn.nc.stats["reconnects"] >= 1)
 
             await wait_until(reconnected, timeout=10, message="the SDK to reconnect")
 

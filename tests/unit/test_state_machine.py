@@ -28,14 +28,15 @@ def requested(run_id: str = "r1", timeout: float = 60.0, at: float = 100.0) -> e
 
 
 def wait_started(position: int = 0) -> ev.WaitStarted:
+    spec = ev.ConditionSpec(id="c0.0", key="k", kind="event", event_key="k")
     return ev.WaitStarted(run_id="r1", at=101.0, position=position, wait_id=f"r1:{position}",
                           task="t", event_key="k", expression=None, events_position=7,
-                          timeout_at=None)
+                          timeout_at=None, clauses=[[spec]])
 
 
 def resolve(wait_id: str = "r1:0") -> ResolveWait:
-    return ResolveWait(wait_id=wait_id, event_key="k", event_seq=9, event_id="e",
-                       payload={"ok": True}, metadata={})
+    return ResolveWait(wait_id=wait_id, condition_id="c0.0", condition_key="k", event_key="k",
+                       event_seq=9, event_id="e", payload={"ok": True})
 
 
 def test_fold_tracks_status_through_a_wait() -> None:
@@ -66,6 +67,40 @@ def test_terminal_runs_take_no_commands() -> None:
     # a late write after the end changes nothing
     evolve(state, ev.RunFailed(run_id="r1", at=7, error=ev.ErrorInfo(type="X", message="m")), 3)
     assert state.status == "completed" and state.output == 1
+
+
+def test_and_of_two_conditions_needs_both() -> None:
+    a = ev.ConditionSpec(id="c0.0", key="alice", kind="event", event_key="k")
+    b = ev.ConditionSpec(id="c1.0", key="bob", kind="event", event_key="k")
+    started = ev.WaitStarted(run_id="r1", at=1.0, position=0, wait_id="r1:0", task="t",
+                             event_key="k", expression=None, events_position=0,
+                             timeout_at=None, kind="conditions", label="two",
+                             clauses=[[a], [b]])
+    state = fold("r1", [(1, requested()), (2, started)])
+    first = ResolveWait("r1:0", "c0.0", "alice", "k", 5, None, {"by": "alice"})
+    [met] = decide(state, first, now=2.0)
+    assert isinstance(met, ev.WaitConditionMet)
+    evolve(state, met, 3)
+    assert state.status == "waiting"
+    assert decide(state, first, now=2.0) == []  # the same condition again: nothing
+    [done] = decide(state, ResolveWait("r1:0", "c1.0", "bob", "k", 6, None, {"by": "bob"}), 3.0)
+    assert isinstance(done, ev.WaitSatisfied)
+    assert done.fired == ["alice", "bob"]
+    assert done.payloads == {"alice": {"by": "alice"}, "bob": {"by": "bob"}}
+
+
+def test_or_group_resolves_on_first_alternative() -> None:
+    event = ev.ConditionSpec(id="c0.0", key="approval", kind="event", event_key="k")
+    sleep = ev.ConditionSpec(id="c0.1", key="escalate", kind="sleep", due_at=50.0)
+    started = ev.WaitStarted(run_id="r1", at=1.0, position=0, wait_id="r1:0", task="t",
+                             event_key="k", expression=None, events_position=0,
+                             timeout_at=None, kind="conditions", label="x",
+                             clauses=[[event, sleep]])
+    state = fold("r1", [(1, requested()), (2, started)])
+    [done] = decide(state, ResolveWait("r1:0", "c0.1", "escalate"), now=51.0)
+    assert isinstance(done, ev.WaitSatisfied) and done.fired == ["escalate"]
+    evolve(state, done, 3)
+    assert decide(state, ResolveWait("r1:0", "c0.0", "approval", "k", 9, None, {}), 52.0) == []
 
 
 def test_unknown_run_takes_no_commands() -> None:

@@ -1,0 +1,355 @@
+"""Resident memory per open wait in the engine + matcher process, at 10,000 waiting runs.
+
+Layout: nats-server | ``tether serve`` (engine service, matcher, timer) in a child process |
+a worker process (the approval task of bench/hitl_cycle.py) | this process as the client.
+
+1. Warm up with a few hundred full approval cycles, so caches, consumers and buffers that
+   do not depend on the number of waits exist before the baseline.
+2. Read VmRSS (/proc/<pid>/status) of the serve and worker processes.
+3. Trigger 10,000 runs and wait until every one is ``waiting``; a last run approved after
+   them proves the matcher has indexed every earlier wait (it reads the run log in order).
+   Then wait for the engine's bookkeeping to drain and for RSS to settle.
+4. Read VmRSS again: (after - before) / waits, against the 2 KB target. The worker should
+   not grow per waiting run: a suspended run holds no slot and nothing in the worker.
+
+Then, in this process and with tracemalloc, where the bytes go: the matcher's structures for
+10,000 waits and the timer projection's entries for their deadlines (each waiting run has an
+execution deadline and, with a wait timeout, a wait deadline).
+
+Usage: python bench/wait_memory.py [--waits 10000] [--slots 500] [--wait-timeout-s 3600]
+       [--nats-url URL] [--sync-always]
+Writes bench/results/wait_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import sys
+import time
+import tracemalloc
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import nats
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from hitl_cycle import (  # noqa: E402  (a sibling script: the same task and worker)
+    EVENT_KEY,
+    Proposal,
+    RunWatch,
+    define_task,
+    gather_chunks,
+    rss_bytes,
+    spawn_ready,
+    stop_child,
+    until,
+)
+
+from tether import Tether  # noqa: E402
+from tether.engine import events as ev  # noqa: E402
+from tether.engine.config import Settings  # noqa: E402
+from tether.engine.nats_server import NatsServer  # noqa: E402
+from tether.projections.cel_expressions import analyze  # noqa: E402
+from tether.projections.matcher import Matcher  # noqa: E402
+from tether.projections.timer import TimerProjection  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_BYTES_PER_WAIT = 2048
+HITL = str(Path(__file__).resolve().parent / "hitl_cycle.py")
+
+
+async def settled_rss(pid: int, *, every: float = 0.5, window: int = 4,
+                      limit_s: float = 30.0) -> int:
+    """VmRSS once it has stopped moving: `window` readings within 0.5% of each other."""
+    readings: list[int] = []
+    deadline = time.monotonic() + limit_s
+    while True:
+        readings.append(rss_bytes(pid))
+        recent = readings[-window:]
+        if len(recent) == window and max(recent) - min(recent) <= 0.005 * max(recent):
+            return recent[-1]
+        if time.monotonic() > deadline:
+            print(f"    (RSS of {pid} still moving after {limit_s:.0f}s; taking the last "
+                  "reading)", flush=True)
+            return readings[-1]
+        await asyncio.sleep(every)
+
+
+async def engine_idle(js: Any, settings: Settings, limit_s: float = 120.0) -> None:
+    """Wait until the engine's bookkeeping consumer has handled every run event so far."""
+    names = settings.names
+    deadline = time.monotonic() + limit_s
+    while True:
+        info = await js.consumer_info(names.runs_stream, names.bookkeeper_consumer)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"engine bookkeeping did not drain: {info.num_pending} pending")
+        await asyncio.sleep(0.1)
+
+
+async def cycles(app: Tether, task: Any, watch: RunWatch, n: int) -> None:
+    refs = await gather_chunks(list(range(n)), 200,
+                               lambda i: task.run_no_wait(Proposal(amount=i)), "triggered")
+    await until(lambda: all(r.run_id in watch.waiting for r in refs), limit_s=120,
+                what="runs waiting", progress=lambda: "warm-up runs waiting")
+    await asyncio.gather(*(app.events.push(EVENT_KEY, {"runId": r.run_id, "decision": "approve"})
+                           for r in refs))
+    await asyncio.gather(*(r.result(timeout=60) for r in refs))
+
+
+async def measure(args: argparse.Namespace, nats_url: str, serve_pid: int,
+                  worker_pid: int) -> dict[str, Any]:
+    settings = Settings(nats_url=nats_url, namespace=args.namespace)
+    app = Tether(settings=settings)
+    task = define_task(app, args.wait_timeout_s)
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream(timeout=30)
+    watch = RunWatch(args.namespace)
+    await watch.start(nc)
+    await nc.flush()
+    try:
+        async with app:
+            print(f"\n[1] warm-up: {args.warmup} full approval cycles", flush=True)
+            await cycles(app, task, watch, args.warmup)
+            await engine_idle(js, settings)
+            serve_before = await settled_rss(serve_pid)
+            worker_before = await settled_rss(worker_pid)
+            print(f"    baseline RSS: serve {serve_before / 2**20:.1f} MiB, "
+                  f"worker {worker_before / 2**20:.1f} MiB", flush=True)
+
+            n = args.waits
+            print(f"\n[2] {n:,} runs triggered, each left waiting", flush=True)
+            start = time.perf_counter()
+            refs = await gather_chunks(list(range(n)), 500,
+                                       lambda i: task.run_no_wait(Proposal(amount=i)),
+                                       "triggered")
+            ids = [r.run_id for r in refs]
+            await until(lambda: all(r in watch.waiting for r in ids), limit_s=max(120, n / 20),
+                        what="all runs waiting",
+                        progress=lambda: f"waiting {sum(r in watch.waiting for r in ids):,}/{n:,}")
+            print(f"    all {n:,} waiting after {time.perf_counter() - start:.1f}s", flush=True)
+            # A run that waits after all of them and resumes: the matcher has read every
+            # earlier wait_started by then.
+            sentinel = await task.run_no_wait(Proposal(amount=0))
+            await asyncio.wait_for(watch.waiting_future(sentinel.run_id), 60)
+            await app.events.push(EVENT_KEY, {"runId": sentinel.run_id, "decision": "approve"})
+            await sentinel.result(timeout=60)
+            await engine_idle(js, settings)
+            serve_after = await settled_rss(serve_pid)
+            worker_after = await settled_rss(worker_pid)
+            still_waiting = [r for r in ids if r in watch.terminal]
+            if still_waiting:
+                raise RuntimeError(f"{len(still_waiting)} runs ended while they should wait")
+            sample = await asyncio.gather(*(app.runs.get(r) for r in ids[:: max(1, n // 50)]))
+            if any(i.status != "waiting" for i in sample):
+                raise RuntimeError("a sampled run is not waiting")
+            print(f"    RSS with {n:,} waiting: serve {serve_after / 2**20:.1f} MiB, "
+                  f"worker {worker_after / 2**20:.1f} MiB", flush=True)
+    finally:
+        await nc.close()
+    return {
+        "waits": n,
+        "serve_rss_before": serve_before,
+        "serve_rss_after": serve_after,
+        "serve_bytes_per_wait": (serve_after - serve_before) / n,
+        "worker_rss_before": worker_before,
+        "worker_rss_after": worker_after,
+        "worker_bytes_per_wait": (worker_after - worker_before) / n,
+    }
+
+
+# -- where the bytes go (in this process, tracemalloc) ----------------------------------------
+
+
+@dataclass(slots=True)
+class _Seq:
+    stream: int
+
+
+@dataclass(slots=True)
+class _Meta:
+    sequence: _Seq
+
+
+@dataclass(slots=True)
+class _Msg:
+    subject: str
+    data: bytes
+    headers: None
+    metadata: _Meta
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: str
+    value: bytes
+    operation: str | None = None
+
+
+class _Watcher:
+    def __init__(self, entries: list[_Entry]) -> None:
+        self._entries = entries
+
+    def __aiter__(self) -> _Watcher:
+        return self
+
+    async def __anext__(self) -> _Entry:
+        if not self._entries:
+            raise StopAsyncIteration
+        return self._entries.pop()
+
+
+def _traced(build: Any) -> tuple[int, Any]:
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = build()
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return after - before, kept
+
+
+async def breakdown(n: int, wait_timeout: bool) -> dict[str, Any]:
+    analyze("input.runId == 'warm-up'")
+    run_ids = [uuid.uuid4().hex for _ in range(n)]
+    now = time.time()
+    messages = [
+        _Msg(f"bench.runs.{r}.wait_started", ev.encode(ev.WaitStarted(
+            run_id=r, at=now, position=1, wait_id=f"{r}:1", task="bench-approval",
+            event_key=EVENT_KEY, expression=f"input.runId == '{r}'", events_position=10,
+            timeout_at=now + 3600 if wait_timeout else None,
+        )), None, _Meta(_Seq(i + 1)))
+        for i, r in enumerate(run_ids)
+    ]
+    conn = SimpleNamespace(settings=Settings(namespace="bench"), js=None, reader=None)
+
+    def build_matcher() -> Matcher:
+        matcher = Matcher(conn)  # type: ignore[arg-type]
+        for msg in messages:
+            matcher._on_run_msg(msg)  # type: ignore[arg-type]
+        return matcher
+
+    matcher_bytes, matcher = _traced(build_matcher)
+    assert len(matcher.waits) == n
+
+    entries = []
+    for i, r in enumerate(run_ids):
+        entries.append(_Entry(f"{r}.run", orjson.dumps(
+            {"due_at": now + 7200, "kind": "expire_run", "run_id": r})))
+        if wait_timeout:
+            entries.append(_Entry(f"{r}.w1", orjson.dumps({
+                "due_at": now + 3600, "kind": "expire_wait", "run_id": r,
+                "wait_id": f"{r}:1", "wait_seq": i + 1, "task": "bench-approval"})))
+
+    timer = TimerProjection(SimpleNamespace())  # type: ignore[arg-type]
+
+    tracemalloc.start()
+    gc.collect()
+    before = tracemalloc.get_traced_memory()[0]
+    await timer._watch(_Watcher(entries), asyncio.Event())  # type: ignore[arg-type]
+    gc.collect()
+    timer_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert timer.pending == n * (2 if wait_timeout else 1)
+    return {
+        "waits": n,
+        "matcher_bytes_per_wait": matcher_bytes / n,
+        "timer_bytes_per_wait": timer_bytes / n,
+        "timer_entries_per_wait": 2 if wait_timeout else 1,
+    }
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--waits", type=int, default=10_000)
+    parser.add_argument("--slots", type=int, default=500, help="worker slots")
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--wait-timeout-s", type=float, default=3600.0,
+                        help="the wait's timeout (0: none); a timeout adds a KV deadline")
+    parser.add_argument("--nats-url", default=None, help="use this server instead of starting one")
+    parser.add_argument("--sync-always", action="store_true",
+                        help="started nats-server fsyncs every write (sync_interval: always)")
+    parser.add_argument("--namespace", default=None)
+    parser.add_argument("--out", default=str(RESULTS / "wait_memory.json"))
+    args = parser.parse_args()
+    args.namespace = args.namespace or f"bench{uuid.uuid4().hex[:8]}"
+
+    server: NatsServer | None = None
+    serve = worker = None
+    try:
+        if args.nats_url:
+            nats_url = args.nats_url
+        else:
+            server = NatsServer(sync_always=args.sync_always).start()
+            nats_url = server.url
+        print(f"nats-server: {nats_url}; namespace {args.namespace}", flush=True)
+        serve = spawn_ready([sys.executable, "-m", "tether.cli", "serve", "--nats-url", nats_url,
+                             "--namespace", args.namespace], "running", "tether serve")
+        worker = spawn_ready([sys.executable, HITL, "--role", "worker", "--nats-url", nats_url,
+                              "--namespace", args.namespace, "--slots", str(args.slots),
+                              "--wait-timeout-s", str(args.wait_timeout_s)],
+                             "worker ready", "worker")
+        print(f"layout: nats-server | tether serve pid {serve.pid} | worker pid {worker.pid} "
+              f"({args.slots} slots) | client pid {os.getpid()}", flush=True)
+        results = asyncio.run(measure(args, nats_url, serve.pid, worker.pid))
+    finally:
+        stop_child(worker)
+        stop_child(serve)
+        if server is not None:
+            server.cleanup()
+
+    print("\n[3] where the bytes go (this process, tracemalloc)", flush=True)
+    parts = asyncio.run(breakdown(args.waits, args.wait_timeout_s > 0))
+    results["breakdown"] = parts
+
+    per_wait = results["serve_bytes_per_wait"]
+    print("\n== wait_memory summary ==")
+    print(f"serve (engine+matcher+timer) RSS: {results['serve_rss_before'] / 2**20:.1f} MiB -> "
+          f"{results['serve_rss_after'] / 2**20:.1f} MiB with {results['waits']:,} open waits")
+    print(f"  {per_wait:,.0f} bytes per open wait; target <= {TARGET_BYTES_PER_WAIT}: ratio "
+          f"{per_wait / TARGET_BYTES_PER_WAIT:.2f} "
+          f"({'meets' if per_wait <= TARGET_BYTES_PER_WAIT else 'MISSES'} target)")
+    print(f"  wait timeout {args.wait_timeout_s:g}s: each waiting run has "
+          f"{parts['timer_entries_per_wait']} deadline(s) in the timer projection")
+    print(f"worker RSS: {results['worker_rss_before'] / 2**20:.1f} MiB -> "
+          f"{results['worker_rss_after'] / 2**20:.1f} MiB "
+          f"({results['worker_bytes_per_wait']:,.0f} bytes per waiting run)")
+    print(f"breakdown (tracemalloc, Python objects only): matcher "
+          f"{parts['matcher_bytes_per_wait']:,.0f} B/wait, timer "
+          f"{parts['timer_bytes_per_wait']:,.0f} B/wait")
+    config = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "waits": args.waits,
+        "slots": args.slots,
+        "warmup_cycles": args.warmup,
+        "wait_timeout_s": args.wait_timeout_s,
+        "sync_always": args.sync_always if not args.nats_url else None,
+        "target_bytes_per_wait": TARGET_BYTES_PER_WAIT,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"config": config, "results": results}, indent=2))
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()

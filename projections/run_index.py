@@ -1,0 +1,413 @@
+"""The run index: a read model of runs and of the waits a person may decide, for the HTTP
+API, the dashboard and the CLI.
+
+It follows the whole run log (``<ns>.runs.>``) from the start with an ordered consumer and
+folds each run with the engine's own state machine, so its statuses are the ones
+``app.runs.get`` reports. For each open wait it keeps what an inbox shows: the run, the task,
+the event key and expression a decision must match, the proposed action (the wait's explicit
+``description``/``details``, else the output of the last step before the wait), since when it
+waits, and its deadlines.
+
+Queries never touch NATS; they answer from memory and lag the log by the delivery latency
+(about a millisecond). ``sync()`` waits until everything stored before the call is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from tether.engine import events as ev
+from tether.engine.connection import Connection
+from tether.engine.state import RunState, StepRecord, WaitRecord, evolve
+from tether.projections.cel_expressions import InvalidExpressionError, analyze
+
+log = logging.getLogger("tether.run_index")
+
+IDLE_HEARTBEAT_S = 1.0
+# Event keys under this prefix are Tether's own (child-run results): no person decides them.
+INTERNAL_KEY_PREFIX = "tether:"
+
+
+def decision_expression(run_id: str) -> str:
+    """The expression of the decision convention: approve/reject push a payload it accepts."""
+    return f"input.runId == '{run_id}'"
+
+
+def follows_convention(expression: str | None, run_id: str) -> bool:
+    """True iff ``expression`` is exactly ``input.runId == '<run_id>'`` (either side)."""
+    if not expression:
+        return False
+    try:
+        shape = analyze(expression)
+    except InvalidExpressionError:
+        return False
+    if not shape.fully_indexed or len(shape.equalities) != 1:
+        return False
+    only = shape.equalities[0]
+    return only.path == ("runId",) and only.value == run_id
+
+
+@dataclass(frozen=True, slots=True)
+class EventBrief:
+    """One run event, reduced to what a run list shows."""
+
+    seq: int
+    type: str
+    at: float
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "type": self.type, "at": self.at, "note": self.note}
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWait:
+    """An open wait on a user event: what a person is asked to decide."""
+
+    run_id: str
+    task: str
+    wait_id: str
+    event_key: str
+    expression: str | None
+    conventional: bool  # approve/reject will match: see ``follows_convention``
+    other_conditions: int  # further clauses that must also be met before the run resumes
+    label: str | None
+    since: float
+    deadline: float | None  # the wait's own timeout
+    run_deadline: float  # the run's execution timeout
+    description: str | None
+    details: dict[str, Any] | None
+    proposed_action: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "task": self.task,
+            "wait_id": self.wait_id,
+            "event_key": self.event_key,
+            "expression": self.expression,
+            "conventional": self.conventional,
+            "other_conditions": self.other_conditions,
+            "label": self.label,
+            "since": self.since,
+            "deadline": self.deadline,
+            "run_deadline": self.run_deadline,
+            "description": self.description,
+            "details": self.details,
+            "proposed_action": self.proposed_action,
+        }
+
+
+@dataclass(slots=True)
+class _WaitNotes:
+    """What the run log says about a wait beyond what the state machine keeps."""
+
+    since: float
+    description: str | None
+    details: dict[str, Any] | None
+    step: StepRecord | None  # the last step before the wait
+
+
+def _note(event: ev.RunEvent) -> str:
+    """A short human description of an event, for tables and timelines."""
+    match event:
+        case ev.RunRequested():
+            return f"task {event.task}"
+        case ev.AttemptStarted():
+            return f"attempt {event.attempt} on {event.worker}"
+        case ev.StepRecorded():
+            return f"step {event.name}"
+        case ev.WaitStarted():
+            return f"waits for {event.event_key or event.label or 'conditions'}"
+        case ev.WaitSatisfied():
+            approver = event.metadata.get("approver")
+            decision = (event.payload or {}).get("decision")
+            text = f"{decision}" if isinstance(decision, str) else "event matched"
+            return f"{text} by {approver}" if approver else text
+        case ev.WaitTimedOut():
+            return "wait timed out"
+        case ev.RunFailed():
+            return f"{event.error.type}: {event.error.message}"
+        case ev.RunTimedOut() | ev.RunCancelled():
+            return event.reason
+    return ""
+
+
+class RunView:
+    """One run folded from its log: state plus the notes an inbox needs. Used incrementally
+    by the index and, over a freshly read log, for a single run."""
+
+    def __init__(self, run_id: str, *, keep_events: int = 10) -> None:
+        self.state = RunState(run_id=run_id)
+        self.created_at = 0.0
+        self.updated_at = 0.0
+        self.recent: deque[EventBrief] = deque(maxlen=keep_events)
+        self._notes: dict[str, _WaitNotes] = {}
+
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    def apply(self, seq: int, event: ev.RunEvent) -> None:
+        state = self.state
+        if isinstance(event, ev.WaitStarted) and not state.is_terminal:
+            notes = self._notes.get(event.wait_id)
+            if notes is None:  # a wait registered again (after a refused event) keeps its notes
+                step = next(
+                    (
+                        r
+                        for r in reversed(state.records)
+                        if isinstance(r, StepRecord) and r.position < event.position
+                    ),
+                    None,
+                )
+                notes = _WaitNotes(event.at, event.description, event.details, step)
+                self._notes[event.wait_id] = notes
+            else:
+                notes.description = event.description or notes.description
+                notes.details = event.details or notes.details
+        evolve(state, event, seq)
+        if isinstance(event, ev.RunRequested):
+            self.created_at = event.at
+        self.updated_at = max(self.updated_at, event.at)
+        self.recent.append(EventBrief(seq, event.type, event.at, _note(event)))
+        if state.is_terminal:
+            self._notes.clear()
+
+    @property
+    def wait(self) -> PendingWait | None:
+        """The open wait a person may decide, or None (no wait, or a sleep/child wait)."""
+        record = self.state.open_wait()
+        if record is None:
+            return None
+        return self._pending(record)
+
+    def _pending(self, record: WaitRecord) -> PendingWait | None:
+        open_clauses = [
+            clause
+            for clause in record.clauses
+            if not any(spec.id in record.met for spec in clause)
+        ]
+        if record.clauses:
+            specs = [s for clause in open_clauses for s in clause if s.kind == "event"]
+            if not specs or specs[0].event_key is None:
+                return None
+            event_key, expression = specs[0].event_key, specs[0].expression
+            others = len(open_clauses) - 1
+        else:
+            event_key, expression, others = record.event_key, record.expression, 0
+        if not event_key or event_key.startswith(INTERNAL_KEY_PREFIX):
+            return None
+        notes = self._notes.get(record.wait_id) or _WaitNotes(0.0, None, None, None)
+        return PendingWait(
+            run_id=self.run_id,
+            task=self.state.task,
+            wait_id=record.wait_id,
+            event_key=event_key,
+            expression=expression,
+            conventional=others == 0 and follows_convention(expression, self.run_id),
+            other_conditions=others,
+            label=record.label,
+            since=notes.since,
+            deadline=record.timeout_at,
+            run_deadline=self.state.deadline,
+            description=notes.description,
+            details=notes.details,
+            proposed_action=_proposed_action(notes),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "run_id": self.run_id,
+            "task": state.task,
+            "status": state.status,
+            "attempt": state.attempt,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "ended_at": state.ended_at,
+            "deadline": state.deadline if not state.is_terminal else None,
+            "error": state.error,
+            "waiting_on": self.wait.event_key if self.wait else None,
+            "last_events": [e.to_json() for e in self.recent],
+        }
+
+
+def _proposed_action(notes: _WaitNotes) -> dict[str, Any] | None:
+    if notes.description is not None or notes.details is not None:
+        return {"source": "wait", "description": notes.description, "details": notes.details}
+    if notes.step is not None:
+        return {"source": "step", "step": notes.step.name, "output": notes.step.output}
+    return None
+
+
+def fold_view(run_id: str, stored: Iterable[tuple[int, ev.RunEvent]]) -> RunView:
+    view = RunView(run_id, keep_events=1_000_000)
+    for seq, event in stored:
+        view.apply(seq, event)
+    return view
+
+
+@dataclass(slots=True)
+class _Changes:
+    """Which runs changed at which index version, for live updates (bounded)."""
+
+    log: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=10_000))
+
+    def since(self, version: int) -> list[str] | None:
+        if self.log and self.log[0][0] > version + 1:
+            return None  # older than what is kept: treat as "anything may have changed"
+        seen: dict[str, None] = {}
+        for v, run_id in self.log:
+            if v > version:
+                seen[run_id] = None
+        return list(seen)
+
+
+class RunIndex:
+    def __init__(self, conn: Connection, *, keep_events: int = 10) -> None:
+        self._conn = conn
+        self._names = conn.settings.names
+        self._keep_events = keep_events
+        self.runs: dict[str, RunView] = {}
+        self.cursor = 0  # the last run-log sequence applied
+        self.version = 0  # bumped on every applied event
+        self.skipped = 0  # undecodable messages
+        self._changes = _Changes()
+        self._changed = asyncio.Event()
+        self._advanced = asyncio.Event()
+        self._sub: Any = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, *, timeout: float | None = None) -> None:
+        """Subscribe from the start of the run log and return once caught up with it."""
+        self._sub = await self._conn.js.subscribe(
+            self._names.runs_all,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+            idle_heartbeat=IDLE_HEARTBEAT_S,
+        )
+        started = time.monotonic()
+        await self.sync(timeout=timeout)
+        log.info(
+            "run index caught up",
+            extra={
+                "runs": len(self.runs),
+                "cursor": self.cursor,
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        self._changed.set()  # release anyone waiting for changes
+
+    async def sync(self, *, timeout: float | None = None) -> None:
+        """Wait until every run event stored before this call has been applied."""
+        info = await self._conn.js.stream_info(self._names.runs_stream)
+        target = int(info.state.last_seq)
+        async with asyncio.timeout(timeout):
+            while self.cursor < target:
+                self._advanced.clear()
+                await self._advanced.wait()
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        self.cursor = seq
+        try:
+            event = ev.decode(msg.data)
+        except ev.EventDecodeError as exc:
+            self.skipped += 1
+            log.error(
+                "undecodable run event skipped",
+                extra={"subject": msg.subject, "seq": seq, "error": str(exc)[:200]},
+            )
+        else:
+            self.apply(seq, event)
+        self._advanced.set()
+
+    def apply(self, seq: int, event: ev.RunEvent) -> None:
+        view = self.runs.get(event.run_id)
+        if view is None:
+            view = self.runs[event.run_id] = RunView(event.run_id, keep_events=self._keep_events)
+        view.apply(seq, event)
+        self.version += 1
+        self._changes.log.append((self.version, event.run_id))
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_changed(self, version: int, timeout: float) -> int:
+        """Return the current version once it is past ``version`` (or after ``timeout``)."""
+        if self.version <= version:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+        return self.version
+
+    def changed_runs(self, since_version: int) -> list[str] | None:
+        """Runs changed after ``since_version``; None when that is too far back to tell."""
+        return self._changes.since(since_version)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> RunView | None:
+        return self.runs.get(run_id)
+
+    def list_runs(
+        self,
+        *,
+        statuses: Iterable[str] | None = None,
+        task: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunView]:
+        """Runs, most recently updated first."""
+        wanted = set(statuses) if statuses else None
+        found = [
+            view
+            for view in self.runs.values()
+            if view.state.exists
+            and view.state.task
+            and (wanted is None or view.state.status in wanted)
+            and (task is None or view.state.task == task)
+        ]
+        found.sort(key=lambda v: (v.updated_at, v.state.last_seq), reverse=True)
+        return found[:limit] if limit is not None else found
+
+    def list_waits(self, *, task: str | None = None, key: str | None = None) -> list[PendingWait]:
+        """Open waits a person may decide, longest waiting first."""
+        waits = [
+            wait
+            for view in self.runs.values()
+            if view.state.status == "waiting" and (wait := view.wait) is not None
+        ]
+        waits = [
+            w for w in waits if (task is None or w.task == task) and (key is None or w.event_key == key)
+        ]
+        waits.sort(key=lambda w: (w.since, w.run_id))
+        return waits
+
+    def tasks(self) -> list[str]:
+        return sorted({v.state.task for v in self.runs.values() if v.state.task})
+
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for view in self.runs.values():
+            if view.state.task:
+                counts[view.state.status] = counts.get(view.state.status, 0) + 1
+        return counts

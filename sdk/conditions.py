@@ -1,0 +1,80 @@
+"""Wait conditions as data: ``ctx.wait_for(label, *conditions)`` waits until every positional
+condition (or ``or_`` group) is satisfied: conjunctive normal form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from tether.engine.subjects import check_event_key
+
+
+@dataclass(frozen=True)
+class UserEventCondition:
+    """Satisfied by an event on ``event_key`` whose payload makes ``expression`` true.
+
+    ``lookback`` also accepts events pushed up to that long before the wait began (newest
+    first). The default is no lookback: a wait normally answers events that come after it,
+    and an old decision for the same key should not silently resolve a new request.
+    """
+
+    event_key: str
+    expression: str | None = None
+    key: str | None = None
+    lookback: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        check_event_key(self.event_key)
+        if self.lookback is not None and self.lookback.total_seconds() <= 0:
+            raise ValueError("lookback must be positive")
+
+    @property
+    def result_key(self) -> str:
+        return self.key or self.event_key
+
+
+@dataclass(frozen=True)
+class SleepCondition:
+    """Satisfied once ``duration`` has passed since the wait began (durably)."""
+
+    duration: timedelta
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.duration.total_seconds() < 0:
+            raise ValueError("sleep duration must not be negative")
+
+    @property
+    def result_key(self) -> str:
+        return self.key or "sleep"
+
+
+Condition = UserEventCondition | SleepCondition
+
+
+@dataclass(frozen=True)
+class OrGroup:
+    conditions: tuple[Condition, ...]
+
+
+def or_(*conditions: Condition) -> OrGroup:
+    """Any one of ``conditions`` satisfies this group."""
+    if not conditions:
+        raise ValueError("or_() needs at least one condition")
+    for condition in conditions:
+        if not isinstance(condition, UserEventCondition | SleepCondition):
+            raise TypeError(f"or_() takes conditions, not {type(condition).__name__}")
+    return OrGroup(tuple(conditions))
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    """``fired``: keys of the satisfied conditions; ``payloads``: event payload per fired
+    event condition's key."""
+
+    fired: list[str]
+    payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.fired
