@@ -168,7 +168,11 @@ class RunWatch:
 
 
 async def until(
-    check: Callable[[], bool], *, limit_s: float, what: str, progress: Callable[[], str],
+    check: Callable[[], bool],
+    *,
+    limit_s: float,
+    what: str,
+    progress: Callable[[], str],
     every: float = 2.0,
 ) -> None:
     """Poll ``check`` (cheap, in-memory) until true; print progress; fail after ``limit_s``."""
@@ -245,8 +249,11 @@ async def throughput(
     app: Tether, task: Any, watch: RunWatch, args: argparse.Namespace, cpu: CpuMeter
 ) -> dict[str, Any]:
     n = args.runs
-    print(f"\n[2] throughput: {n} runs, trigger chunk {args.chunk}, approve chunk "
-          f"{args.approve_chunk}", flush=True)
+    print(
+        f"\n[2] throughput: {n} runs, trigger chunk {args.chunk}, approve chunk "
+        f"{args.approve_chunk}",
+        flush=True,
+    )
     cpu.begin()
     t0 = time.perf_counter()
     refs = await gather_chunks(
@@ -254,33 +261,51 @@ async def throughput(
     )
     t_triggered = time.perf_counter()
     ids = [ref.run_id for ref in refs]
-    await until(lambda: all(r in watch.waiting for r in ids), limit_s=max(120, n / 5),
-                what="all runs waiting",
-                progress=lambda: f"waiting {sum(r in watch.waiting for r in ids)}/{n}")
+    await until(
+        lambda: all(r in watch.waiting for r in ids),
+        limit_s=max(120, n / 5),
+        what="all runs waiting",
+        progress=lambda: f"waiting {sum(r in watch.waiting for r in ids)}/{n}",
+    )
     t_waiting = time.perf_counter()
     cpu_first = cpu.end()
-    print(f"    all {n} waiting after {t_waiting - t0:.2f}s "
-          f"(triggering took {t_triggered - t0:.2f}s)", flush=True)
+    print(
+        f"    all {n} waiting after {t_waiting - t0:.2f}s "
+        f"(triggering took {t_triggered - t0:.2f}s)",
+        flush=True,
+    )
 
     cpu.begin()
     t_approve = time.perf_counter()
     await gather_chunks(
-        ids, args.approve_chunk,
-        lambda r: app.events.push(EVENT_KEY, {"runId": r, "decision": "approve"}), "approved",
+        ids,
+        args.approve_chunk,
+        lambda r: app.events.push(EVENT_KEY, {"runId": r, "decision": "approve"}),
+        "approved",
     )
     t_pushed = time.perf_counter()
-    await until(lambda: all(r in watch.terminal for r in ids), limit_s=max(120, n / 5),
-                what="all runs completed",
-                progress=lambda: f"completed {sum(r in watch.terminal for r in ids)}/{n}")
+    await until(
+        lambda: all(r in watch.terminal for r in ids),
+        limit_s=max(120, n / 5),
+        what="all runs completed",
+        progress=lambda: f"completed {sum(r in watch.terminal for r in ids)}/{n}",
+    )
     t_done = time.perf_counter()
     cpu_second = cpu.end()
-    print(f"    all {n} completed {t_done - t_approve:.2f}s after the first push "
-          f"(pushing took {t_pushed - t_approve:.2f}s)", flush=True)
+    print(
+        f"    all {n} completed {t_done - t_approve:.2f}s after the first push "
+        f"(pushing took {t_pushed - t_approve:.2f}s)",
+        flush=True,
+    )
 
     # Check what a user would check, outside the timed window.
     infos = await gather_chunks(ids, 200, app.runs.get, "verified")
-    bad = [i.run_id for i in infos if i.status != "completed"
-           or i.output != {"status": "approve", "action": {"pay": i.input["amount"]}}]
+    bad = [
+        i.run_id
+        for i in infos
+        if i.status != "completed"
+        or i.output != {"status": "approve", "action": {"pay": i.input["amount"]}}
+    ]
     if bad:
         raise RuntimeError(f"{len(bad)} runs did not complete as approved, e.g. {bad[:3]}")
     total = t_done - t0
@@ -296,9 +321,7 @@ async def throughput(
         "approve_to_complete_runs_per_s": n / (t_done - t_approve),
         "cpu_ms_per_run_trigger_to_waiting": {k: v / n * 1e3 for k, v in cpu_first.items()},
         "cpu_ms_per_run_approve_to_complete": {k: v / n * 1e3 for k, v in cpu_second.items()},
-        "cpu_utilisation_cores": {
-            k: (cpu_first[k] + cpu_second[k]) / total for k in cpu_first
-        },
+        "cpu_utilisation_cores": {k: (cpu_first[k] + cpu_second[k]) / total for k in cpu_first},
     }
 
 
@@ -324,13 +347,21 @@ async def latency(app: Tether, task: Any, watch: RunWatch, samples: int) -> dict
             push_to_ack.append((t_ack - t_push) * 1e3)
             ack_to_done.append((t_done - t_ack) * 1e3)
         if time.monotonic() - last >= 2.0:
-            print(f"    ... {len(ack_to_done)}/{samples} "
-                  f"(p50 so far {statistics.median(ack_to_done or [0]):.1f} ms)", flush=True)
+            print(
+                f"    ... {len(ack_to_done)}/{samples} "
+                f"(p50 so far {statistics.median(ack_to_done or [0]):.1f} ms)",
+                flush=True,
+            )
             last = time.monotonic()
 
     def summary(values: list[float]) -> dict[str, float]:
-        return {"p50_ms": pct(values, 50), "p90_ms": pct(values, 90), "p99_ms": pct(values, 99),
-                "max_ms": max(values), "mean_ms": statistics.fmean(values)}
+        return {
+            "p50_ms": pct(values, 50),
+            "p90_ms": pct(values, 90),
+            "p99_ms": pct(values, 99),
+            "max_ms": max(values),
+            "mean_ms": statistics.fmean(values),
+        }
 
     return {
         "samples": samples,
@@ -353,8 +384,11 @@ async def client_main(
         print("\n[1] JetStream publish ceiling (300-byte messages, scratch stream)", flush=True)
         results["publish_ceiling"] = await publish_ceiling(nc, args.ceiling_seq, args.ceiling_pipe)
         c = results["publish_ceiling"]
-        print(f"    sequential await js.publish: {c['sequential_per_s']:,.0f}/s; "
-              f"gather-500: {c['gather500_per_s']:,.0f}/s", flush=True)
+        print(
+            f"    sequential await js.publish: {c['sequential_per_s']:,.0f}/s; "
+            f"gather-500: {c['gather500_per_s']:,.0f}/s",
+            flush=True,
+        )
 
         app = Tether(settings=Settings(nats_url=nats_url, namespace=namespace))
         task = define_task(app, args.wait_timeout_s)
@@ -365,11 +399,18 @@ async def client_main(
         async with app:
             # warm-up: a few full cycles so every process has its caches and consumers ready
             warm = [await task.run_no_wait(Proposal(amount=1)) for _ in range(20)]
-            await until(lambda: all(r.run_id in watch.waiting for r in warm), limit_s=60,
-                        what="warm-up runs waiting", progress=lambda: "warm-up")
-            await asyncio.gather(*(app.events.push(EVENT_KEY, {"runId": r.run_id,
-                                                               "decision": "approve"})
-                                   for r in warm))
+            await until(
+                lambda: all(r.run_id in watch.waiting for r in warm),
+                limit_s=60,
+                what="warm-up runs waiting",
+                progress=lambda: "warm-up",
+            )
+            await asyncio.gather(
+                *(
+                    app.events.push(EVENT_KEY, {"runId": r.run_id, "decision": "approve"})
+                    for r in warm
+                )
+            )
             await asyncio.gather(*(r.result(timeout=30) for r in warm))
             results["throughput"] = await throughput(app, task, watch, args, cpu)
             results["latency"] = await latency(app, task, watch, args.latency_samples)
@@ -384,54 +425,81 @@ def report(results: dict[str, Any], config: dict[str, Any]) -> None:
     ok = lambda good: "meets target" if good else "MISSES target"  # noqa: E731
     print("\n== hitl_cycle summary ==")
     print(f"layout: {config['layout']}")
-    print(f"worker slots: {config['slots']}; wait timeout: {config['wait_timeout_s']}s; "
-          f"nats sync_always: {config['sync_always']}")
-    print(f"JetStream ceiling: sequential {c['sequential_per_s']:,.0f}/s, "
-          f"gather-500 {c['gather500_per_s']:,.0f}/s")
+    print(
+        f"worker slots: {config['slots']}; wait timeout: {config['wait_timeout_s']}s; "
+        f"nats sync_always: {config['sync_always']}"
+    )
+    print(
+        f"JetStream ceiling: sequential {c['sequential_per_s']:,.0f}/s, "
+        f"gather-500 {c['gather500_per_s']:,.0f}/s"
+    )
     cps = t["cycles_per_s"]
-    print(f"whole flow, {t['runs']} runs trigger->wait->approve->complete: {cps:,.0f} cycles/s "
-          f"({t['whole_flow_s']:.2f}s); target >= {TARGET_CYCLES_PER_S:.0f}: "
-          f"ratio {cps / TARGET_CYCLES_PER_S:.2f} ({ok(cps >= TARGET_CYCLES_PER_S)})")
-    print(f"  trigger -> all waiting: {t['trigger_to_waiting_runs_per_s']:,.0f} runs/s "
-          f"({t['trigger_to_all_waiting_s']:.2f}s)")
-    print(f"  approve -> all completed: {t['approve_to_complete_runs_per_s']:,.0f} runs/s "
-          f"({t['approve_to_all_completed_s']:.2f}s)")
+    print(
+        f"whole flow, {t['runs']} runs trigger->wait->approve->complete: {cps:,.0f} cycles/s "
+        f"({t['whole_flow_s']:.2f}s); target >= {TARGET_CYCLES_PER_S:.0f}: "
+        f"ratio {cps / TARGET_CYCLES_PER_S:.2f} ({ok(cps >= TARGET_CYCLES_PER_S)})"
+    )
+    print(
+        f"  trigger -> all waiting: {t['trigger_to_waiting_runs_per_s']:,.0f} runs/s "
+        f"({t['trigger_to_all_waiting_s']:.2f}s)"
+    )
+    print(
+        f"  approve -> all completed: {t['approve_to_complete_runs_per_s']:,.0f} runs/s "
+        f"({t['approve_to_all_completed_s']:.2f}s)"
+    )
     for phase in ("trigger_to_waiting", "approve_to_complete"):
         cpu = t[f"cpu_ms_per_run_{phase}"]
-        print(f"  CPU ms per run, {phase.replace('_', ' ')}: "
-              + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
-    print("  CPU use over the whole flow (cores): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in t["cpu_utilisation_cores"].items()))
-    print(f"resume latency, push ack -> ref.result() ({lat['samples']} sequential runs): "
-          f"p50 {a['p50_ms']:.1f} ms (target <= {TARGET_P50_MS:.0f}: ratio "
-          f"{a['p50_ms'] / TARGET_P50_MS:.2f}, {ok(a['p50_ms'] <= TARGET_P50_MS)}), "
-          f"p99 {a['p99_ms']:.1f} ms (target <= {TARGET_P99_MS:.0f}: ratio "
-          f"{a['p99_ms'] / TARGET_P99_MS:.2f}, {ok(a['p99_ms'] <= TARGET_P99_MS)})")
+        print(
+            f"  CPU ms per run, {phase.replace('_', ' ')}: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+        )
+    print(
+        "  CPU use over the whole flow (cores): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in t["cpu_utilisation_cores"].items())
+    )
+    print(
+        f"resume latency, push ack -> ref.result() ({lat['samples']} sequential runs): "
+        f"p50 {a['p50_ms']:.1f} ms (target <= {TARGET_P50_MS:.0f}: ratio "
+        f"{a['p50_ms'] / TARGET_P50_MS:.2f}, {ok(a['p50_ms'] <= TARGET_P50_MS)}), "
+        f"p99 {a['p99_ms']:.1f} ms (target <= {TARGET_P99_MS:.0f}: ratio "
+        f"{a['p99_ms'] / TARGET_P99_MS:.2f}, {ok(a['p99_ms'] <= TARGET_P99_MS)})"
+    )
     p = lat["push_call_to_ack"]
     w = lat["trigger_to_waiting_observed"]
-    print(f"  push call -> ack: p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms; "
-          f"trigger -> waiting observed: p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms")
+    print(
+        f"  push call -> ack: p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms; "
+        f"trigger -> waiting observed: p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms"
+    )
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--slots", type=int, default=200, help="worker slots")
     parser.add_argument("--chunk", type=int, default=200, help="triggers per gather")
     parser.add_argument("--approve-chunk", type=int, default=500, help="pushes per gather")
     parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--wait-timeout-s", type=float, default=3600.0,
-                        help="the wait's timeout (0: none); a timeout adds a KV deadline")
+    parser.add_argument(
+        "--wait-timeout-s",
+        type=float,
+        default=3600.0,
+        help="the wait's timeout (0: none); a timeout adds a KV deadline",
+    )
     parser.add_argument("--ceiling-seq", type=int, default=3000)
     parser.add_argument("--ceiling-pipe", type=int, default=20000)
     parser.add_argument("--nats-url", default=None, help="use this server instead of starting one")
-    parser.add_argument("--sync-always", action="store_true",
-                        help="started nats-server fsyncs every write (sync_interval: always)")
+    parser.add_argument(
+        "--sync-always",
+        action="store_true",
+        help="started nats-server fsyncs every write (sync_interval: always)",
+    )
     parser.add_argument("--namespace", default=None)
     parser.add_argument("--out", default=str(RESULTS / "hitl_cycle.json"))
-    parser.add_argument("--role", choices=["bench", "worker"], default="bench",
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role", choices=["bench", "worker"], default="bench", help=argparse.SUPPRESS
+    )
     return parser.parse_args()
 
 
@@ -441,6 +509,13 @@ def main() -> None:
         asyncio.run(worker_main(args))
         return
     args.namespace = args.namespace or f"bench{uuid.uuid4().hex[:8]}"
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5:
+        print(
+            f"note: load average {load_start[0]:.2f} before starting: other work on this "
+            "machine will lower the figures",
+            flush=True,
+        )
     server: NatsServer | None = None
     serve = worker = None
     pids: dict[str, int] = {}
@@ -452,20 +527,50 @@ def main() -> None:
             nats_url = server.url
             assert server.proc is not None
             pids["nats-server"] = server.proc.pid
-        print(f"nats-server: {nats_url} ({'given' if args.nats_url else 'started here'}, "
-              f"sync_always={args.sync_always if not args.nats_url else 'unknown'}); "
-              f"namespace {args.namespace}", flush=True)
+        print(
+            f"nats-server: {nats_url} ({'given' if args.nats_url else 'started here'}, "
+            f"sync_always={args.sync_always if not args.nats_url else 'unknown'}); "
+            f"namespace {args.namespace}",
+            flush=True,
+        )
         serve = spawn_ready(
-            [sys.executable, "-m", "tether.cli", "serve", "--nats-url", nats_url,
-             "--namespace", args.namespace], "running", "tether serve")
+            [
+                sys.executable,
+                "-m",
+                "tether.cli",
+                "serve",
+                "--nats-url",
+                nats_url,
+                "--namespace",
+                args.namespace,
+            ],
+            "running",
+            "tether serve",
+        )
         pids["serve"] = serve.pid
         worker = spawn_ready(
-            [sys.executable, __file__, "--role", "worker", "--nats-url", nats_url,
-             "--namespace", args.namespace, "--slots", str(args.slots),
-             "--wait-timeout-s", str(args.wait_timeout_s)], "worker ready", "worker")
+            [
+                sys.executable,
+                __file__,
+                "--role",
+                "worker",
+                "--nats-url",
+                nats_url,
+                "--namespace",
+                args.namespace,
+                "--slots",
+                str(args.slots),
+                "--wait-timeout-s",
+                str(args.wait_timeout_s),
+            ],
+            "worker ready",
+            "worker",
+        )
         pids["worker"] = worker.pid
-        layout = ("nats-server | `tether serve` (engine+matcher+timer) | worker process | "
-                  f"client (this process): 4 processes on {os.cpu_count()} cores")
+        layout = (
+            "nats-server | `tether serve` (engine+matcher+timer) | worker process | "
+            f"client (this process): 4 processes on {os.cpu_count()} cores"
+        )
         print(f"layout: {layout}", flush=True)
         results = asyncio.run(client_main(args, nats_url, pids))
     finally:
@@ -477,6 +582,8 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "layout": layout,
         "cores": os.cpu_count(),
+        "load_avg_1m_start": load_start[0],
+        "load_avg_1m_end": os.getloadavg()[0],
         "python": platform.python_version(),
         "runs": args.runs,
         "slots": args.slots,
@@ -485,8 +592,11 @@ def main() -> None:
         "wait_timeout_s": args.wait_timeout_s,
         "sync_always": args.sync_always if not args.nats_url else None,
         "nats_url_given": bool(args.nats_url),
-        "targets": {"cycles_per_s": TARGET_CYCLES_PER_S, "p50_ms": TARGET_P50_MS,
-                    "p99_ms": TARGET_P99_MS},
+        "targets": {
+            "cycles_per_s": TARGET_CYCLES_PER_S,
+            "p50_ms": TARGET_P50_MS,
+            "p99_ms": TARGET_P99_MS,
+        },
     }
     report(results, config)
     out = Path(args.out)

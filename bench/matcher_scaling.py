@@ -79,17 +79,32 @@ class StubJetStream:
     def __init__(self) -> None:
         self.published = 0
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
-                      **_: Any) -> None:
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None, **_: Any
+    ) -> None:
         self.published += 1
 
 
+def condition_spec(expression: str) -> ev.ConditionSpec:
+    """The single event condition ``ctx.wait_for_event(KEY, expression)`` records."""
+    return ev.ConditionSpec(id="c0.0", key=KEY, kind="event", event_key=KEY, expression=expression)
+
+
 def wait_started_bytes(run_id: str, events_position: int) -> bytes:
-    return ev.encode(ev.WaitStarted(
-        run_id=run_id, at=time.time(), position=1, wait_id=f"{run_id}:1", task=TASK,
-        event_key=KEY, expression=f"input.runId == '{run_id}'",
-        events_position=events_position, timeout_at=None,
-    ))
+    return ev.encode(
+        ev.WaitStarted(
+            run_id=run_id,
+            at=time.time(),
+            position=1,
+            wait_id=f"{run_id}:1",
+            task=TASK,
+            event_key=KEY,
+            expression=f"input.runId == '{run_id}'",
+            clauses=[[condition_spec(f"input.runId == '{run_id}'")]],
+            events_position=events_position,
+            timeout_at=None,
+        )
+    )
 
 
 def approval_bytes(run_id: str) -> bytes:
@@ -104,8 +119,10 @@ class Progress:
     def tick(self, done: int) -> None:
         now = time.monotonic()
         if now - self.last >= self.every:
-            print(f"    ... {self.label}: {done:,}/{self.total:,} ({now - self.start:.1f}s)",
-                  flush=True)
+            print(
+                f"    ... {self.label}: {done:,}/{self.total:,} ({now - self.start:.1f}s)",
+                flush=True,
+            )
             self.last = now
 
 
@@ -124,15 +141,23 @@ class InProcessBench:
 
     def open_wait(self, run_id: str) -> None:
         self.runs_seq += 1
-        self.matcher._on_run_msg(FakeMsg(  # type: ignore[arg-type]
-            f"bench.runs.{run_id}.wait_started", wait_started_bytes(run_id, self.events_seq),
-            None, _Meta(_Seq(self.runs_seq)),
-        ))
+        self.matcher._on_run_msg(
+            FakeMsg(  # type: ignore[arg-type]
+                f"bench.runs.{run_id}.wait_started",
+                wait_started_bytes(run_id, self.events_seq),
+                None,
+                _Meta(_Seq(self.runs_seq)),
+            )
+        )
 
     def event(self, run_id: str) -> FakeMsg:
         self.events_seq += 1
-        return FakeMsg(f"bench.events.{KEY}", approval_bytes(run_id),
-                       {"Nats-Msg-Id": uuid.uuid4().hex}, _Meta(_Seq(self.events_seq)))
+        return FakeMsg(
+            f"bench.events.{KEY}",
+            approval_bytes(run_id),
+            {"Nats-Msg-Id": uuid.uuid4().hex},
+            _Meta(_Seq(self.events_seq)),
+        )
 
     async def drain(self) -> None:
         """Let the matcher's spawned resume-command tasks run to the end."""
@@ -173,8 +198,9 @@ async def in_process(size: int, hit_events: int, miss_events: int) -> dict[str, 
     timed += time.perf_counter() - start
     matched = bench.matcher.matched - matched_before
     if matched != hit_events or bench.js.published != hit_events:
-        raise RuntimeError(f"expected {hit_events} matches, got {matched} "
-                           f"({bench.js.published} commands)")
+        raise RuntimeError(
+            f"expected {hit_events} matches, got {matched} ({bench.js.published} commands)"
+        )
     if len(bench.matcher.waits) != size:
         raise RuntimeError("open wait count drifted")
 
@@ -229,13 +255,18 @@ def cel_every_waiter(size: int, events: int) -> dict[str, Any]:
 # -- C: end to end through NATS ----------------------------------------------------------------
 
 
-async def publish_chunked(js: Any, items: list[tuple[str, bytes, dict[str, str] | None]],
-                          chunk: int, progress: Progress | None = None,
-                          count: Any = None) -> float:
+async def publish_chunked(
+    js: Any,
+    items: list[tuple[str, bytes, dict[str, str] | None]],
+    chunk: int,
+    progress: Progress | None = None,
+    count: Any = None,
+) -> float:
     start = time.perf_counter()
     for i in range(0, len(items), chunk):
-        await asyncio.gather(*(js.publish(subj, data, headers=hdrs)
-                               for subj, data, hdrs in items[i : i + chunk]))
+        await asyncio.gather(
+            *(js.publish(subj, data, headers=hdrs) for subj, data, hdrs in items[i : i + chunk])
+        )
         if progress is not None:
             progress.tick(count() if count else i + chunk)
     return time.perf_counter() - start
@@ -266,12 +297,16 @@ async def end_to_end(nats_url: str, size: int, events: int, chunk: int) -> dict[
             enough.set()
 
     def waits(run_ids: list[str], position: int) -> list[tuple[str, bytes, None]]:
-        return [(names.run_subject(r, "wait_started"), wait_started_bytes(r, position), None)
-                for r in run_ids]
+        return [
+            (names.run_subject(r, "wait_started"), wait_started_bytes(r, position), None)
+            for r in run_ids
+        ]
 
     def approvals(run_ids: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
-        return [(names.event_subject(KEY), approval_bytes(r), {"Nats-Msg-Id": uuid.uuid4().hex})
-                for r in run_ids]
+        return [
+            (names.event_subject(KEY), approval_bytes(r), {"Nats-Msg-Id": uuid.uuid4().hex})
+            for r in run_ids
+        ]
 
     try:
         await client.subscribe(f"{names.namespace}.cmd.resume.>", cb=on_command)
@@ -280,10 +315,17 @@ async def end_to_end(nats_url: str, size: int, events: int, chunk: int) -> dict[
         backlog_ids = [uuid.uuid4().hex for _ in range(events)]
         live_ids = [uuid.uuid4().hex for _ in range(events)]
         position = await conn.events_position()
-        print(f"    backlog: publishing {size + events:,} wait_started and {events:,} approvals "
-              "before the matcher starts", flush=True)
-        await publish_chunked(cjs, waits(open_ids + backlog_ids, position), chunk,
-                              Progress("wait_started published", size + events))
+        print(
+            f"    backlog: publishing {size + events:,} wait_started and {events:,} approvals "
+            "before the matcher starts",
+            flush=True,
+        )
+        await publish_chunked(
+            cjs,
+            waits(open_ids + backlog_ids, position),
+            chunk,
+            Progress("wait_started published", size + events),
+        )
         await publish_chunked(cjs, approvals(backlog_ids), chunk)
         want = events
         start = time.perf_counter()
@@ -295,13 +337,17 @@ async def end_to_end(nats_url: str, size: int, events: int, chunk: int) -> dict[
             raise RuntimeError(f"backlog: {len(seen)} resumed, {len(matcher.waits)} open")
         register_replay = (size + events) / (started - start)
 
-        print(f"    live: publishing {events:,} new wait_started, then pushing {events:,} "
-              "approvals while the matcher runs", flush=True)
+        print(
+            f"    live: publishing {events:,} new wait_started, then pushing {events:,} "
+            "approvals while the matcher runs",
+            flush=True,
+        )
         position = await conn.events_position()
         progress = Progress("waits registered by the matcher", size + events)
         start = time.perf_counter()
-        await publish_chunked(cjs, waits(live_ids, position), chunk, progress,
-                              lambda: len(matcher.waits))
+        await publish_chunked(
+            cjs, waits(live_ids, position), chunk, progress, lambda: len(matcher.waits)
+        )
         deadline = time.monotonic() + max(60.0, events / 200)
         while len(matcher.waits) < size + events:
             if time.monotonic() > deadline:
@@ -346,9 +392,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for size in parse_sizes(args.sizes):
         r = await in_process(size, args.hit_events, args.miss_events)
         results["in_process"].append(r)
-        print(f"    {size:>7,} open waits: {r['hit_events_per_s']:>9,.0f} events/s matched "
-              f"({r['hit_us_per_event']:.1f} us), misses {r['miss_events_per_s']:,.0f}/s; "
-              f"registering {r['register_waits_per_s']:,.0f} waits/s", flush=True)
+        print(
+            f"    {size:>7,} open waits: {r['hit_events_per_s']:>9,.0f} events/s matched "
+            f"({r['hit_us_per_event']:.1f} us), misses {r['miss_events_per_s']:,.0f}/s; "
+            f"registering {r['register_waits_per_s']:,.0f} waits/s",
+            flush=True,
+        )
     base = results["in_process"][0]
     for r in results["in_process"]:
         r["ratio_to_smallest"] = r["hit_events_per_s"] / base["hit_events_per_s"]
@@ -357,17 +406,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for size, events in ((10, 500), (1000, 10)):
         r = cel_every_waiter(size, events)
         results["cel_every_waiter"].append(r)
-        print(f"    {size:>7,} waiters: {r['events_per_s']:>9,.1f} events/s "
-              f"({r['us_per_eval']:.0f} us per evaluation)", flush=True)
+        print(
+            f"    {size:>7,} waiters: {r['events_per_s']:>9,.1f} events/s "
+            f"({r['us_per_eval']:.0f} us per evaluation)",
+            flush=True,
+        )
     per_eval = results["cel_every_waiter"][-1]["us_per_eval"] / 1e6
     for size in parse_sizes(args.sizes):
         if size > 1000:
-            results["cel_every_waiter"].append({
-                "open_waits": size, "us_per_eval": per_eval * 1e6,
-                "events_per_s": 1 / (per_eval * size), "extrapolated": True,
-            })
-            print(f"    {size:>7,} waiters: {1 / (per_eval * size):>9,.2f} events/s "
-                  "(extrapolated from the per-eval cost at 1,000)", flush=True)
+            results["cel_every_waiter"].append(
+                {
+                    "open_waits": size,
+                    "us_per_eval": per_eval * 1e6,
+                    "events_per_s": 1 / (per_eval * size),
+                    "extrapolated": True,
+                }
+            )
+            print(
+                f"    {size:>7,} waiters: {1 / (per_eval * size):>9,.2f} events/s "
+                "(extrapolated from the per-eval cost at 1,000)",
+                flush=True,
+            )
 
     server: NatsServer | None = None
     try:
@@ -382,9 +441,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for size in parse_sizes(args.e2e_sizes):
                 r = await end_to_end(url, size, args.e2e_events, args.chunk)
                 results["end_to_end"].append(r)
-                print(f"    {size:>7,} open waits: backlog {r['backlog_events_per_s']:,.0f} "
-                      f"events/s, live {r['live_events_per_s']:,.0f} events/s (pushing alone "
-                      f"{r['live_push_only_events_per_s']:,.0f}/s)", flush=True)
+                print(
+                    f"    {size:>7,} open waits: backlog {r['backlog_events_per_s']:,.0f} "
+                    f"events/s, live {r['live_events_per_s']:,.0f} events/s (pushing alone "
+                    f"{r['live_push_only_events_per_s']:,.0f}/s)",
+                    flush=True,
+                )
     finally:
         if server is not None:
             server.cleanup()
@@ -394,12 +456,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> None:
     print("\n== matcher_scaling summary ==")
     print("A. in-process matching path (fake messages, stub JetStream):")
-    print(f"   {'open waits':>10} | {'events/s':>10} | {'us/event':>8} | {'vs 10':>6} | "
-          f"{'misses/s':>10} | {'waits registered/s':>18}")
+    print(
+        f"   {'open waits':>10} | {'events/s':>10} | {'us/event':>8} | {'vs 10':>6} | "
+        f"{'misses/s':>10} | {'waits registered/s':>18}"
+    )
     for r in results["in_process"]:
-        print(f"   {r['open_waits']:>10,} | {r['hit_events_per_s']:>10,.0f} | "
-              f"{r['hit_us_per_event']:>8.1f} | {r['ratio_to_smallest']:>6.2f} | "
-              f"{r['miss_events_per_s']:>10,.0f} | {r['register_waits_per_s']:>18,.0f}")
+        print(
+            f"   {r['open_waits']:>10,} | {r['hit_events_per_s']:>10,.0f} | "
+            f"{r['hit_us_per_event']:>8.1f} | {r['ratio_to_smallest']:>6.2f} | "
+            f"{r['miss_events_per_s']:>10,.0f} | {r['register_waits_per_s']:>18,.0f}"
+        )
     print("B. evaluating every waiter's CEL with cel-python (no index):")
     for r in results["cel_every_waiter"]:
         label = " (extrapolated)" if r["extrapolated"] else ""
@@ -407,39 +473,57 @@ def report(results: dict[str, Any]) -> None:
     idx = {r["open_waits"]: r["hit_events_per_s"] for r in results["in_process"]}
     for r in results["cel_every_waiter"]:
         if r["open_waits"] in idx:
-            print(f"   index vs CEL-every-waiter at {r['open_waits']:,}: "
-                  f"{idx[r['open_waits']] / r['events_per_s']:,.0f}x")
+            print(
+                f"   index vs CEL-every-waiter at {r['open_waits']:,}: "
+                f"{idx[r['open_waits']] / r['events_per_s']:,.0f}x"
+            )
     if results["end_to_end"]:
         print("C. end to end through NATS (matcher + publisher in this process):")
         for r in results["end_to_end"]:
             lo, hi = r["open_waits_during"]
-            print(f"   {lo:,}-{hi:,} open waits: backlog {r['backlog_events_per_s']:,.0f} events/s "
-                  f"matched and resumed; live {r['live_events_per_s']:,.0f} events/s (pushing "
-                  f"alone {r['live_push_only_events_per_s']:,.0f}/s); waits registered "
-                  f"{r['register_waits_per_s_replay_at_start']:,.0f}/s at start (replay), "
-                  f"{r['register_waits_per_s_live']:,.0f}/s live")
+            print(
+                f"   {lo:,}-{hi:,} open waits: backlog {r['backlog_events_per_s']:,.0f} events/s "
+                f"matched and resumed; live {r['live_events_per_s']:,.0f} events/s (pushing "
+                f"alone {r['live_push_only_events_per_s']:,.0f}/s); waits registered "
+                f"{r['register_waits_per_s_replay_at_start']:,.0f}/s at start (replay), "
+                f"{r['register_waits_per_s_live']:,.0f}/s live"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="10,1000,100000", help="in-process open wait counts")
     parser.add_argument("--hit-events", type=int, default=5000)
     parser.add_argument("--miss-events", type=int, default=5000)
-    parser.add_argument("--e2e-sizes", default="1000,100000",
-                        help="open wait counts for the NATS run ('' to skip)")
+    parser.add_argument(
+        "--e2e-sizes", default="1000,100000", help="open wait counts for the NATS run ('' to skip)"
+    )
     parser.add_argument("--e2e-events", type=int, default=1000)
     parser.add_argument("--chunk", type=int, default=500, help="publishes per gather")
     parser.add_argument("--nats-url", default=None, help="use this server instead of starting one")
-    parser.add_argument("--sync-always", action="store_true",
-                        help="started nats-server fsyncs every write (sync_interval: always)")
+    parser.add_argument(
+        "--sync-always",
+        action="store_true",
+        help="started nats-server fsyncs every write (sync_interval: always)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "matcher_scaling.json"))
     args = parser.parse_args()
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5:
+        print(
+            f"note: load average {load_start[0]:.2f} before starting: other work on this "
+            "machine will lower the figures",
+            flush=True,
+        )
     results = asyncio.run(run(args))
     report(results)
     config = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),
+        "load_avg_1m_start": load_start[0],
+        "load_avg_1m_end": os.getloadavg()[0],
         "python": platform.python_version(),
         "expression": "input.runId == '<run id>' on key approval:decision",
         "sizes": parse_sizes(args.sizes),

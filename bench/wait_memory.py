@@ -42,9 +42,9 @@ from typing import Any
 import nats
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from hitl_cycle import (  # noqa: E402  (a sibling script: the same task and worker)
+# The sibling script (its directory is on sys.path when run as a script) owns the task and
+# the worker role, so both benchmarks run exactly the same approval task.
+from hitl_cycle import (
     EVENT_KEY,
     Proposal,
     RunWatch,
@@ -55,22 +55,22 @@ from hitl_cycle import (  # noqa: E402  (a sibling script: the same task and wor
     stop_child,
     until,
 )
-
-from tether import Tether  # noqa: E402
-from tether.engine import events as ev  # noqa: E402
-from tether.engine.config import Settings  # noqa: E402
-from tether.engine.nats_server import NatsServer  # noqa: E402
-from tether.projections.cel_expressions import analyze  # noqa: E402
-from tether.projections.matcher import Matcher  # noqa: E402
-from tether.projections.timer import TimerProjection  # noqa: E402
+from tether import Tether
+from tether.engine import events as ev
+from tether.engine.config import Settings
+from tether.engine.nats_server import NatsServer
+from tether.projections.cel_expressions import analyze
+from tether.projections.matcher import Matcher
+from tether.projections.timer import TimerProjection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_BYTES_PER_WAIT = 2048
 HITL = str(Path(__file__).resolve().parent / "hitl_cycle.py")
 
 
-async def settled_rss(pid: int, *, every: float = 0.5, window: int = 4,
-                      limit_s: float = 30.0) -> int:
+async def settled_rss(
+    pid: int, *, every: float = 0.5, window: int = 4, limit_s: float = 30.0
+) -> int:
     """VmRSS once it has stopped moving: `window` readings within 0.5% of each other."""
     readings: list[int] = []
     deadline = time.monotonic() + limit_s
@@ -80,8 +80,10 @@ async def settled_rss(pid: int, *, every: float = 0.5, window: int = 4,
         if len(recent) == window and max(recent) - min(recent) <= 0.005 * max(recent):
             return recent[-1]
         if time.monotonic() > deadline:
-            print(f"    (RSS of {pid} still moving after {limit_s:.0f}s; taking the last "
-                  "reading)", flush=True)
+            print(
+                f"    (RSS of {pid} still moving after {limit_s:.0f}s; taking the last reading)",
+                flush=True,
+            )
             return readings[-1]
         await asyncio.sleep(every)
 
@@ -100,17 +102,24 @@ async def engine_idle(js: Any, settings: Settings, limit_s: float = 120.0) -> No
 
 
 async def cycles(app: Tether, task: Any, watch: RunWatch, n: int) -> None:
-    refs = await gather_chunks(list(range(n)), 200,
-                               lambda i: task.run_no_wait(Proposal(amount=i)), "triggered")
-    await until(lambda: all(r.run_id in watch.waiting for r in refs), limit_s=120,
-                what="runs waiting", progress=lambda: "warm-up runs waiting")
-    await asyncio.gather(*(app.events.push(EVENT_KEY, {"runId": r.run_id, "decision": "approve"})
-                           for r in refs))
+    refs = await gather_chunks(
+        list(range(n)), 200, lambda i: task.run_no_wait(Proposal(amount=i)), "triggered"
+    )
+    await until(
+        lambda: all(r.run_id in watch.waiting for r in refs),
+        limit_s=120,
+        what="runs waiting",
+        progress=lambda: "warm-up runs waiting",
+    )
+    await asyncio.gather(
+        *(app.events.push(EVENT_KEY, {"runId": r.run_id, "decision": "approve"}) for r in refs)
+    )
     await asyncio.gather(*(r.result(timeout=60) for r in refs))
 
 
-async def measure(args: argparse.Namespace, nats_url: str, serve_pid: int,
-                  worker_pid: int) -> dict[str, Any]:
+async def measure(
+    args: argparse.Namespace, nats_url: str, serve_pid: int, worker_pid: int
+) -> dict[str, Any]:
     settings = Settings(nats_url=nats_url, namespace=args.namespace)
     app = Tether(settings=settings)
     task = define_task(app, args.wait_timeout_s)
@@ -126,19 +135,25 @@ async def measure(args: argparse.Namespace, nats_url: str, serve_pid: int,
             await engine_idle(js, settings)
             serve_before = await settled_rss(serve_pid)
             worker_before = await settled_rss(worker_pid)
-            print(f"    baseline RSS: serve {serve_before / 2**20:.1f} MiB, "
-                  f"worker {worker_before / 2**20:.1f} MiB", flush=True)
+            print(
+                f"    baseline RSS: serve {serve_before / 2**20:.1f} MiB, "
+                f"worker {worker_before / 2**20:.1f} MiB",
+                flush=True,
+            )
 
             n = args.waits
             print(f"\n[2] {n:,} runs triggered, each left waiting", flush=True)
             start = time.perf_counter()
-            refs = await gather_chunks(list(range(n)), 500,
-                                       lambda i: task.run_no_wait(Proposal(amount=i)),
-                                       "triggered")
+            refs = await gather_chunks(
+                list(range(n)), 500, lambda i: task.run_no_wait(Proposal(amount=i)), "triggered"
+            )
             ids = [r.run_id for r in refs]
-            await until(lambda: all(r in watch.waiting for r in ids), limit_s=max(120, n / 20),
-                        what="all runs waiting",
-                        progress=lambda: f"waiting {sum(r in watch.waiting for r in ids):,}/{n:,}")
+            await until(
+                lambda: all(r in watch.waiting for r in ids),
+                limit_s=max(120, n / 20),
+                what="all runs waiting",
+                progress=lambda: f"waiting {sum(r in watch.waiting for r in ids):,}/{n:,}",
+            )
             print(f"    all {n:,} waiting after {time.perf_counter() - start:.1f}s", flush=True)
             # A run that waits after all of them and resumes: the matcher has read every
             # earlier wait_started by then.
@@ -155,8 +170,11 @@ async def measure(args: argparse.Namespace, nats_url: str, serve_pid: int,
             sample = await asyncio.gather(*(app.runs.get(r) for r in ids[:: max(1, n // 50)]))
             if any(i.status != "waiting" for i in sample):
                 raise RuntimeError("a sampled run is not waiting")
-            print(f"    RSS with {n:,} waiting: serve {serve_after / 2**20:.1f} MiB, "
-                  f"worker {worker_after / 2**20:.1f} MiB", flush=True)
+            print(
+                f"    RSS with {n:,} waiting: serve {serve_after / 2**20:.1f} MiB, "
+                f"worker {worker_after / 2**20:.1f} MiB",
+                flush=True,
+            )
     finally:
         await nc.close()
     return {
@@ -227,11 +245,35 @@ async def breakdown(n: int, wait_timeout: bool) -> dict[str, Any]:
     run_ids = [uuid.uuid4().hex for _ in range(n)]
     now = time.time()
     messages = [
-        _Msg(f"bench.runs.{r}.wait_started", ev.encode(ev.WaitStarted(
-            run_id=r, at=now, position=1, wait_id=f"{r}:1", task="bench-approval",
-            event_key=EVENT_KEY, expression=f"input.runId == '{r}'", events_position=10,
-            timeout_at=now + 3600 if wait_timeout else None,
-        )), None, _Meta(_Seq(i + 1)))
+        _Msg(
+            f"bench.runs.{r}.wait_started",
+            ev.encode(
+                ev.WaitStarted(
+                    run_id=r,
+                    at=now,
+                    position=1,
+                    wait_id=f"{r}:1",
+                    task="bench-approval",
+                    event_key=EVENT_KEY,
+                    expression=f"input.runId == '{r}'",
+                    clauses=[
+                        [
+                            ev.ConditionSpec(
+                                id="c0.0",
+                                key=EVENT_KEY,
+                                kind="event",
+                                event_key=EVENT_KEY,
+                                expression=f"input.runId == '{r}'",
+                            )
+                        ]
+                    ],
+                    events_position=10,
+                    timeout_at=now + 3600 if wait_timeout else None,
+                )
+            ),
+            None,
+            _Meta(_Seq(i + 1)),
+        )
         for i, r in enumerate(run_ids)
     ]
     conn = SimpleNamespace(settings=Settings(namespace="bench"), js=None, reader=None)
@@ -247,12 +289,27 @@ async def breakdown(n: int, wait_timeout: bool) -> dict[str, Any]:
 
     entries = []
     for i, r in enumerate(run_ids):
-        entries.append(_Entry(f"{r}.run", orjson.dumps(
-            {"due_at": now + 7200, "kind": "expire_run", "run_id": r})))
+        entries.append(
+            _Entry(
+                f"{r}.run", orjson.dumps({"due_at": now + 7200, "kind": "expire_run", "run_id": r})
+            )
+        )
         if wait_timeout:
-            entries.append(_Entry(f"{r}.w1", orjson.dumps({
-                "due_at": now + 3600, "kind": "expire_wait", "run_id": r,
-                "wait_id": f"{r}:1", "wait_seq": i + 1, "task": "bench-approval"})))
+            entries.append(
+                _Entry(
+                    f"{r}.w1",
+                    orjson.dumps(
+                        {
+                            "due_at": now + 3600,
+                            "kind": "expire_wait",
+                            "run_id": r,
+                            "wait_id": f"{r}:1",
+                            "wait_seq": i + 1,
+                            "task": "bench-approval",
+                        }
+                    ),
+                )
+            )
 
     timer = TimerProjection(SimpleNamespace())  # type: ignore[arg-type]
 
@@ -276,20 +333,35 @@ async def breakdown(n: int, wait_timeout: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--waits", type=int, default=10_000)
     parser.add_argument("--slots", type=int, default=500, help="worker slots")
     parser.add_argument("--warmup", type=int, default=300)
-    parser.add_argument("--wait-timeout-s", type=float, default=3600.0,
-                        help="the wait's timeout (0: none); a timeout adds a KV deadline")
+    parser.add_argument(
+        "--wait-timeout-s",
+        type=float,
+        default=3600.0,
+        help="the wait's timeout (0: none); a timeout adds a KV deadline",
+    )
     parser.add_argument("--nats-url", default=None, help="use this server instead of starting one")
-    parser.add_argument("--sync-always", action="store_true",
-                        help="started nats-server fsyncs every write (sync_interval: always)")
+    parser.add_argument(
+        "--sync-always",
+        action="store_true",
+        help="started nats-server fsyncs every write (sync_interval: always)",
+    )
     parser.add_argument("--namespace", default=None)
     parser.add_argument("--out", default=str(RESULTS / "wait_memory.json"))
     args = parser.parse_args()
     args.namespace = args.namespace or f"bench{uuid.uuid4().hex[:8]}"
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5:
+        print(
+            f"note: load average {load_start[0]:.2f} before starting: other work on this "
+            "machine will lower the figures",
+            flush=True,
+        )
 
     server: NatsServer | None = None
     serve = worker = None
@@ -300,14 +372,43 @@ def main() -> None:
             server = NatsServer(sync_always=args.sync_always).start()
             nats_url = server.url
         print(f"nats-server: {nats_url}; namespace {args.namespace}", flush=True)
-        serve = spawn_ready([sys.executable, "-m", "tether.cli", "serve", "--nats-url", nats_url,
-                             "--namespace", args.namespace], "running", "tether serve")
-        worker = spawn_ready([sys.executable, HITL, "--role", "worker", "--nats-url", nats_url,
-                              "--namespace", args.namespace, "--slots", str(args.slots),
-                              "--wait-timeout-s", str(args.wait_timeout_s)],
-                             "worker ready", "worker")
-        print(f"layout: nats-server | tether serve pid {serve.pid} | worker pid {worker.pid} "
-              f"({args.slots} slots) | client pid {os.getpid()}", flush=True)
+        serve = spawn_ready(
+            [
+                sys.executable,
+                "-m",
+                "tether.cli",
+                "serve",
+                "--nats-url",
+                nats_url,
+                "--namespace",
+                args.namespace,
+            ],
+            "running",
+            "tether serve",
+        )
+        worker = spawn_ready(
+            [
+                sys.executable,
+                HITL,
+                "--role",
+                "worker",
+                "--nats-url",
+                nats_url,
+                "--namespace",
+                args.namespace,
+                "--slots",
+                str(args.slots),
+                "--wait-timeout-s",
+                str(args.wait_timeout_s),
+            ],
+            "worker ready",
+            "worker",
+        )
+        print(
+            f"layout: nats-server | tether serve pid {serve.pid} | worker pid {worker.pid} "
+            f"({args.slots} slots) | client pid {os.getpid()}",
+            flush=True,
+        )
         results = asyncio.run(measure(args, nats_url, serve.pid, worker.pid))
     finally:
         stop_child(worker)
@@ -321,22 +422,34 @@ def main() -> None:
 
     per_wait = results["serve_bytes_per_wait"]
     print("\n== wait_memory summary ==")
-    print(f"serve (engine+matcher+timer) RSS: {results['serve_rss_before'] / 2**20:.1f} MiB -> "
-          f"{results['serve_rss_after'] / 2**20:.1f} MiB with {results['waits']:,} open waits")
-    print(f"  {per_wait:,.0f} bytes per open wait; target <= {TARGET_BYTES_PER_WAIT}: ratio "
-          f"{per_wait / TARGET_BYTES_PER_WAIT:.2f} "
-          f"({'meets' if per_wait <= TARGET_BYTES_PER_WAIT else 'MISSES'} target)")
-    print(f"  wait timeout {args.wait_timeout_s:g}s: each waiting run has "
-          f"{parts['timer_entries_per_wait']} deadline(s) in the timer projection")
-    print(f"worker RSS: {results['worker_rss_before'] / 2**20:.1f} MiB -> "
-          f"{results['worker_rss_after'] / 2**20:.1f} MiB "
-          f"({results['worker_bytes_per_wait']:,.0f} bytes per waiting run)")
-    print(f"breakdown (tracemalloc, Python objects only): matcher "
-          f"{parts['matcher_bytes_per_wait']:,.0f} B/wait, timer "
-          f"{parts['timer_bytes_per_wait']:,.0f} B/wait")
+    print(
+        f"serve (engine+matcher+timer) RSS: {results['serve_rss_before'] / 2**20:.1f} MiB -> "
+        f"{results['serve_rss_after'] / 2**20:.1f} MiB with {results['waits']:,} open waits"
+    )
+    print(
+        f"  {per_wait:,.0f} bytes per open wait; target <= {TARGET_BYTES_PER_WAIT}: ratio "
+        f"{per_wait / TARGET_BYTES_PER_WAIT:.2f} "
+        f"({'meets' if per_wait <= TARGET_BYTES_PER_WAIT else 'MISSES'} target)"
+    )
+    print(
+        f"  wait timeout {args.wait_timeout_s:g}s: each waiting run has "
+        f"{parts['timer_entries_per_wait']} deadline(s) in the timer projection"
+    )
+    print(
+        f"worker RSS: {results['worker_rss_before'] / 2**20:.1f} MiB -> "
+        f"{results['worker_rss_after'] / 2**20:.1f} MiB "
+        f"({results['worker_bytes_per_wait']:,.0f} bytes per waiting run)"
+    )
+    print(
+        f"breakdown (tracemalloc, Python objects only): matcher "
+        f"{parts['matcher_bytes_per_wait']:,.0f} B/wait, timer "
+        f"{parts['timer_bytes_per_wait']:,.0f} B/wait"
+    )
     config = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),
+        "load_avg_1m_start": load_start[0],
+        "load_avg_1m_end": os.getloadavg()[0],
         "python": platform.python_version(),
         "waits": args.waits,
         "slots": args.slots,

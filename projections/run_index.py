@@ -77,6 +77,7 @@ class PendingWait:
     run_id: str
     task: str
     wait_id: str
+    started_seq: int  # log sequence of the (latest) wait_started: names this registration
     event_key: str
     expression: str | None
     conventional: bool  # approve/reject will match: see ``follows_convention``
@@ -94,6 +95,7 @@ class PendingWait:
             "run_id": self.run_id,
             "task": self.task,
             "wait_id": self.wait_id,
+            "started_seq": self.started_seq,
             "event_key": self.event_key,
             "expression": self.expression,
             "conventional": self.conventional,
@@ -213,6 +215,7 @@ class RunView:
             run_id=self.run_id,
             task=self.state.task,
             wait_id=record.wait_id,
+            started_seq=record.started_seq,
             event_key=event_key,
             expression=expression,
             conventional=others == 0 and follows_convention(expression, self.run_id),

@@ -2,9 +2,11 @@
 
 from tether.app import Tether
 from tether.client import PushResult, RunEventView, RunInfo, RunRef
-from tether.context import DurableContext
+from tether.conditions import SleepCondition, UserEventCondition, WaitResult, or_
+from tether.context import ChildRunRef, DurableContext
 from tether.errors import (
     NonDeterminismError,
+    NonRetryableError,
     RunAlreadyFinishedError,
     RunCancelledError,
     RunError,
@@ -18,10 +20,12 @@ from tether.projections.cel_expressions import InvalidExpressionError
 from tether.task import DurableTask
 
 __all__ = [
+    "ChildRunRef",
     "DurableContext",
     "DurableTask",
     "InvalidExpressionError",
     "NonDeterminismError",
+    "NonRetryableError",
     "PushResult",
     "RunAlreadyFinishedError",
     "RunCancelledError",
@@ -32,7 +36,11 @@ __all__ = [
     "RunNotFoundError",
     "RunRef",
     "RunTimeoutError",
+    "SleepCondition",
     "Tether",
     "TetherError",
+    "UserEventCondition",
+    "WaitResult",
     "WaitTimeoutError",
+    "or_",
 ]
