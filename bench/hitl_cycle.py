@@ -38,6 +38,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel
+
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer

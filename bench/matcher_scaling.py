@@ -38,6 +38,7 @@ from typing import Any
 import nats
 import orjson
 from nats.aio.msg import Msg
+
 from tether.engine import events as ev
 from tether.engine.config import Settings
 from tether.engine.connection import Connection

@@ -40,7 +40,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import nats
-import orjson
 
 # The sibling script (its directory is on sys.path when run as a script) owns the task and
 # the worker role, so both benchmarks run exactly the same approval task.
@@ -55,8 +54,8 @@ from hitl_cycle import (
     stop_child,
     until,
 )
+
 from tether import Tether
-from tether.engine import events as ev
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
 from tether.projections.cel_expressions import analyze
@@ -175,9 +174,11 @@ async def measure(
                 f"worker {worker_after / 2**20:.1f} MiB",
                 flush=True,
             )
+            records = await capture_records(js, settings, ids[0])
     finally:
         await nc.close()
     return {
+        "records": records,
         "waits": n,
         "serve_rss_before": serve_before,
         "serve_rss_after": serve_after,
@@ -240,37 +241,30 @@ def _traced(build: Any) -> tuple[int, Any]:
     return after - before, kept
 
 
-async def breakdown(n: int, wait_timeout: bool) -> dict[str, Any]:
+async def capture_records(js: Any, settings: Settings, run_id: str) -> dict[str, Any]:
+    """What serve holds for one waiting run, as stored: its wait_started event and its
+    deadline entries (key suffix -> value), to rebuild the same records for other run ids."""
+    names = settings.names
+    wait = await js.get_last_msg(names.runs_stream, names.run_subject(run_id, "wait_started"))
+    kv = await js.key_value(names.deadlines_bucket)
+    deadlines = {}
+    for key in await kv.keys():
+        if key.startswith(run_id + "."):
+            entry = await kv.get(key)
+            deadlines[key[len(run_id) :]] = (entry.value or b"").decode()
+    return {"run_id": run_id, "wait_started": wait.data.decode(), "deadlines": deadlines}
+
+
+async def breakdown(n: int, records: dict[str, Any]) -> dict[str, Any]:
+    """Feed the matcher and the timer projection the records of ``n`` waiting runs (copies
+    of the captured ones under new run ids) and trace the Python memory each keeps."""
     analyze("input.runId == 'warm-up'")
+    template = records["run_id"]
     run_ids = [uuid.uuid4().hex for _ in range(n)]
-    now = time.time()
     messages = [
         _Msg(
             f"bench.runs.{r}.wait_started",
-            ev.encode(
-                ev.WaitStarted(
-                    run_id=r,
-                    at=now,
-                    position=1,
-                    wait_id=f"{r}:1",
-                    task="bench-approval",
-                    event_key=EVENT_KEY,
-                    expression=f"input.runId == '{r}'",
-                    clauses=[
-                        [
-                            ev.ConditionSpec(
-                                id="c0.0",
-                                key=EVENT_KEY,
-                                kind="event",
-                                event_key=EVENT_KEY,
-                                expression=f"input.runId == '{r}'",
-                            )
-                        ]
-                    ],
-                    events_position=10,
-                    timeout_at=now + 3600 if wait_timeout else None,
-                )
-            ),
+            records["wait_started"].replace(template, r).encode(),
             None,
             _Meta(_Seq(i + 1)),
         )
@@ -285,47 +279,33 @@ async def breakdown(n: int, wait_timeout: bool) -> dict[str, Any]:
         return matcher
 
     matcher_bytes, matcher = _traced(build_matcher)
-    assert len(matcher.waits) == n
+    if len(matcher.waits) != n:
+        raise RuntimeError(f"matcher holds {len(matcher.waits)} of {n} waits")
 
-    entries = []
-    for i, r in enumerate(run_ids):
-        entries.append(
-            _Entry(
-                f"{r}.run", orjson.dumps({"due_at": now + 7200, "kind": "expire_run", "run_id": r})
-            )
-        )
-        if wait_timeout:
-            entries.append(
-                _Entry(
-                    f"{r}.w1",
-                    orjson.dumps(
-                        {
-                            "due_at": now + 3600,
-                            "kind": "expire_wait",
-                            "run_id": r,
-                            "wait_id": f"{r}:1",
-                            "wait_seq": i + 1,
-                            "task": "bench-approval",
-                        }
-                    ),
-                )
-            )
-
+    entries = [
+        _Entry(r + suffix, value.replace(template, r).encode())
+        for r in run_ids
+        for suffix, value in records["deadlines"].items()
+    ]
+    per_run = len(records["deadlines"])
     timer = TimerProjection(SimpleNamespace())  # type: ignore[arg-type]
-
-    tracemalloc.start()
     gc.collect()
+    tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     await timer._watch(_Watcher(entries), asyncio.Event())  # type: ignore[arg-type]
     gc.collect()
     timer_bytes = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert timer.pending == n * (2 if wait_timeout else 1)
+    if timer.pending != n * per_run:
+        raise RuntimeError(f"timer holds {timer.pending} of {n * per_run} deadlines")
     return {
         "waits": n,
         "matcher_bytes_per_wait": matcher_bytes / n,
         "timer_bytes_per_wait": timer_bytes / n,
-        "timer_entries_per_wait": 2 if wait_timeout else 1,
+        "timer_entries_per_wait": per_run,
+        "deadline_keys": sorted(records["deadlines"]),
+        "wait_started_bytes": len(records["wait_started"]),
+        "deadline_value_bytes": {k: len(v) for k, v in records["deadlines"].items()},
     }
 
 
@@ -338,7 +318,7 @@ def main() -> None:
     )
     parser.add_argument("--waits", type=int, default=10_000)
     parser.add_argument("--slots", type=int, default=500, help="worker slots")
-    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=1000, help="full cycles before the baseline")
     parser.add_argument(
         "--wait-timeout-s",
         type=float,
@@ -417,7 +397,7 @@ def main() -> None:
             server.cleanup()
 
     print("\n[3] where the bytes go (this process, tracemalloc)", flush=True)
-    parts = asyncio.run(breakdown(args.waits, args.wait_timeout_s > 0))
+    parts = asyncio.run(breakdown(args.waits, results.pop("records")))
     results["breakdown"] = parts
 
     per_wait = results["serve_bytes_per_wait"]

@@ -32,6 +32,9 @@ class Settings:
     max_event_bytes: int = 256 * 1024
     # How long a worker may hold a task message without progress before it is redelivered.
     task_ack_wait_s: float = 30.0
+    # How long a command or run-log message stays with an engine service that went silent
+    # (crashed) before another serve process gets it.
+    engine_ack_wait_s: float = 10.0
     names: Names = field(init=False)
 
     def __post_init__(self) -> None:
@@ -45,4 +48,5 @@ class Settings:
             replicas=_env_int("TETHER_REPLICAS", 1),
             max_event_bytes=_env_int("TETHER_MAX_EVENT_BYTES", 256 * 1024),
             task_ack_wait_s=float(_env_int("TETHER_TASK_ACK_WAIT_S", 30)),
+            engine_ack_wait_s=float(_env_int("TETHER_ENGINE_ACK_WAIT_S", 10)),
         )

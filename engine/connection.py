@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +27,11 @@ class NatsUnavailableError(ConnectionError):
     pass
 
 
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
 @dataclass
 class Connection:
     settings: Settings
@@ -34,12 +41,29 @@ class Connection:
     store: JetStreamEventStore
     deadlines: KeyValue
 
+    reconnect_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Run ``hook`` after every reconnect (pull requests made before it are gone)."""
+        self.reconnect_hooks.append(hook)
+
     @classmethod
     async def open(cls, settings: Settings, *, name: str = "tether") -> Connection:
+        hooks: list[Callable[[], Awaitable[None]]] = []
+
+        async def reconnected() -> None:
+            log.info("reconnected to NATS", extra={"nats_url": redact(settings.nats_url)})
+            for hook in list(hooks):
+                try:
+                    await hook()
+                except Exception:
+                    log.exception("reconnect hook failed")
+
         try:
             nc = await nats.connect(
                 settings.nats_url,
                 name=name,
+                reconnected_cb=reconnected,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=5,
@@ -47,7 +71,7 @@ class Connection:
             )
         except Exception as exc:
             raise NatsUnavailableError(
-                f"cannot connect to NATS at {settings.nats_url} ({exc}); start a server with "
+                f"cannot connect to NATS at {redact(settings.nats_url)} ({exc}); start a server with "
                 "JetStream enabled (`tether dev` runs one) or set TETHER_NATS_URL"
             ) from exc
         js = nc.jetstream(timeout=10)
@@ -55,7 +79,7 @@ class Connection:
         reader = DirectReader(nc)
         store = JetStreamEventStore(nc, js, settings.names, reader)
         deadlines = await js.key_value(settings.names.deadlines_bucket)
-        return cls(settings, nc, js, reader, store, deadlines)
+        return cls(settings, nc, js, reader, store, deadlines, hooks)
 
     async def events_position(self) -> int:
         """The last sequence of the events stream: waits match events after it."""

@@ -79,6 +79,13 @@ class SlotPuller:
     def wake(self) -> None:
         self._wake.set()
 
+    async def forget_requests(self) -> None:
+        """After a reconnect the server has forgotten our pull requests: stop waiting on
+        them and ask again (a surplus delivery is handed back, never run over the slots)."""
+        for inbox in list(self._requests):
+            await self._forget(inbox)
+        self._wake.set()
+
     @property
     def outstanding(self) -> int:
         return int(sum(r[0] for r in self._requests.values()))

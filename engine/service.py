@@ -62,9 +62,10 @@ class EngineService:
 
     async def start(self) -> None:
         conn, names = self._conn, self._conn.settings.names
+        ack_wait = conn.settings.engine_ack_wait_s
         await ensure_pull_consumer(
             conn.js, names.commands_stream, names.engine_consumer,
-            filter_subjects=[names.commands_all],
+            filter_subjects=[names.commands_all], ack_wait_s=ack_wait,
         )
         bookkeeping = [
             names.runs_token_filter(token)
@@ -72,7 +73,8 @@ class EngineService:
                           *ev.TERMINAL_TOKENS)
         ]
         await ensure_pull_consumer(
-            conn.js, names.runs_stream, names.bookkeeper_consumer, filter_subjects=bookkeeping
+            conn.js, names.runs_stream, names.bookkeeper_consumer, filter_subjects=bookkeeping,
+            ack_wait_s=ack_wait,
         )
         self._pullers = [
             SlotPuller(conn.nc, names.commands_stream, names.engine_consumer,
@@ -82,6 +84,7 @@ class EngineService:
         ]
         for puller in self._pullers:
             await puller.start()
+            conn.on_reconnect(puller.forget_requests)
 
     async def stop(self) -> None:
         for puller in self._pullers:

@@ -67,7 +67,7 @@ class OpenWait:
     timeout_at: float | None
     clause_count: int
     conditions: list[OpenCondition]
-    met_clauses: set[int]
+    met_clauses: frozenset[int]  # the shared empty frozenset until a clause is met
 
     @property
     def event_key(self) -> str:
@@ -229,7 +229,7 @@ class Matcher:
             timeout_at=body.get("timeout_at"),
             clause_count=len(clauses),
             conditions=conditions,
-            met_clauses=set(),
+            met_clauses=frozenset(),
         )
 
     def _clause_met(self, wait: OpenWait, condition_id: str) -> None:
@@ -241,7 +241,7 @@ class Matcher:
                 clause = int(condition_id[1:].split(".")[0])
         if clause is None:
             return
-        wait.met_clauses.add(clause)
+        wait.met_clauses = wait.met_clauses | {clause}
         for condition in wait.conditions:
             if condition.clause == clause:
                 self._index.remove((wait.wait_id, condition.condition_id))
@@ -347,7 +347,7 @@ class Matcher:
         log.error("resume command failed; wait reopened", extra={"wait_id": wait.wait_id})
         clause = next(c.clause for c in wait.conditions
                       if c.condition_id == command.condition_id)
-        wait.met_clauses.discard(clause)
+        wait.met_clauses = wait.met_clauses - {clause}
         self.waits[wait.wait_id] = wait
         self._open_by_run[wait.run_id] = wait.wait_id
         for condition in wait.conditions:

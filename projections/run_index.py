@@ -318,7 +318,12 @@ class RunIndex:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
-        self._changed.set()  # release anyone waiting for changes
+        self.wake()
+
+    def wake(self) -> None:
+        """Release everyone in ``wait_changed`` (they see an unchanged version)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def sync(self, *, timeout: float | None = None) -> None:
         """Wait until every run event stored before this call has been applied."""
@@ -353,8 +358,7 @@ class RunIndex:
         view.apply(seq, event)
         self.version += 1
         self._changes.log.append((self.version, event.run_id))
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self.wake()
 
     async def wait_changed(self, version: int, timeout: float) -> int:
         """Return the current version once it is past ``version`` (or after ``timeout``)."""

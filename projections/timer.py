@@ -13,11 +13,10 @@ import contextlib
 import heapq
 import logging
 import time
-from typing import Any
 
 import orjson
-from pydantic import ValidationError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
@@ -32,7 +31,8 @@ class TimerProjection:
     def __init__(self, conn: Connection, *, retry_after_s: float = 5.0) -> None:
         self._conn = conn
         self._retry_after_s = retry_after_s
-        self._due: dict[str, tuple[float, dict[str, Any]]] = {}
+        # key -> (due, the entry's raw value): bytes take a third of the parsed body's memory
+        self._due: dict[str, tuple[float, bytes]] = {}
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -66,6 +66,7 @@ class TimerProjection:
             ready.set()
             if entry.operation in _KV_DELETE_OPS or not entry.value:
                 self._due.pop(entry.key, None)
+                self._compact_if_stale()
                 continue
             try:
                 body = orjson.loads(entry.value)
@@ -73,9 +74,17 @@ class TimerProjection:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.error("ignoring malformed deadline", extra={"key": entry.key})
                 continue
-            self._due[entry.key] = (due, body)
+            self._due[entry.key] = (due, entry.value)
             heapq.heappush(self._heap, (due, entry.key))
             self._wake.set()
+
+    def _compact_if_stale(self) -> None:
+        """A deleted or moved deadline leaves its heap entry behind until it comes due (a day
+        for a default execution deadline), so a busy install would pile them up: rebuild the
+        heap from the live deadlines once the stale entries outnumber them."""
+        if len(self._heap) > 2 * len(self._due) + 1024:
+            self._heap = [(due, key) for key, (due, _) in self._due.items()]
+            heapq.heapify(self._heap)
 
     async def _fire_loop(self) -> None:
         while True:
@@ -91,10 +100,11 @@ class TimerProjection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, min(delay, 60.0)))
 
-    async def _fire(self, key: str, body: dict[str, Any]) -> None:
+    async def _fire(self, key: str, raw: bytes) -> None:
         try:
+            body = orjson.loads(raw)
             command = CommandMessage.model_validate({**body["command"], "timer_key": key})
-        except (KeyError, TypeError, ValidationError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
             log.error("ignoring malformed deadline", extra={"key": key, "error": str(exc)})
             self._due.pop(key, None)
             return
@@ -104,11 +114,11 @@ class TimerProjection:
         except Exception:
             log.exception("could not fire deadline; will retry", extra={"key": key})
             due = time.time() + self._retry_after_s
-            self._due[key] = (due, body)
+            self._due[key] = (due, raw)
             heapq.heappush(self._heap, (due, key))
             return
         # Keep it until the engine deletes the key; if that never happens (engine down),
         # fire again later rather than lose the timeout.
         due = time.time() + 60.0
-        self._due[key] = (due, body)
+        self._due[key] = (due, raw)
         heapq.heappush(self._heap, (due, key))

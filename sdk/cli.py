@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tether.engine.config import Settings
-from tether.engine.connection import NatsUnavailableError
+from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
 from tether.logs import configure
 from tether.server import TetherServer
@@ -30,7 +30,7 @@ async def _until_signalled() -> None:
 async def _serve(settings: Settings) -> None:
     server = TetherServer(settings)
     await server.start()
-    print(f"tether serve: engine, matcher and timer running against {settings.nats_url} "
+    print(f"tether serve: engine, matcher and timer running against {redact(settings.nats_url)} "
           f"(namespace {settings.namespace}); Ctrl-C or SIGTERM stops", flush=True)
     try:
         await _until_signalled()

@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from tether.engine.config import Settings
-from tether.engine.connection import Connection
+from tether.engine.connection import Connection, redact
 from tether.engine.service import EngineService
 from tether.projections.matcher import Matcher
 from tether.projections.timer import TimerProjection
+
+if TYPE_CHECKING:
+    from tether.api_server import ApiServer
+    from tether.auth import TokenAuth
 
 log = logging.getLogger("tether.serve")
 
 
 class TetherServer:
-    def __init__(self, settings: Settings, *, matcher_window_s: float = 30.0) -> None:
+    """Engine service, matcher and timer; with ``http`` (``HOST:PORT``) and ``auth`` also the
+    HTTP API and dashboard (see ``tether.api_server``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        matcher_window_s: float = 30.0,
+        http: str | None = None,
+        auth: TokenAuth | None = None,
+    ) -> None:
         self.settings = settings
         self._matcher_window_s = matcher_window_s
+        self._http = http
+        self._auth = auth
+        self.api: ApiServer | None = None
         self.conn: Connection | None = None
         self.engine: EngineService | None = None
         self.matcher: Matcher | None = None
         self.timer: TimerProjection | None = None
 
     async def start(self) -> None:
+        api: ApiServer | None = None
+        if self._http is not None:  # check the API's configuration before starting anything
+            from tether.api_server import ApiServer
+            from tether.auth import TokenAuth
+
+            api = ApiServer(self.settings, self._auth or TokenAuth({}), address=self._http)
+            api.check_config()
         self.conn = await Connection.open(self.settings, name="tether-serve")
         self.engine = EngineService(self.conn)
         self.matcher = Matcher(self.conn, window_s=self._matcher_window_s)
@@ -30,10 +55,20 @@ class TetherServer:
         await self.engine.start()
         await self.matcher.start()
         await self.timer.start()
-        log.info("tether serve running", extra={"nats_url": self.settings.nats_url,
+        if api is not None:
+            try:
+                await api.start()
+            except BaseException:
+                await self.stop()
+                raise
+            self.api = api
+        log.info("tether serve running", extra={"nats_url": redact(self.settings.nats_url),
                                                  "namespace": self.settings.namespace})
 
     async def stop(self) -> None:
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
         for part in (self.timer, self.matcher, self.engine):
             if part is not None:
                 await part.stop()

@@ -73,6 +73,7 @@ class Worker:
                 budget=self._budget,
             )
             await puller.start()
+            conn.on_reconnect(puller.forget_requests)
             self._pullers.append(puller)
         log.info("worker started", extra={"worker": self.worker_id, "slots": self.slots,
                                            "tasks": sorted(self.tasks)})

@@ -101,7 +101,7 @@ class Children:
         self.all: list[Child] = []
 
     async def spawn(self, label: str, *args: str) -> Child:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TETHER_ENGINE_ACK_WAIT_S": "2"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, *args, cwd=str(REPO), env=env, stdin=asyncio.subprocess.DEVNULL,

@@ -1,0 +1,352 @@
+"""The HTTP API and the dashboard's pages, as one aiohttp application.
+
+Every ``/api`` route needs ``Authorization: Bearer <token>`` (see ``tether.auth``). Errors
+are JSON ``{"error": {"status", "message", "details"}}``; a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from tether.app import Tether
+from tether.auth import Identity, TokenAuth
+from tether.decisions import ActionRefusedError, Decision, cancel, decide, push_event
+from tether.engine.subjects import check_event_key, check_run_id
+from tether.errors import RunAlreadyFinishedError, RunNotFoundError
+from tether.openapi import STATUSES, CancelBody, DecisionBody, PushBody, document
+from tether.projections.run_index import RunIndex, fold_view
+
+log = logging.getLogger("tether.api")
+
+STATIC_DIR = Path(__file__).parent / "web" / "static"
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class ApiContext:
+    tether: Tether
+    index: RunIndex
+    auth: TokenAuth
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stream_interval_s: float = 0.2  # at most this often one live-update message per client
+
+
+CONTEXT = web.AppKey("tether_api", ApiContext)
+IDENTITY = "tether_identity"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, details: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _error(status: int, message: str, details: list[Any] | None = None) -> web.Response:
+    body = {"error": {"status": status, "message": message, "details": details or []}}
+    response = _json(body, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="tether"'
+    return response
+
+
+def _identity(request: web.Request) -> Identity:
+    identity: Identity = request[IDENTITY]
+    return identity
+
+
+def _ctx(request: web.Request) -> ApiContext:
+    return request.app[CONTEXT]
+
+
+# -- middleware ------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.message, exc.details)
+    except ActionRefusedError as exc:
+        return _error(exc.status, str(exc))
+    except RunNotFoundError as exc:
+        return _error(404, str(exc))
+    except RunAlreadyFinishedError as exc:
+        return _error(409, str(exc))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.text or exc.reason)
+    except Exception:
+        log.exception("request failed", extra={"path": request.path, "method": request.method})
+        return _error(500, "internal error; see the server log")
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+        identity = _ctx(request).auth.identify(token.strip())
+        if identity is None:
+            log.warning("unknown API token", extra={"path": request.path})
+            raise ApiError(401, "unknown bearer token")
+        request[IDENTITY] = identity
+    return await handler(request)
+
+
+# -- request parsing -------------------------------------------------------------------------
+
+
+async def _body(request: web.Request, model: type[M], *, required: bool = True) -> M:
+    raw = await request.read()
+    if not raw.strip():
+        if required:
+            raise ApiError(422, f"request body is empty; send a JSON object ({_shape(model)})")
+        raw = b"{}"
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(422, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(
+            422, f"request body must be a JSON object ({_shape(model)}), got {type(data).__name__}"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        text = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details)
+        raise ApiError(422, f"invalid request body: {text}", details) from None
+
+
+def _shape(model: type[BaseModel]) -> str:
+    return "fields: " + ", ".join(model.model_fields)
+
+
+def _run_id(request: web.Request) -> str:
+    run_id = request.match_info["run_id"]
+    try:
+        return check_run_id(run_id)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    query = request.query
+    statuses = [s.strip() for s in query.get("status", "").split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise ApiError(
+            422, f"unknown status {', '.join(unknown)}; use one or more of {', '.join(STATUSES)}"
+        )
+    try:
+        limit = int(query.get("limit", "100"))
+    except ValueError:
+        raise ApiError(422, f"limit must be an integer, got {query.get('limit')!r}") from None
+    if not 1 <= limit <= 1000:
+        raise ApiError(422, f"limit must be between 1 and 1000, got {limit}")
+    runs = _ctx(request).index.list_runs(
+        statuses=statuses or None, task=query.get("task") or None, limit=limit
+    )
+    return _json({"runs": [view.summary() for view in runs]})
+
+
+async def get_run(request: web.Request) -> web.Response:
+    run_id = _run_id(request)
+    conn = await _ctx(request).tether.connection()
+    stored = await conn.store.read(run_id)
+    if not stored:
+        raise RunNotFoundError(run_id)
+    view = fold_view(run_id, stored)
+    wait = view.wait
+    run = {
+        **view.summary(),
+        "last_events": [],
+        "input": view.state.input,
+        "output": view.state.output,
+        "metadata": view.state.metadata,
+    }
+    notes = {brief.seq: brief.note for brief in view.recent}
+    events = [
+        {"seq": seq, "type": event.type, "at": event.at, "note": notes.get(seq, ""),
+         "data": event.model_dump(mode="json")}
+        for seq, event in stored
+    ]
+    return _json({"run": run, "wait": wait.to_json() if wait else None, "events": events})
+
+
+async def list_waits(request: web.Request) -> web.Response:
+    waits = _ctx(request).index.list_waits(
+        task=request.query.get("task") or None, key=request.query.get("key") or None
+    )
+    return _json({"waits": [w.to_json() for w in waits]})
+
+
+async def _decision(request: web.Request, decision: Decision) -> web.Response:
+    run_id = _run_id(request)
+    body = await _body(request, DecisionBody, required=False)
+    result = await decide(
+        _ctx(request).tether, run_id, decision, identity=_identity(request), reason=body.reason
+    )
+    return _json(result.to_json(), 202)
+
+
+async def approve(request: web.Request) -> web.Response:
+    return await _decision(request, "approve")
+
+
+async def reject(request: web.Request) -> web.Response:
+    return await _decision(request, "reject")
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    run_id = _run_id(request)
+    body = await _body(request, CancelBody, required=False)
+    await cancel(_ctx(request).tether, run_id, identity=_identity(request), reason=body.reason)
+    conn = await _ctx(request).tether.connection()
+    return _json(fold_view(run_id, await conn.store.read(run_id)).summary())
+
+
+async def push(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    try:
+        check_event_key(key)
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from None
+    body = await _body(request, PushBody)
+    try:
+        result = await push_event(
+            _ctx(request).tether, key, body.data, identity=_identity(request), event_id=body.id
+        )
+    except ValueError as exc:  # over the size limit
+        raise ApiError(413, str(exc)) from None
+    return _json(
+        {"id": result.id, "seq": result.seq, "duplicate": result.duplicate, "key": key}, 202
+    )
+
+
+async def overview(request: web.Request) -> web.Response:
+    index = _ctx(request).index
+    return _json({"tasks": index.tasks(), "statuses": index.status_counts()})
+
+
+async def me(request: web.Request) -> web.Response:
+    return _json(_identity(request).to_json())
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: a ``change`` message whenever runs change, a comment every 15 s."""
+    ctx = _ctx(request)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    version = ctx.index.version
+    try:
+        await response.write(f"event: hello\ndata: {_dumps({'version': version})}\n\n".encode())
+        while not ctx.stopping.is_set():
+            current = await ctx.index.wait_changed(version, timeout=15.0)
+            if ctx.stopping.is_set():
+                break
+            if current == version:
+                await response.write(b": keep-alive\n\n")
+                continue
+            runs = ctx.index.changed_runs(version)
+            version = current
+            data = {"version": current, "runs": runs if runs is not None and len(runs) <= 500
+                    else None}
+            await response.write(f"event: change\ndata: {_dumps(data)}\n\n".encode())
+            sent = time.monotonic()
+            # coalesce bursts: one message per interval at most
+            await asyncio.sleep(max(0.0, sent + ctx.stream_interval_s - time.monotonic()))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    try:
+        version = package_version("tether")
+    except PackageNotFoundError:
+        version = "0"
+    return _json(document(version))
+
+
+async def health(request: web.Request) -> web.Response:
+    index = _ctx(request).index
+    return _json({"ok": True, "runs_cursor": index.cursor})
+
+
+def _page(name: str) -> Handler:
+    path = STATIC_DIR / name
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return handler
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    ctx = app[CONTEXT]
+    ctx.stopping.set()
+    ctx.index.wake()
+
+
+def build_app(context: ApiContext, *, max_body_bytes: int) -> web.Application:
+    app = web.Application(middlewares=[_errors, _authenticate], client_max_size=max_body_bytes)
+    app[CONTEXT] = context
+    app.on_shutdown.append(_on_shutdown)
+    r = app.router
+    r.add_get("/api/runs", list_runs)
+    r.add_get("/api/runs/{run_id}", get_run)
+    r.add_post("/api/runs/{run_id}/approve", approve)
+    r.add_post("/api/runs/{run_id}/reject", reject)
+    r.add_post("/api/runs/{run_id}/cancel", cancel_run)
+    r.add_get("/api/waits", list_waits)
+    r.add_post("/api/events/{key}", push)
+    r.add_get("/api/overview", overview)
+    r.add_get("/api/me", me)
+    r.add_get("/api/stream", stream)
+    r.add_get("/openapi.json", openapi)
+    r.add_get("/healthz", health)
+    r.add_get("/", _page("inbox.html"))
+    r.add_get("/runs", _page("runs.html"))
+    r.add_get("/runs/{run_id}", _page("run.html"))
+    r.add_static("/static/", STATIC_DIR, append_version=False)
+    return app

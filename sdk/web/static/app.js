@@ -1,0 +1,485 @@
+// Tether dashboard: inbox of pending approvals, runs list, run page. Plain JS, no build step.
+// Data comes from the HTTP API with the bearer token kept in localStorage; live updates come
+// from /api/stream (server-sent events read with fetch, so the token travels in a header),
+// with polling every second while the stream is down.
+"use strict";
+
+const TOKEN_KEY = "tether.token";
+const page = document.body.dataset.page;
+const $ = (id) => document.getElementById(id);
+
+// -- token ---------------------------------------------------------------------------------
+
+(function takeTokenFromFragment() {
+  const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (match) {
+    localStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+})();
+
+function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${token()}` };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  let data = null;
+  try { data = await response.json(); } catch (_) { data = null; }
+  if (!response.ok) {
+    const message = data && data.error ? data.error.message : `HTTP ${response.status}`;
+    if (response.status === 401) showSignIn(message);
+    throw new ApiError(response.status, message);
+  }
+  return data;
+}
+
+function showSignIn(message) {
+  $("content").hidden = true;
+  $("signin").hidden = false;
+  $("sign-out").hidden = true;
+  $("who").textContent = "";
+  $("signin-error").textContent = token() ? message || "" : "";
+  $("token").focus();
+}
+
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  localStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  $("token").value = "";
+  start();
+});
+
+$("sign-out").addEventListener("click", () => {
+  localStorage.removeItem(TOKEN_KEY);
+  showSignIn("");
+});
+
+// -- small helpers -------------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function relative(epochSeconds) {
+  if (epochSeconds === null || epochSeconds === undefined) return "";
+  const delta = epochSeconds - Date.now() / 1000;
+  const abs = Math.abs(delta);
+  let text;
+  if (abs < 45) text = `${Math.round(abs)} s`;
+  else if (abs < 2700) text = `${Math.round(abs / 60)} min`;
+  else if (abs < 129600) text = `${Math.round(abs / 3600)} h`;
+  else text = `${Math.round(abs / 86400)} d`;
+  return delta < 0 ? `${text} ago` : `in ${text}`;
+}
+
+function timeEl(epochSeconds, mode = "relative") {
+  if (epochSeconds === null || epochSeconds === undefined) return el("span", { class: "muted", text: "—" });
+  const date = new Date(epochSeconds * 1000);
+  const node = el("time", { datetime: date.toISOString(), title: date.toLocaleString() });
+  node.dataset.epoch = String(epochSeconds);
+  node.dataset.mode = mode;
+  node.textContent = mode === "absolute" ? date.toLocaleString() : relative(epochSeconds);
+  return node;
+}
+
+function refreshTimes() {
+  for (const node of document.querySelectorAll("time[data-mode='relative']")) {
+    node.textContent = relative(Number(node.dataset.epoch));
+  }
+}
+
+function pretty(value) { return JSON.stringify(value, null, 2); }
+
+function badge(status) { return el("span", { class: `badge ${status}`, text: status }); }
+
+function say(message, kind = "") {
+  const node = $("status");
+  node.className = kind;
+  node.textContent = message;
+}
+
+function shortId(runId) { return runId.length > 12 ? `${runId.slice(0, 12)}…` : runId; }
+
+function runLink(runId) { return el("a", { href: `/runs/${encodeURIComponent(runId)}`, text: runId }); }
+
+async function fillTaskFilter(select) {
+  const overview = await api("/api/overview");
+  const current = select.value;
+  const have = new Set([...select.options].map((o) => o.value));
+  for (const task of overview.tasks) {
+    if (!have.has(task)) select.append(el("option", { value: task, text: task }));
+  }
+  select.value = current;
+  return overview;
+}
+
+// -- the decision form, shared by the inbox and the run page ---------------------------------
+
+function proposedAction(wait) {
+  const action = wait.proposed_action;
+  const box = el("div", { class: "action" }, el("h3", { text: "Proposed action" }));
+  if (!action) {
+    box.append(el("p", { class: "muted", text: "The task recorded no step or description before this wait." }));
+    return box;
+  }
+  if (action.source === "wait") {
+    if (action.description) box.append(el("p", { class: "description", text: action.description }));
+    if (action.details) box.append(el("pre", { class: "details", text: pretty(action.details) }));
+  } else {
+    box.append(el("p", { class: "muted" }, "Output of step ", el("code", { text: action.step }), ":"));
+    box.append(el("pre", { class: "details", text: pretty(action.output) }));
+  }
+  return box;
+}
+
+function conventionWarning(wait) {
+  if (wait.conventional) return null;
+  const expected = `input.runId == '${wait.run_id}'`;
+  const extra = wait.other_conditions > 0
+    ? ` It also needs ${wait.other_conditions} more condition(s) before the run resumes.` : "";
+  return el("p", { class: "warn", role: "note" },
+    "This wait's condition is ", el("code", { text: wait.expression || "(none: any event on the key)" }),
+    ", not ", el("code", { text: expected }),
+    ". Approve and Reject push that convention's payload and may not match it; if they are " +
+    "refused, push a matching event to ", el("code", { text: wait.event_key }),
+    " (POST /api/events/… or tether events push)." + extra);
+}
+
+function decisionForm(wait, onDone) {
+  const id = wait.run_id;
+  const reason = el("input", { id: `reason-${id}`, type: "text", maxlength: "2000", name: "reason" });
+  const result = el("p", { class: "result", role: "status", "aria-live": "polite" });
+  const approve = el("button", { type: "button", class: "approve", text: "Approve",
+    "aria-describedby": `title-${id}` });
+  const reject = el("button", { type: "button", class: "reject", text: "Reject",
+    "aria-describedby": `title-${id}` });
+  async function send(decision) {
+    approve.disabled = true;
+    reject.disabled = true;
+    result.className = "result";
+    result.textContent = decision === "approve" ? "Approving…" : "Rejecting…";
+    try {
+      const body = reason.value.trim() ? { reason: reason.value.trim() } : {};
+      const done = await api(`/api/runs/${encodeURIComponent(id)}/${decision}`, { method: "POST", body });
+      result.className = "result ok";
+      result.textContent = `${decision === "approve" ? "Approved" : "Rejected"} by ${done.approver}; the run resumes.`;
+      if (onDone) onDone(decision, done);
+    } catch (error) {
+      result.className = "result error";
+      result.textContent = `Not sent: ${error.message}`;
+      approve.disabled = false;
+      reject.disabled = false;
+    }
+  }
+  approve.addEventListener("click", () => send("approve"));
+  reject.addEventListener("click", () => send("reject"));
+  reason.addEventListener("keydown", (event) => { if (event.key === "Enter") event.preventDefault(); });
+  const group = el("div", { class: "decide", role: "group", "aria-label": `Decision for run ${id}` },
+    el("div", { class: "field" }, el("label", { for: `reason-${id}`, text: "Reason (optional)" }), reason),
+    approve, reject);
+  return el("div", {}, group, result);
+}
+
+function waitMeta(wait) {
+  return el("dl", { class: "meta" },
+    el("dt", { text: "Run" }), el("dd", {}, runLink(wait.run_id)),
+    el("dt", { text: "Task" }), el("dd", { text: wait.task }),
+    el("dt", { text: "Event key" }), el("dd", {}, el("code", { text: wait.event_key })),
+    el("dt", { text: "Waiting since" }), el("dd", {}, timeEl(wait.since)),
+    el("dt", { text: "Wait deadline" }), el("dd", {}, timeEl(wait.deadline)),
+    el("dt", { text: "Run deadline" }), el("dd", {}, timeEl(wait.run_deadline)));
+}
+
+// -- inbox ---------------------------------------------------------------------------------
+
+const inbox = {
+  cards: new Map(), // run id -> {wait_id, node}
+
+  async refresh() {
+    const select = $("filter-task");
+    await fillTaskFilter(select);
+    const query = select.value ? `?task=${encodeURIComponent(select.value)}` : "";
+    const data = await api(`/api/waits${query}`);
+    const list = $("waits");
+    const seen = new Set();
+    for (const wait of data.waits) {
+      seen.add(wait.run_id);
+      const known = this.cards.get(wait.run_id);
+      if (known && known.wait_id === wait.wait_id && known.started_seq === wait.started_seq) continue;
+      const node = this.card(wait);
+      if (known) known.node.replaceWith(node); else list.append(node);
+      this.cards.set(wait.run_id, { wait_id: wait.wait_id, started_seq: wait.started_seq, node });
+    }
+    for (const [runId, known] of [...this.cards]) {
+      if (!seen.has(runId)) { known.node.remove(); this.cards.delete(runId); }
+    }
+    // keep the order of the API (longest waiting first)
+    for (const wait of data.waits) list.append(this.cards.get(wait.run_id).node);
+    $("empty").hidden = data.waits.length > 0;
+    setCount(data.waits.length);
+  },
+
+  card(wait) {
+    const title = `${wait.task} · run ${shortId(wait.run_id)}`;
+    const heading = el("h2", { id: `title-${wait.run_id}` },
+      el("a", { href: `/runs/${encodeURIComponent(wait.run_id)}`, text: title }));
+    const item = el("li", { "data-run-id": wait.run_id });
+    item.append(el("article", { class: "card", "aria-labelledby": `title-${wait.run_id}` },
+      heading, waitMeta(wait), proposedAction(wait), conventionWarning(wait),
+      decisionForm(wait, (decision) => say(`Run ${wait.run_id} ${decision === "approve" ? "approved" : "rejected"}.`, "ok"))));
+    return item;
+  },
+
+  init() { $("filter-task").addEventListener("change", () => schedule()); },
+};
+
+function setCount(n) { $("inbox-count").textContent = n ? `(${n})` : ""; }
+
+// -- runs list -----------------------------------------------------------------------------
+
+const runs = {
+  async refresh() {
+    const status = $("filter-status");
+    const task = $("filter-task");
+    const overview = await fillTaskFilter(task);
+    for (const option of status.options) {
+      if (!option.value) continue;
+      const n = overview.statuses[option.value] || 0;
+      option.textContent = `${option.value} (${n})`;
+    }
+    const params = new URLSearchParams();
+    if (status.value) params.set("status", status.value);
+    if (task.value) params.set("task", task.value);
+    params.set("limit", "200");
+    const data = await api(`/api/runs?${params}`);
+    const body = $("runs").querySelector("tbody");
+    body.replaceChildren(...data.runs.map((run) => el("tr", { "data-run-id": run.run_id },
+      el("td", {}, el("a", { href: `/runs/${encodeURIComponent(run.run_id)}`, text: shortId(run.run_id),
+        "aria-label": `run ${run.run_id}` })),
+      el("td", { text: run.task }),
+      el("td", {}, badge(run.status)),
+      el("td", {}, run.waiting_on ? el("code", { text: run.waiting_on }) : ""),
+      el("td", {}, timeEl(run.created_at)),
+      el("td", {}, timeEl(run.updated_at)))));
+    $("empty").hidden = data.runs.length > 0;
+    setCount(overview.statuses.waiting || 0);
+  },
+
+  init() {
+    const params = new URLSearchParams(location.search);
+    const status = $("filter-status");
+    const task = $("filter-task");
+    status.value = params.get("status") || "";
+    if (params.get("task")) task.append(el("option", { value: params.get("task"), text: params.get("task") }));
+    task.value = params.get("task") || "";
+    const onChange = () => {
+      const next = new URLSearchParams();
+      if (status.value) next.set("status", status.value);
+      if (task.value) next.set("task", task.value);
+      history.replaceState(null, "", next.toString() ? `?${next}` : location.pathname);
+      schedule();
+    };
+    status.addEventListener("change", onChange);
+    task.addEventListener("change", onChange);
+  },
+};
+
+// -- run page ------------------------------------------------------------------------------
+
+function describeEvent(event, previousType) {
+  const d = event.data;
+  switch (event.type) {
+    case "run.requested.v1":
+      return { title: `Requested (task ${d.task})`, body: d.input === undefined ? null : pretty(d.input) };
+    case "run.started.v1":
+      return { title: previousType === "run.wait_satisfied.v1" || previousType === "run.wait_timed_out.v1"
+        ? `Resumed: attempt ${d.attempt} on ${d.worker}` : `Started: attempt ${d.attempt} on ${d.worker}` };
+    case "run.step.v1":
+      return { title: `Step ${d.name} recorded`, body: pretty(d.output) };
+    case "run.wait_started.v1":
+      return { title: `Waiting for ${d.event_key || d.label || "conditions"}${d.description ? `: ${d.description}` : ""}`,
+        body: d.expression ? `expression: ${d.expression}` : null };
+    case "run.wait_satisfied.v1": {
+      const payload = d.payload || {};
+      const who = d.metadata && d.metadata.approver;
+      const verb = payload.decision === "approve" ? "Approved" : payload.decision === "reject" ? "Rejected" : "Event matched";
+      const reason = payload.reason ? `: “${payload.reason}”` : "";
+      return { title: `${verb}${who ? ` by ${who}` : ""}${reason}`,
+        cls: payload.decision === "reject" ? "decision rejected" : "decision",
+        body: `event #${d.event_seq} on ${d.event_key}\n${pretty(payload)}` };
+    }
+    case "run.wait_timed_out.v1": return { title: "Wait timed out" };
+    case "run.completed.v1": return { title: "Completed", body: pretty(d.output) };
+    case "run.failed.v1": return { title: `Failed: ${d.error.type}: ${d.error.message}`, cls: "rejected" };
+    case "run.timed_out.v1": return { title: `Timed out: ${d.reason}`, cls: "rejected" };
+    case "run.cancelled.v1": return { title: `Cancelled: ${d.reason}`, cls: "rejected" };
+    default: return { title: event.note || event.type };
+  }
+}
+
+const runPage = {
+  runId: decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || ""),
+  waitKey: null,
+  me: null,
+
+  async refresh() {
+    const data = await api(`/api/runs/${encodeURIComponent(this.runId)}`);
+    const run = data.run;
+    document.title = `Run ${shortId(run.run_id)} · Tether`;
+    $("run-title").replaceChildren(`Run ${run.run_id} `, badge(run.status));
+    $("run-title").dataset.status = run.status;
+    $("run-meta").replaceChildren(
+      el("dt", { text: "Task" }), el("dd", { text: run.task }),
+      el("dt", { text: "Status" }), el("dd", { id: "run-status", text: run.status }),
+      el("dt", { text: "Attempt" }), el("dd", { text: String(run.attempt) }),
+      el("dt", { text: "Created" }), el("dd", {}, timeEl(run.created_at, "absolute")),
+      el("dt", { text: "Ended" }), el("dd", {}, timeEl(run.ended_at, "absolute")),
+      el("dt", { text: "Deadline" }), el("dd", {}, timeEl(run.deadline)));
+    const wait = data.wait;
+    const key = wait ? `${wait.wait_id}@${wait.started_seq}` : null;
+    if (key !== this.waitKey) {
+      this.waitKey = key;
+      $("run-wait").replaceChildren(wait ? el("section", { class: "panel card", "aria-labelledby": `title-${wait.run_id}` },
+        el("h2", { id: `title-${wait.run_id}`, text: "Waiting for a decision" }),
+        waitMeta(wait), proposedAction(wait), conventionWarning(wait), decisionForm(wait)) : "");
+    }
+    const result = [];
+    if (run.output !== null && run.output !== undefined) result.push(el("h2", { text: "Output" }), el("pre", { text: pretty(run.output) }));
+    if (run.error) result.push(el("h2", { text: "Error" }), el("pre", { class: "error", text: `${run.error.type}: ${run.error.message}` }));
+    $("run-result").replaceChildren(...result);
+    const terminal = ["completed", "failed", "timed_out", "cancelled"].includes(run.status);
+    $("run-cancel").hidden = terminal || !(this.me && this.me.cancel);
+    let previous = null;
+    $("timeline").replaceChildren(...data.events.map((event) => {
+      const info = describeEvent(event, previous);
+      previous = event.type;
+      return el("li", { class: info.cls || "", "data-type": event.type },
+        el("strong", { text: info.title }), el("span", { class: "when" }, timeEl(event.at, "absolute")),
+        el("div", { class: "type", text: `#${event.seq} ${event.type}` }),
+        info.body ? el("details", {}, el("summary", { text: "details" }), el("pre", { text: info.body })) : null);
+    }));
+  },
+
+  init() {
+    $("cancel-button").addEventListener("click", async () => {
+      if (!window.confirm(`Cancel run ${this.runId}?`)) return;
+      const reason = $("cancel-reason").value.trim();
+      try {
+        await api(`/api/runs/${encodeURIComponent(this.runId)}/cancel`, { method: "POST", body: reason ? { reason } : {} });
+        say("Run cancelled.", "ok");
+      } catch (error) {
+        say(`Not cancelled: ${error.message}`, "error");
+      }
+      schedule();
+    });
+  },
+};
+
+// -- live updates --------------------------------------------------------------------------
+
+const views = { inbox, runs, run: runPage };
+const view = views[page];
+let timer = null;
+let refreshing = false;
+let again = false;
+
+function schedule(delay = 150) {
+  if (timer) return;
+  timer = setTimeout(async () => {
+    timer = null;
+    if (refreshing) { again = true; return; }
+    refreshing = true;
+    try {
+      await view.refresh();
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401)) say(`Could not load: ${error.message}`, "error");
+    } finally {
+      refreshing = false;
+      if (again) { again = false; schedule(); }
+    }
+  }, delay);
+}
+
+function setLive(text) { $("live").textContent = text; }
+
+async function follow() {
+  // Read /api/stream with fetch so the token goes in a header; poll while it is down.
+  let poll = null;
+  for (;;) {
+    try {
+      const response = await fetch("/api/stream", { headers: { Authorization: `Bearer ${token()}` } });
+      if (response.status === 401) { showSignIn("token refused"); return; }
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      if (poll) { clearInterval(poll); poll = null; }
+      setLive("live");
+      schedule(0);
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          if (/^event: change$/m.test(block)) schedule();
+        }
+      }
+    } catch (_) {
+      // fall through to polling and retry
+    }
+    setLive("reconnecting… (polling)");
+    if (!poll) poll = setInterval(() => schedule(0), 1000);
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+  }
+}
+
+let started = false;
+
+async function start() {
+  if (!token()) { showSignIn(""); return; }
+  let me;
+  try {
+    me = await api("/api/me");
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 401)) showSignIn(error.message);
+    return;
+  }
+  runPage.me = me;
+  $("signin").hidden = true;
+  $("content").hidden = false;
+  $("sign-out").hidden = false;
+  $("who").textContent = `Signed in as ${me.name}`;
+  if (!started) {
+    started = true;
+    view.init();
+    follow();
+    setInterval(refreshTimes, 15000);
+  }
+  schedule(0);
+}
+
+start();
