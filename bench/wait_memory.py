@@ -230,17 +230,6 @@ class _Watcher:
         return self._entries.pop()
 
 
-def _traced(build: Any) -> tuple[int, Any]:
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    kept = build()
-    gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    return after - before, kept
-
-
 async def capture_records(js: Any, settings: Settings, run_id: str) -> dict[str, Any]:
     """What serve holds for one waiting run, as stored: its wait_started event and its
     deadline entries (key suffix -> value), to rebuild the same records for other run ids."""
@@ -257,42 +246,45 @@ async def capture_records(js: Any, settings: Settings, run_id: str) -> dict[str,
 
 async def breakdown(n: int, records: dict[str, Any]) -> dict[str, Any]:
     """Feed the matcher and the timer projection the records of ``n`` waiting runs (copies
-    of the captured ones under new run ids) and trace the Python memory each keeps."""
+    of the captured ones under new run ids) and trace the Python memory each keeps: the
+    messages are built under the trace and dropped before reading it, so whatever the
+    projection keeps of them (strings, bytes) counts, and nothing else does."""
     analyze("input.runId == 'warm-up'")
     template = records["run_id"]
     run_ids = [uuid.uuid4().hex for _ in range(n)]
-    messages = [
-        _Msg(
+    conn = SimpleNamespace(settings=Settings(namespace="bench"), js=None, reader=None)
+
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    matcher = Matcher(conn)  # type: ignore[arg-type]
+    for i, r in enumerate(run_ids):
+        msg = _Msg(
             f"bench.runs.{r}.wait_started",
             records["wait_started"].replace(template, r).encode(),
             None,
             _Meta(_Seq(i + 1)),
         )
-        for i, r in enumerate(run_ids)
-    ]
-    conn = SimpleNamespace(settings=Settings(namespace="bench"), js=None, reader=None)
-
-    def build_matcher() -> Matcher:
-        matcher = Matcher(conn)  # type: ignore[arg-type]
-        for msg in messages:
-            matcher._on_run_msg(msg)  # type: ignore[arg-type]
-        return matcher
-
-    matcher_bytes, matcher = _traced(build_matcher)
+        matcher._on_run_msg(msg)  # type: ignore[arg-type]
+    del msg
+    gc.collect()
+    matcher_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
     if len(matcher.waits) != n:
         raise RuntimeError(f"matcher holds {len(matcher.waits)} of {n} waits")
 
-    entries = [
-        _Entry(r + suffix, value.replace(template, r).encode())
-        for r in run_ids
-        for suffix, value in records["deadlines"].items()
-    ]
     per_run = len(records["deadlines"])
     timer = TimerProjection(SimpleNamespace())  # type: ignore[arg-type]
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
+    entries = [
+        _Entry(r + suffix, value.replace(template, r).encode())
+        for r in run_ids
+        for suffix, value in records["deadlines"].items()
+    ]
     await timer._watch(_Watcher(entries), asyncio.Event())  # type: ignore[arg-type]
+    del entries
     gc.collect()
     timer_bytes = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()

@@ -14,11 +14,13 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from opentelemetry.trace import TracerProvider
 
 from tether.engine.config import Settings
 from tether.engine.jetstream_store import JetStreamEventStore
 from tether.engine.nats_io import DirectReader
 from tether.engine.provision import ensure_streams
+from tether.engine.tracing import Tracing
 
 log = logging.getLogger("tether.connection")
 
@@ -42,13 +44,20 @@ class Connection:
     deadlines: KeyValue
 
     reconnect_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    tracing: Tracing = field(default_factory=Tracing)
 
     def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` after every reconnect (pull requests made before it are gone)."""
         self.reconnect_hooks.append(hook)
 
     @classmethod
-    async def open(cls, settings: Settings, *, name: str = "tether") -> Connection:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        name: str = "tether",
+        tracer_provider: TracerProvider | None = None,
+    ) -> Connection:
         hooks: list[Callable[[], Awaitable[None]]] = []
 
         async def reconnected() -> None:
@@ -79,7 +88,7 @@ class Connection:
         reader = DirectReader(nc)
         store = JetStreamEventStore(nc, js, settings.names, reader)
         deadlines = await js.key_value(settings.names.deadlines_bucket)
-        return cls(settings, nc, js, reader, store, deadlines, hooks)
+        return cls(settings, nc, js, reader, store, deadlines, hooks, Tracing(tracer_provider))
 
     async def events_position(self) -> int:
         """The last sequence of the events stream: waits match events after it."""

@@ -19,9 +19,14 @@ async def dispatch_task(js: JetStreamContext, names: Names, task: str, run_id: s
     )
 
 
-async def send_command(js: JetStreamContext, names: Names, command: commands.CommandMessage) -> None:
+async def send_command(
+    js: JetStreamContext,
+    names: Names,
+    command: commands.CommandMessage,
+    headers: dict[str, str] | None = None,
+) -> None:
     await js.publish(
         names.command_subject(command.kind, command.run_id),
         commands.encode(command),
-        headers={"Nats-Msg-Id": command.msg_id()},
+        headers={**(headers or {}), "Nats-Msg-Id": command.msg_id()},
     )

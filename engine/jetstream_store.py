@@ -26,9 +26,17 @@ class JetStreamEventStore:
         self._names = names
         self._reader = reader
 
-    async def append(self, event: ev.RunEvent, *, expected_last_seq: int, msg_id: str) -> int:
+    async def append(
+        self,
+        event: ev.RunEvent,
+        *,
+        expected_last_seq: int,
+        msg_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> int:
         run_id = event.run_id
         headers = {
+            **(headers or {}),
             "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": self._names.run_filter(run_id),
             "Nats-Msg-Id": msg_id,

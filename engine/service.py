@@ -10,6 +10,7 @@ import time
 
 import orjson
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from tether.engine import commands
 from tether.engine import events as ev
@@ -27,6 +28,7 @@ from tether.engine.state import (
     wait_resolution,
 )
 from tether.engine.store import ConcurrencyConflictError
+from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, Tracing, messaging
 
 log = logging.getLogger("tether.engine")
 
@@ -51,6 +53,18 @@ def wait_deadline_keys(run_id: str, record: WaitRecord) -> list[str]:
         keys += [sleep_deadline_key(run_id, record.position, spec.id)
                  for spec in clause if spec.kind == "sleep"]
     return keys
+
+
+def record_run_span(
+    tracing: Tracing, state: RunState, status: str, trigger_headers: dict[str, str]
+) -> None:
+    """The span of the run as a whole, from its request to its end, in the run's trace."""
+    tracing.record(
+        f"run {state.task}", start_time=state.requested_at, end_time=time.time(),
+        parent=tracing.context_from(trigger_headers),
+        attributes={"tether.run_id": state.run_id, "tether.task": state.task,
+                    "tether.status": status, "tether.attempts": state.attempt},
+    )
 
 
 class EngineService:
@@ -99,18 +113,37 @@ class EngineService:
             log.error("dropping malformed command", extra={"error": str(exc)})
             await msg.term()
             return
-        await self.apply(command)
+        tracing = self._conn.tracing
+        template = self._conn.settings.names.command_subject(command.kind, "{run_id}")
+        with tracing.span(
+            f"process {template}",
+            kind=SpanKind.CONSUMER,
+            parent=tracing.context_from(msg.headers),
+            attributes={
+                **messaging("process", "process", msg.subject, template),
+                "tether.run_id": command.run_id,
+                "tether.wait_id": command.wait_id,
+                "tether.command": command.kind,
+            },
+        ):
+            pushed = (msg.headers or {}).get(EVENT_TRACEPARENT)
+            await self.apply(command, event_traceparent=pushed)
         self.commands_handled += 1
         await msg.ack()
 
-    async def apply(self, command: commands.CommandMessage) -> int | None:
+    async def apply(
+        self, command: commands.CommandMessage, *, event_traceparent: str | None = None
+    ) -> int | None:
         """Apply ``command`` to its run; returns the new event's sequence, or None if the
         command no longer applies (wait already resolved, run finished, unknown run)."""
         names = self._conn.settings.names
         if command.kind == "retry":
             seq = await self._retry(command)
         else:
-            decided = await self._append_decision(command)
+            headers = self._conn.tracing.inject({})
+            if event_traceparent:
+                headers[EVENT_TRACEPARENT] = event_traceparent
+            decided = await self._append_decision(command, headers)
             seq = None
             if decided is not None:
                 seq, event = decided
@@ -135,7 +168,7 @@ class EngineService:
         return state.runnable_since_seq
 
     async def _append_decision(
-        self, command: commands.CommandMessage
+        self, command: commands.CommandMessage, headers: dict[str, str]
     ) -> tuple[int, ev.RunEvent] | None:
         store, run_id = self._conn.store, command.run_id
         state_command = command.to_state_command()
@@ -150,10 +183,12 @@ class EngineService:
                 seq = await store.append(
                     event, expected_last_seq=command.wait_seq,
                     msg_id=f"{run_id}:{command.wait_seq}:{command.kind}:{command.condition_id}",
+                    headers=headers,
                 )
                 return seq, event
         for _ in range(10):
-            state = await self._state(run_id)
+            raw = await store.read_raw(run_id)
+            state = fold(run_id, [(seq, event) for seq, event, _ in raw])
             decided = decide(state, state_command, time.time())
             if not decided:
                 log.debug("command no longer applies",
@@ -163,7 +198,10 @@ class EngineService:
                 seq = await store.append(
                     decided[0], expected_last_seq=state.last_seq,
                     msg_id=f"{run_id}:{state.last_seq}:{command.kind}:{command.condition_id}",
+                    headers=headers,
                 )
+                if isinstance(decided[0], ev.RunTimedOut):
+                    record_run_span(self._conn.tracing, state, "timed_out", raw[0][2])
                 return seq, decided[0]
             except ConcurrencyConflictError:
                 continue
@@ -184,8 +222,15 @@ class EngineService:
         with contextlib.suppress(Exception):
             await self._conn.deadlines.delete(f"{run_id}.retry")
 
-    async def _put_deadline(self, key: str, due_at: float, command: commands.CommandMessage) -> None:
-        body = {"due_at": due_at, "command": command.model_dump(mode="json", exclude_defaults=True)}
+    async def _put_deadline(
+        self, key: str, due_at: float, command: commands.CommandMessage, traceparent: str | None
+    ) -> None:
+        body: dict[str, object] = {
+            "due_at": due_at,
+            "command": command.model_dump(mode="json", exclude_defaults=True),
+        }
+        if traceparent:  # the run's trace, so the timeout shows up in it when it fires
+            body["traceparent"] = traceparent
         await self._conn.deadlines.put(key, orjson.dumps(body))
 
     async def _on_run_event(self, msg: Msg) -> None:
@@ -196,10 +241,10 @@ class EngineService:
             log.error("undecodable run event skipped", extra={"subject": msg.subject, "seq": seq})
             await msg.term()
             return
-        await self._book(event, seq)
+        await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT))
         await msg.ack()
 
-    async def _book(self, event: ev.RunEvent, seq: int) -> None:
+    async def _book(self, event: ev.RunEvent, seq: int, traceparent: str | None) -> None:
         """Keep dispatches and deadlines in step with one run-log event."""
         names, kv, run_id = self._conn.settings.names, self._conn.deadlines, event.run_id
         CM = commands.CommandMessage  # noqa: N806
@@ -207,14 +252,12 @@ class EngineService:
             await self._put_deadline(
                 run_deadline_key(run_id), event.at + event.execution_timeout_s,
                 CM(kind="expire_run", run_id=run_id,
-                   reason="execution timeout passed (it covers the whole run, waits included)"),
-            )
+                   reason="execution timeout passed (it covers the whole run, waits included)"), traceparent)
             if event.schedule_timeout_s is not None:
                 await self._put_deadline(
                     f"{run_id}.sched", event.at + event.schedule_timeout_s,
                     CM(kind="expire_schedule", run_id=run_id,
-                       reason=f"no worker started the run within {event.schedule_timeout_s:g}s"),
-                )
+                       reason=f"no worker started the run within {event.schedule_timeout_s:g}s"), traceparent)
             await dispatch_task(self._conn.js, names, event.task, run_id, seq)
         elif isinstance(event, ev.TimeoutRefreshed):
             state = await self._state(run_id)
@@ -222,14 +265,12 @@ class EngineService:
                 await self._put_deadline(
                     run_deadline_key(run_id), state.requested_at + event.execution_timeout_s,
                     CM(kind="expire_run", run_id=run_id,
-                       reason="execution timeout passed (it covers the whole run, waits included)"),
-                )
+                       reason="execution timeout passed (it covers the whole run, waits included)"), traceparent)
         elif isinstance(event, ev.AttemptFailed):
             await self._put_deadline(
-                f"{run_id}.retry", event.retry_at, CM(kind="retry", run_id=run_id, retry_seq=seq)
-            )
+                f"{run_id}.retry", event.retry_at, CM(kind="retry", run_id=run_id, retry_seq=seq), traceparent)
         elif isinstance(event, ev.WaitStarted):
-            await self._book_wait(event, seq)
+            await self._book_wait(event, seq, traceparent)
         elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
             for key in (run_deadline_key(run_id), f"{run_id}.sched"):
                 with contextlib.suppress(Exception):
@@ -239,14 +280,15 @@ class EngineService:
             if event.parent_run_id:
                 await self._tell_parent(event)
 
-    async def _book_wait(self, event: ev.WaitStarted, seq: int) -> None:
+    async def _book_wait(
+        self, event: ev.WaitStarted, seq: int, traceparent: str | None
+    ) -> None:
         run_id = event.run_id
         if event.timeout_at is not None:
             await self._put_deadline(
                 wait_deadline_key(run_id, event.position), event.timeout_at,
                 commands.CommandMessage(kind="expire_wait", run_id=run_id, task=event.task,
-                                        wait_id=event.wait_id, wait_seq=seq),
-            )
+                                        wait_id=event.wait_id, wait_seq=seq), traceparent)
         for clause in event.clauses:
             for spec in clause:
                 if spec.kind == "sleep" and spec.due_at is not None:
@@ -256,8 +298,7 @@ class EngineService:
                             kind="resume", run_id=run_id, task=event.task, wait_id=event.wait_id,
                             wait_seq=seq, condition_id=spec.id, condition_key=spec.key,
                             single_clause=len(event.clauses) == 1,
-                        ),
-                    )
+                        ), traceparent)
 
     async def _tell_parent(
         self, event: ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled

@@ -57,6 +57,9 @@ class WaitRecord:
     fired: list[str] = field(default_factory=list)
     payloads: dict[str, dict[str, Any]] = field(default_factory=dict)
     resolved_event_seq: int | None = None
+    started_at: float = 0.0
+    resolved_at: float | None = None
+    resolved_seq: int | None = None  # log sequence of the event that resolved the wait
 
     @property
     def name(self) -> str:
@@ -101,6 +104,7 @@ class RunState:
     ended_at: float | None = None
     # how the run became runnable last: the seq of that event names its dispatch uniquely
     runnable_since_seq: int = 0
+    started_seq: int = 0  # log sequence of the newest run.started event
     failures: int = 0  # attempts that failed and were retried
     retry_at: float | None = None
     schedule_timeout_s: float | None = None
@@ -151,6 +155,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.runnable_since_seq = seq
         case AttemptStarted():
             state.attempt = event.attempt
+            state.started_seq = seq
             state.status = "running"
             state.retry_at = None
         case AttemptFailed():
@@ -171,6 +176,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 events_position=event.events_position,
                 timeout_at=event.timeout_at,
                 started_seq=seq,
+                started_at=event.at,
                 wait_kind=event.kind,
                 label=event.label,
                 clauses=list(event.clauses),
@@ -192,6 +198,8 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 record.fired = list(event.fired)
                 record.payloads = dict(event.payloads)
                 record.resolved_event_seq = event.event_seq
+                record.resolved_at = event.at
+                record.resolved_seq = seq
                 state.status = "queued"
                 state.runnable_since_seq = seq
         case EventRejected():
@@ -202,6 +210,8 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             record = state.wait(event.wait_id)
             if record is not None and record.outcome == "open":
                 record.outcome = "timed_out"
+                record.resolved_at = event.at
+                record.resolved_seq = seq
                 state.status = "queued"
                 state.runnable_since_seq = seq
         case RunCompleted():

@@ -26,7 +26,12 @@ class ConcurrencyConflictError(Exception):
 
 class EventStore(Protocol):
     async def append(
-        self, event: RunEvent, *, expected_last_seq: int, msg_id: str
+        self,
+        event: RunEvent,
+        *,
+        expected_last_seq: int,
+        msg_id: str,
+        headers: dict[str, str] | None = None,
     ) -> int:
         """Append ``event`` to its run's log if the log still ends at ``expected_last_seq``.
 
@@ -39,25 +44,39 @@ class EventStore(Protocol):
         """The run's events, oldest first, with their sequences."""
         ...
 
+    async def read_raw(self, run_id: str) -> list[tuple[int, RunEvent, dict[str, str]]]:
+        """The run's events with the headers stored beside them (trace context)."""
+        ...
+
 
 class InMemoryEventStore:
     """A process-local store with the same OCC contract, for unit tests."""
 
     def __init__(self) -> None:
         self._seq = 0
-        self._logs: dict[str, list[tuple[int, RunEvent, str]]] = {}
+        self._logs: dict[str, list[tuple[int, RunEvent, str, dict[str, str]]]] = {}
 
-    async def append(self, event: RunEvent, *, expected_last_seq: int, msg_id: str) -> int:
+    async def append(
+        self,
+        event: RunEvent,
+        *,
+        expected_last_seq: int,
+        msg_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> int:
         log = self._logs.setdefault(event.run_id, [])
         last = log[-1][0] if log else 0
         if last != expected_last_seq:
-            for seq, _, existing_id in log:
+            for seq, _, existing_id, _ in log:
                 if existing_id == msg_id:
                     return seq
             raise ConcurrencyConflictError(event.run_id, expected_last_seq)
         self._seq += 1
-        log.append((self._seq, event, msg_id))
+        log.append((self._seq, event, msg_id, dict(headers or {})))
         return self._seq
 
     async def read(self, run_id: str) -> list[tuple[int, RunEvent]]:
-        return [(seq, event) for seq, event, _ in self._logs.get(run_id, [])]
+        return [(seq, event) for seq, event, _, _ in self._logs.get(run_id, [])]
+
+    async def read_raw(self, run_id: str) -> list[tuple[int, RunEvent, dict[str, str]]]:
+        return [(seq, event, dict(h)) for seq, event, _, h in self._logs.get(run_id, [])]

@@ -22,6 +22,7 @@ import orjson
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from opentelemetry.trace import SpanKind
 
 from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
@@ -35,6 +36,7 @@ from tether.projections.cel_expressions import (
     compile_program,
     equalities_hold,
 )
+from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.rejections import record_rejection
 from tether.projections.wait_index import WaitIndex
 
@@ -67,7 +69,8 @@ class OpenWait:
     timeout_at: float | None
     clause_count: int
     conditions: list[OpenCondition]
-    met_clauses: frozenset[int]  # the shared empty frozenset until a clause is met
+    met_clauses: frozenset[int]  # NONE_MET (shared) until a clause is met
+    traceparent: str | None = None  # the registering attempt's context, for the match span
 
     @property
     def event_key(self) -> str:
@@ -76,6 +79,9 @@ class OpenWait:
     def open_conditions(self) -> list[OpenCondition]:
         return [c for c in self.conditions if c.clause not in self.met_clauses]
 
+
+# One shared empty set for the common case: an empty set per open wait costs 216 bytes.
+NONE_MET: frozenset[int] = frozenset()
 
 # index ids: (wait id, condition id)
 ConditionRef = tuple[str, str]
@@ -89,6 +95,7 @@ class PushedEvent:
     event_id: str | None
     metadata: dict[str, Any]
     received: float
+    traceparent: str | None = None
 
 
 class Matcher:
@@ -186,6 +193,7 @@ class Matcher:
     def _on_wait_started(self, msg: Msg) -> None:
         try:
             wait = self._parse_wait(orjson.loads(msg.data), msg.metadata.sequence.stream)
+            wait.traceparent = (msg.headers or {}).get(TRACEPARENT)
         except InvalidExpressionError as exc:
             # Workers validate before recording, so this means a foreign writer; skip it.
             log.error("wait with an invalid expression ignored", extra={"error": str(exc)})
@@ -229,7 +237,7 @@ class Matcher:
             timeout_at=body.get("timeout_at"),
             clause_count=len(clauses),
             conditions=conditions,
-            met_clauses=frozenset(),
+            met_clauses=NONE_MET,
         )
 
     def _clause_met(self, wait: OpenWait, condition_id: str) -> None:
@@ -284,7 +292,8 @@ class Matcher:
                 loaded = orjson.loads(raw_meta)
                 if isinstance(loaded, dict):
                     metadata = loaded
-        event = PushedEvent(seq, key, payload, headers.get("Nats-Msg-Id"), metadata, time.time())
+        event = PushedEvent(seq, key, payload, headers.get("Nats-Msg-Id"), metadata, time.time(),
+                            headers.get(TRACEPARENT))
         self._remember(event)
         for wait_id, condition_id in self._index.candidates(key, payload):
             wait = self.waits.get(wait_id)
@@ -332,12 +341,36 @@ class Matcher:
             metadata=event.metadata,
         )
         self._clause_met(wait, condition.condition_id)
-        self._spawn(self._publish(command, wait))
+        tracing = self._conn.tracing
+        template = self._names.event_subject("{event_key}")
+        with tracing.span(
+            f"process {template}",
+            kind=SpanKind.CONSUMER,
+            parent=tracing.context_from({TRACEPARENT: wait.traceparent}
+                                        if wait.traceparent else None),
+            links=tracing.link_from({TRACEPARENT: event.traceparent}
+                                    if event.traceparent else None),
+            attributes={
+                **messaging("process", "process", self._names.event_subject(event.key),
+                            template),
+                "tether.run_id": wait.run_id,
+                "tether.wait_id": wait.wait_id,
+                "tether.event_key": event.key,
+                "tether.event_seq": event.seq,
+                "tether.condition": condition.key,
+            },
+        ):
+            headers = tracing.inject({})
+        if event.traceparent:
+            headers[EVENT_TRACEPARENT] = event.traceparent
+        self._spawn(self._publish(command, wait, headers))
 
-    async def _publish(self, command: CommandMessage, wait: OpenWait) -> None:
+    async def _publish(
+        self, command: CommandMessage, wait: OpenWait, headers: dict[str, str]
+    ) -> None:
         for attempt in range(5):
             try:
-                await send_command(self._js, self._names, command)
+                await send_command(self._js, self._names, command, headers)
                 return
             except Exception:
                 log.warning("resume command not published yet", exc_info=True,

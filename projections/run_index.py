@@ -196,9 +196,7 @@ class RunView:
 
     def _pending(self, record: WaitRecord) -> PendingWait | None:
         open_clauses = [
-            clause
-            for clause in record.clauses
-            if not any(spec.id in record.met for spec in clause)
+            clause for clause in record.clauses if not any(spec.id in record.met for spec in clause)
         ]
         if record.clauses:
             specs = [s for clause in open_clauses for s in clause if s.kind == "event"]
@@ -293,7 +291,7 @@ class RunIndex:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self, *, timeout: float | None = None) -> None:
+    async def start(self) -> None:
         """Subscribe from the start of the run log and return once caught up with it."""
         self._sub = await self._conn.js.subscribe(
             self._names.runs_all,
@@ -303,7 +301,7 @@ class RunIndex:
             idle_heartbeat=IDLE_HEARTBEAT_S,
         )
         started = time.monotonic()
-        await self.sync(timeout=timeout)
+        await self.sync()
         log.info(
             "run index caught up",
             extra={
@@ -325,14 +323,13 @@ class RunIndex:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def sync(self, *, timeout: float | None = None) -> None:
+    async def sync(self) -> None:
         """Wait until every run event stored before this call has been applied."""
         info = await self._conn.js.stream_info(self._names.runs_stream)
         target = int(info.state.last_seq)
-        async with asyncio.timeout(timeout):
-            while self.cursor < target:
-                self._advanced.clear()
-                await self._advanced.wait()
+        while self.cursor < target:
+            self._advanced.clear()
+            await self._advanced.wait()
 
     # -- feeding ----------------------------------------------------------------------------
 
@@ -360,11 +357,12 @@ class RunIndex:
         self._changes.log.append((self.version, event.run_id))
         self.wake()
 
-    async def wait_changed(self, version: int, timeout: float) -> int:
-        """Return the current version once it is past ``version`` (or after ``timeout``)."""
+    async def wait_changed(self, version: int, max_wait_s: float) -> int:
+        """Return the current version once it is past ``version``, or after ``max_wait_s``
+        (or a ``wake()``) with no change."""
         if self.version <= version:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                await asyncio.wait_for(self._changed.wait(), max_wait_s)
         return self.version
 
     def changed_runs(self, since_version: int) -> list[str] | None:
@@ -404,7 +402,9 @@ class RunIndex:
             if view.state.status == "waiting" and (wait := view.wait) is not None
         ]
         waits = [
-            w for w in waits if (task is None or w.task == task) and (key is None or w.event_key == key)
+            w
+            for w in waits
+            if (task is None or w.task == task) and (key is None or w.event_key == key)
         ]
         waits.sort(key=lambda w: (w.since, w.run_id))
         return waits

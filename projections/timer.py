@@ -16,11 +16,13 @@ import time
 
 import orjson
 from nats.js.kv import KeyValue
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
+from tether.engine.tracing import TRACEPARENT, messaging
 
 log = logging.getLogger("tether.timer")
 
@@ -108,8 +110,24 @@ class TimerProjection:
             log.error("ignoring malformed deadline", extra={"key": key, "error": str(exc)})
             self._due.pop(key, None)
             return
+        tracing, names = self._conn.tracing, self._conn.settings.names
+        template = names.command_subject(command.kind, "{run_id}")
+        traceparent = body.get("traceparent")
         try:
-            await send_command(self._conn.js, self._conn.settings.names, command)
+            with tracing.span(
+                f"publish {template}",
+                kind=SpanKind.PRODUCER,
+                parent=tracing.context_from({TRACEPARENT: traceparent} if traceparent else None),
+                attributes={
+                    **messaging("publish", "send",
+                                names.command_subject(command.kind, command.run_id), template),
+                    "tether.run_id": command.run_id,
+                    "tether.wait_id": command.wait_id,
+                    "tether.timer": key,
+                    "tether.command": command.kind,
+                },
+            ):
+                await send_command(self._conn.js, names, command, tracing.inject({}))
             self.fired += 1
         except Exception:
             log.exception("could not fire deadline; will retry", extra={"key": key})

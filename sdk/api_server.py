@@ -25,7 +25,9 @@ def parse_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6; ``:PORT`` means 127.0.0.1); port 0 = any free."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not port_text.isdigit() or int(port_text) > 65535:
-        raise HttpAddressError(f"invalid HTTP address {address!r}: use HOST:PORT, e.g. {DEFAULT_HTTP}")
+        raise HttpAddressError(
+            f"invalid HTTP address {address!r}: use HOST:PORT, e.g. {DEFAULT_HTTP}"
+        )
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port_text)
 

@@ -8,6 +8,8 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
+from opentelemetry.trace import TracerProvider
+
 from tether.client import EventsClient, RunsClient
 from tether.engine.config import DEFAULT_EXECUTION_TIMEOUT, Settings
 from tether.engine.connection import Connection
@@ -24,8 +26,12 @@ class Tether:
         *,
         namespace: str | None = None,
         settings: Settings | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """``tracer_provider``: where spans go (default: OpenTelemetry's global provider, so
+        tracing is off unless one is configured)."""
         self.settings = settings or Settings.from_env(nats_url=nats_url, namespace=namespace)
+        self.tracer_provider = tracer_provider
         self.tasks: dict[str, DurableTask[Any, Any]] = {}
         self.runs = RunsClient(self)
         self.events = EventsClient(self)
@@ -36,7 +42,9 @@ class Tether:
         if self._conn is None:
             async with self._lock:
                 if self._conn is None:
-                    self._conn = await Connection.open(self.settings, name="tether-sdk")
+                    self._conn = await Connection.open(
+                        self.settings, name="tether-sdk", tracer_provider=self.tracer_provider
+                    )
         return self._conn
 
     def durable_task(

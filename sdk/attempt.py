@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from opentelemetry.trace import SpanKind
+
 from tether.engine import codec
 from tether.engine.events import (
     AttemptFailed,
@@ -24,6 +26,7 @@ from tether.engine.events import (
 )
 from tether.engine.state import RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError, EventStore
+from tether.engine.tracing import Tracing
 from tether.errors import NonRetryableError, _Abandon, _Suspend
 
 if TYPE_CHECKING:
@@ -57,8 +60,13 @@ class Attempt:
         events_position: Callable[[], Awaitable[int]],
         clock: Callable[[], float] = time.time,
         read_events: EventReader = _no_event_reader,
+        tracing: Tracing | None = None,
+        headers: dict[int, dict[str, str]] | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing or Tracing()
+        self.headers = headers or {}  # stored headers of the run's events, by sequence
+        self.previous_started_seq = state.started_seq  # the last attempt before this one
         self.state = state
         self.number = number
         self.events_position = events_position
@@ -71,7 +79,8 @@ class Attempt:
         msg_id = f"{event.run_id}:{self.state.last_seq}:{subject_token(event)}:{self._token}"
         try:
             seq = await self.store.append(
-                event, expected_last_seq=self.state.last_seq, msg_id=msg_id
+                event, expected_last_seq=self.state.last_seq, msg_id=msg_id,
+                headers=self.tracing.inject({}),
             )
         except ConcurrencyConflictError:
             raise _Abandon() from None
@@ -105,17 +114,63 @@ async def run_attempt(
     events_position: Callable[[], Awaitable[int]],
     read_events: EventReader = _no_event_reader,
     clock: Callable[[], float] = time.time,
+    tracing: Tracing | None = None,
 ) -> AttemptResult:
     """Execute ``run_id`` once, from the top, replaying its recorded durable calls."""
-    from tether.context import DurableContext, current_context
-
-    state = fold(run_id, await store.read(run_id))
+    raw = await store.read_raw(run_id)
+    state = fold(run_id, [(seq, event) for seq, event, _ in raw])
     if not state.exists:
         return AttemptResult("skipped", "unknown run")
     if state.is_terminal or state.status == "waiting":
         return AttemptResult("skipped", f"run is {state.status}")
+    tracing = tracing or Tracing()
+    headers = {seq: h for seq, _, h in raw}
+    with tracing.span(
+        f"process {state.task}",
+        kind=SpanKind.CONSUMER,
+        parent=tracing.context_from(headers.get(raw[0][0])),
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "tether.run_id": run_id,
+            "tether.task": state.task,
+            "tether.attempt": state.attempt + 1,
+            "tether.worker": worker_id,
+        },
+    ) as span:
+        result = await _run(
+            task, store, state, worker_id=worker_id, events_position=events_position,
+            read_events=read_events, clock=clock, tracing=tracing, headers=headers,
+        )
+        span.set_attribute("tether.outcome", result.outcome)
+        if result.outcome in ("completed", "failed", "timed_out"):
+            tracing.record(
+                f"run {state.task}", start_time=state.requested_at, end_time=clock(),
+                parent=tracing.context_from(headers.get(raw[0][0])),
+                attributes={"tether.run_id": run_id, "tether.task": state.task,
+                            "tether.status": result.outcome, "tether.attempts": state.attempt},
+            )
+        return result
 
-    attempt = Attempt(store, state, state.attempt + 1, events_position, clock, read_events)
+
+async def _run(
+    task: DurableTask[Any, Any],
+    store: EventStore,
+    state: RunState,
+    *,
+    worker_id: str,
+    events_position: Callable[[], Awaitable[int]],
+    read_events: EventReader,
+    clock: Callable[[], float],
+    tracing: Tracing,
+    headers: dict[int, dict[str, str]],
+) -> AttemptResult:
+    from tether.context import DurableContext, current_context
+
+    run_id = state.run_id
+    attempt = Attempt(store, state, state.attempt + 1, events_position, clock, read_events,
+                      tracing, headers)
     parent = state.parent_run_id
     now = clock()
     try:

@@ -8,12 +8,16 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
+from tether import cli_runs
+from tether.api_server import DEFAULT_HTTP, ApiServer
+from tether.auth import TokenAuth, dev_token, load_token_auth
 from tether.engine.config import Settings
 from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
+from tether.errors import TetherError
 from tether.logs import configure
 from tether.server import TetherServer
 
@@ -27,11 +31,27 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-async def _serve(settings: Settings) -> None:
-    server = TetherServer(settings)
+def _dashboard_line(url: str, token: str | None) -> str:
+    link = f"{url}/#token={token}" if token else f"{url}/"
+    return f"  dashboard: {link}  (API: {url}/api, OpenAPI: {url}/openapi.json)"
+
+
+async def _serve(
+    settings: Settings,
+    *,
+    http: str | None = None,
+    auth: TokenAuth | None = None,
+    show_token: str | None = None,
+) -> None:
+    server = TetherServer(settings, http=http, auth=auth)
     await server.start()
-    print(f"tether serve: engine, matcher and timer running against {redact(settings.nats_url)} "
-          f"(namespace {settings.namespace}); Ctrl-C or SIGTERM stops", flush=True)
+    print(
+        f"tether serve: engine, matcher and timer running against {redact(settings.nats_url)} "
+        f"(namespace {settings.namespace}); Ctrl-C or SIGTERM stops",
+        flush=True,
+    )
+    if server.api is not None:
+        print(_dashboard_line(server.api.url, show_token), flush=True)
     try:
         await _until_signalled()
     finally:
@@ -39,7 +59,28 @@ async def _serve(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    asyncio.run(_serve(Settings.from_env(args.nats_url, args.namespace)))
+    auth = load_token_auth(args.tokens) if args.http else None
+    asyncio.run(_serve(Settings.from_env(args.nats_url, args.namespace), http=args.http, auth=auth))
+
+
+async def _api(settings: Settings, http: str, auth: TokenAuth) -> None:
+    api = ApiServer(settings, auth, address=http)
+    await api.start()
+    print(
+        f"tether api: HTTP API and dashboard for {redact(settings.nats_url)} "
+        f"(namespace {settings.namespace}); Ctrl-C or SIGTERM stops",
+        flush=True,
+    )
+    print(_dashboard_line(api.url, None), flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await api.stop()
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    settings = Settings.from_env(args.nats_url, args.namespace)
+    asyncio.run(_api(settings, args.http, load_token_auth(args.tokens)))
 
 
 def cmd_dev(args: argparse.Namespace) -> None:
@@ -48,8 +89,16 @@ def cmd_dev(args: argparse.Namespace) -> None:
     nats.start()
     print(f"tether dev: nats-server with JetStream at {nats.url} (store {store})", flush=True)
     print(f"  export TETHER_NATS_URL={nats.url}", flush=True)
+    http = args.http or None
+    auth, token = load_token_auth(args.tokens), None
+    if http and not len(auth):  # no tokens configured: one for this session, in the link
+        token, auth = dev_token()
     try:
-        asyncio.run(_serve(Settings.from_env(nats.url, args.namespace)))
+        asyncio.run(
+            _serve(
+                Settings.from_env(nats.url, args.namespace), http=http, auth=auth, show_token=token
+            )
+        )
     finally:
         nats.stop()
 
@@ -57,6 +106,11 @@ def cmd_dev(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from tether.demo import run_demo
 
+    if args.interactive:
+        from tether.demo import run_interactive_demo
+
+        asyncio.run(run_interactive_demo(args.nats_url, http=args.http))
+        return
     asyncio.run(run_demo(args.nats_url, decision=args.decision))
 
 
@@ -66,6 +120,9 @@ def _run(fn: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> 
     except (NatsUnavailableError, NatsServerError, ValueError) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
+    except TetherError as exc:  # refused: unknown run, nothing to decide, not allowed, ...
+        print(f"tether: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
@@ -79,18 +136,66 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the engine service and projections")
     serve.add_argument("--nats-url", default=None, help="default: $TETHER_NATS_URL or local")
     serve.add_argument("--namespace", default=None, help="default: $TETHER_NAMESPACE or tether")
+    serve.add_argument(
+        "--http",
+        default=None,
+        metavar="HOST:PORT",
+        help="also serve the HTTP API and dashboard there",
+    )
+    serve.add_argument(
+        "--tokens",
+        default=None,
+        metavar="FILE",
+        help="API tokens (JSON); default: $TETHER_API_TOKENS(_FILE)",
+    )
     serve.set_defaults(fn=cmd_serve)
+
+    api = sub.add_parser("api", help="only the HTTP API and dashboard")
+    api.add_argument("--nats-url", default=None, help="default: $TETHER_NATS_URL or local")
+    api.add_argument("--namespace", default=None, help="default: $TETHER_NAMESPACE or tether")
+    api.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT")
+    api.add_argument(
+        "--tokens",
+        default=None,
+        metavar="FILE",
+        help="API tokens (JSON); default: $TETHER_API_TOKENS(_FILE)",
+    )
+    api.set_defaults(fn=cmd_api)
 
     dev = sub.add_parser("dev", help="embedded nats-server plus serve, for local work")
     dev.add_argument("--store-dir", default=".tether/nats", help="persistent JetStream store")
     dev.add_argument("--port", type=int, default=4222)
     dev.add_argument("--namespace", default=None)
+    dev.add_argument(
+        "--http",
+        default=DEFAULT_HTTP,
+        metavar="HOST:PORT",
+        help="dashboard and API address ('' for none)",
+    )
+    dev.add_argument(
+        "--tokens",
+        default=None,
+        metavar="FILE",
+        help="API tokens (JSON); default: a fresh token printed in the link",
+    )
     dev.set_defaults(fn=cmd_dev)
 
     demo = sub.add_parser("demo", help="the approval walkthrough, end to end")
     demo.add_argument("--nats-url", default=None, help="default: an embedded nats-server")
     demo.add_argument("--decision", choices=["approve", "reject"], default="approve")
+    demo.add_argument(
+        "--interactive",
+        action="store_true",
+        help="leave the run waiting and decide it in the dashboard",
+    )
+    demo.add_argument(
+        "--http",
+        default=DEFAULT_HTTP,
+        metavar="HOST:PORT",
+        help="dashboard address for --interactive",
+    )
     demo.set_defaults(fn=cmd_demo)
+    cli_runs.register(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from opentelemetry.trace import SpanKind
 
 from tether.engine import codec
 from tether.engine import events as ev
@@ -20,6 +21,7 @@ from tether.engine.events import RunRequested
 from tether.engine.state import CancelRun, RunState, decide, evolve
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import check_event_key, check_run_id
+from tether.engine.tracing import messaging
 from tether.errors import (
     RunAlreadyFinishedError,
     RunCancelledError,
@@ -157,8 +159,26 @@ class RunsClient:
             ),
             parent_run_id=parent_run_id,
         )
+        names = conn.settings.names
+        template = names.run_subject("{run_id}", "requested")
         try:
-            await conn.store.append(event, expected_last_seq=0, msg_id=f"{run_id}:requested")
+            # The trigger's span anchors the run's trace; its context is stored with the
+            # request so that every attempt, however late, joins it.
+            with conn.tracing.span(
+                f"publish {template}",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    **messaging("publish", "send", names.run_subject(run_id, "requested"),
+                                template),
+                    "tether.run_id": run_id,
+                    "tether.task": task.name,
+                    "tether.parent_run_id": parent_run_id,
+                },
+            ):
+                await conn.store.append(
+                    event, expected_last_seq=0, msg_id=f"{run_id}:requested",
+                    headers=conn.tracing.inject({}),
+                )
         except ConcurrencyConflictError:
             if not exist_ok:
                 raise ValueError(
@@ -304,9 +324,20 @@ class EventsClient:
                 f"metadata headers), over the {limit}-byte limit (TETHER_MAX_EVENT_BYTES); "
                 "store large data elsewhere and push a reference"
             )
-        ack = await conn.js.publish(
-            conn.settings.names.event_subject(key), data, headers=headers
-        )
+        subject = conn.settings.names.event_subject(key)
+        template = conn.settings.names.event_subject("{event_key}")
+        with conn.tracing.span(
+            f"publish {template}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **messaging("publish", "send", subject, template),
+                "tether.event_key": key,
+                "tether.event_id": event_id,
+                "tether.approver": (metadata or {}).get("approver"),
+            },
+        ) as span:
+            ack = await conn.js.publish(subject, data, headers=conn.tracing.inject(headers))
+            span.set_attribute("tether.event_seq", int(ack.seq))
         return PushResult(id=event_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))
 
 

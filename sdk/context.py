@@ -29,6 +29,7 @@ from tether.engine.events import (
 )
 from tether.engine.state import ResolveWait, StepRecord, WaitRecord, evolve, wait_resolution
 from tether.engine.subjects import check_event_key
+from tether.engine.tracing import EVENT_TRACEPARENT
 from tether.errors import NonDeterminismError, WaitTimeoutError, _Suspend
 from tether.projections.cel_expressions import (
     ExpressionEvaluationError,
@@ -102,11 +103,16 @@ class DurableContext:
         record = self._next_record("step", name)
         if isinstance(record, StepRecord):
             return record.output
-        result = fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        output = codec.to_json_value(result)
         position = self._position - 1
+        with self._attempt.tracing.span(
+            f"step {name}",
+            attributes={"tether.run_id": self.run_id, "tether.step": name,
+                        "tether.position": position, "tether.attempt": self.attempt},
+        ):
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        output = codec.to_json_value(result)
         await self._attempt.append(
             StepRecorded(
                 run_id=self.run_id,
@@ -182,8 +188,35 @@ class DurableContext:
             assert isinstance(record, WaitRecord)
         return await self._event_outcome(record, model)
 
+    def _trace_wait(self, record: WaitRecord) -> None:
+        """Emit the wait's span once: on the first attempt after it resolved."""
+        attempt = self._attempt
+        if record.resolved_seq is None or record.resolved_seq < attempt.previous_started_seq:
+            return
+        if record.resolved_at is None:
+            return
+        tracing = attempt.tracing
+        resolution = attempt.headers.get(record.resolved_seq, {})
+        pushed = resolution.get(EVENT_TRACEPARENT)
+        tracing.record(
+            f"wait {record.name}",
+            start_time=record.started_at,
+            end_time=record.resolved_at,
+            parent=tracing.context_from(attempt.headers.get(record.started_seq)),
+            links=tracing.link_from({"traceparent": pushed} if pushed else None),
+            attributes={
+                "tether.run_id": self.run_id,
+                "tether.wait_id": record.wait_id,
+                "tether.event_key": record.event_key,
+                "tether.expression": record.expression,
+                "tether.wait.outcome": record.outcome,
+                "tether.event_seq": record.resolved_event_seq,
+            },
+        )
+
     async def _event_outcome(self, record: WaitRecord | StepRecord, model: type[M] | None) -> Any:
         assert isinstance(record, WaitRecord)
+        self._trace_wait(record)
         if record.outcome == "timed_out":
             raise WaitTimeoutError(record.event_key, record.wait_id)
         if record.outcome != "satisfied":
@@ -238,6 +271,7 @@ class DurableContext:
             await self._register(kind="conditions", label=label, clauses=clauses)
             record = self._attempt.state.records[self._position - 1]
         assert isinstance(record, WaitRecord)
+        self._trace_wait(record)
         if record.outcome == "satisfied":
             return WaitResult(fired=list(record.fired), payloads=dict(record.payloads))
         if record.outcome == "timed_out":

@@ -154,8 +154,9 @@ async def decide(
             "event_seq": event.seq,
         },
     )
-    return DecisionResult(run_id, wait.wait_id, wait.event_key, decision, payload, event,
-                          identity.name)
+    return DecisionResult(
+        run_id, wait.wait_id, wait.event_key, decision, payload, event, identity.name
+    )
 
 
 async def push_event(

@@ -2,7 +2,8 @@
 
 A worker runs a payment-approval task that proposes a payment and waits for a human; a
 separate plain nats-py process pushes the decision; the run resumes, and its output and
-event log are printed.
+event log are printed. With ``--interactive`` the run is left waiting and a person decides
+it in the dashboard.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from tether.app import Tether
+from tether.auth import dev_token, load_token_auth
 from tether.context import DurableContext
 from tether.engine.nats_server import NatsServer
-from tether.errors import WaitTimeoutError
+from tether.errors import RunError, WaitTimeoutError
 from tether.server import TetherServer
 
 
@@ -44,6 +46,8 @@ def build_app(nats_url: str) -> tuple[Tether, Any]:
                 "approval:decision",
                 expression=f"input.runId == '{ctx.run_id}'",
                 timeout=timedelta(hours=1),
+                description=f"Pay {input.amount} to {input.payee}",
+                details=action,
             )
         except WaitTimeoutError:
             return {"status": "expired", "action": action}
@@ -102,6 +106,47 @@ async def run_demo(nats_url: str | None, *, decision: str = "approve") -> dict[s
             for event in info.events:
                 _say(f"  #{event.seq:<4} +{(event.at - start) * 1000:8.1f} ms  {event.type}")
             return dict(result)
+    finally:
+        await server.stop()
+        await app.close()
+        if embedded is not None:
+            embedded.cleanup()
+
+
+async def run_interactive_demo(nats_url: str | None, *, http: str) -> Any:
+    """Leave a payment approval waiting and print the dashboard link; a person decides it."""
+    embedded: NatsServer | None = None
+    if nats_url is None:
+        embedded = NatsServer().start()
+        nats_url = embedded.url
+    app, payment_approval = build_app(nats_url)
+    auth, token = load_token_auth(), None
+    if not len(auth):
+        token, auth = dev_token("reviewer")
+    server = TetherServer(app.settings, http=http, auth=auth)
+    try:
+        await server.start()
+        assert server.api is not None
+        async with app.worker("payments", slots=2):
+            ref = await payment_approval.run_no_wait(Proposal(amount=120, payee="ACME Ltd"))
+            await _wait_for_status(app, ref.run_id, "waiting")
+            link = f"{server.api.url}/" + (f"#token={token}" if token else "")
+            _say(f"run {ref.run_id} proposes paying 120 to ACME Ltd and waits for a human.")
+            _say(f"open the inbox and click Approve or Reject: {link}")
+            _say(f"  (or: tether approve {ref.run_id} --nats-url {nats_url}); Ctrl-C stops")
+            try:
+                result = await ref.result()
+            except RunError as exc:
+                _say(f"run ended without output: {exc}")
+                return None
+            _say(f"run resumed and finished: {result}")
+            info = await app.runs.get(ref.run_id)
+            for event in info.events:
+                approver = (event.data.get("metadata") or {}).get("approver")
+                decided = event.type == "run.wait_satisfied.v1" and approver
+                by = f"  by {approver}" if decided else ""
+                _say(f"  #{event.seq:<4} {event.type}{by}")
+            return result
     finally:
         await server.stop()
         await app.close()

@@ -7,6 +7,7 @@ are JSON ``{"error": {"status", "message", "details"}}``; a refused request writ
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,8 @@ class ApiContext:
 
 
 CONTEXT = web.AppKey("tether_api", ApiContext)
-IDENTITY = "tether_identity"
+# Set by the authentication middleware for the request being handled (same asyncio task).
+_caller: contextvars.ContextVar[Identity] = contextvars.ContextVar("tether_api_caller")
 
 
 class ApiError(Exception):
@@ -73,8 +75,7 @@ def _error(status: int, message: str, details: list[Any] | None = None) -> web.R
 
 
 def _identity(request: web.Request) -> Identity:
-    identity: Identity = request[IDENTITY]
-    return identity
+    return _caller.get()
 
 
 def _ctx(request: web.Request) -> ApiContext:
@@ -116,7 +117,11 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
         if identity is None:
             log.warning("unknown API token", extra={"path": request.path})
             raise ApiError(401, "unknown bearer token")
-        request[IDENTITY] = identity
+        token_var = _caller.set(identity)
+        try:
+            return await handler(request)
+        finally:
+            _caller.reset(token_var)
     return await handler(request)
 
 
@@ -200,8 +205,13 @@ async def get_run(request: web.Request) -> web.Response:
     }
     notes = {brief.seq: brief.note for brief in view.recent}
     events = [
-        {"seq": seq, "type": event.type, "at": event.at, "note": notes.get(seq, ""),
-         "data": event.model_dump(mode="json")}
+        {
+            "seq": seq,
+            "type": event.type,
+            "at": event.at,
+            "note": notes.get(seq, ""),
+            "data": event.model_dump(mode="json"),
+        }
         for seq, event in stored
     ]
     return _json({"run": run, "wait": wait.to_json() if wait else None, "events": events})
@@ -281,7 +291,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         await response.write(f"event: hello\ndata: {_dumps({'version': version})}\n\n".encode())
         while not ctx.stopping.is_set():
-            current = await ctx.index.wait_changed(version, timeout=15.0)
+            current = await ctx.index.wait_changed(version, max_wait_s=15.0)
             if ctx.stopping.is_set():
                 break
             if current == version:
@@ -289,8 +299,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 continue
             runs = ctx.index.changed_runs(version)
             version = current
-            data = {"version": current, "runs": runs if runs is not None and len(runs) <= 500
-                    else None}
+            data = {
+                "version": current,
+                "runs": runs if runs is not None and len(runs) <= 500 else None,
+            }
             await response.write(f"event: change\ndata: {_dumps(data)}\n\n".encode())
             sent = time.monotonic()
             # coalesce bursts: one message per interval at most

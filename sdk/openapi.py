@@ -96,23 +96,43 @@ def document(version: str) -> dict[str, Any]:
         "/api/runs": {
             "get": _op(
                 "List runs, most recently updated first",
-                {"200": _json({"type": "object", "properties": {
-                    "runs": {"type": "array", "items": _ref("RunSummary")}}}, "runs")},
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"runs": {"type": "array", "items": _ref("RunSummary")}},
+                        },
+                        "runs",
+                    )
+                },
                 parameters=[
-                    {"name": "status", "in": "query", "schema": {"type": "string"},
-                     "description": f"comma-separated, of: {', '.join(STATUSES)}"},
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": f"comma-separated, of: {', '.join(STATUSES)}",
+                    },
                     {"name": "task", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
-                                "default": 100}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 1000,
+                            "default": 100,
+                        },
+                    },
                 ],
             )
         },
         "/api/runs/{run_id}": {
             "get": _op(
                 "A run with its full event timeline and its open wait",
-                {"200": _json(_ref("RunDetail"), "the run"),
-                 "404": _json(_ref("Error"), "no such run")},
+                {
+                    "200": _json(_ref("RunDetail"), "the run"),
+                    "404": _json(_ref("Error"), "no such run"),
+                },
                 parameters=[_RUN_ID],
             )
         },
@@ -121,10 +141,12 @@ def document(version: str) -> dict[str, Any]:
         "/api/runs/{run_id}/cancel": {
             "post": _op(
                 "Cancel a queued, running or waiting run",
-                {"200": _json(_ref("RunSummary"), "the cancelled run"),
-                 "403": _json(_ref("Error"), "the token may not cancel runs"),
-                 "404": _json(_ref("Error"), "no such run"),
-                 "409": _json(_ref("Error"), "the run has already ended")},
+                {
+                    "200": _json(_ref("RunSummary"), "the cancelled run"),
+                    "403": _json(_ref("Error"), "the token may not cancel runs"),
+                    "404": _json(_ref("Error"), "no such run"),
+                    "409": _json(_ref("Error"), "the run has already ended"),
+                },
                 parameters=[_RUN_ID],
                 requestBody=_body(CancelBody, required=False),
             )
@@ -132,8 +154,15 @@ def document(version: str) -> dict[str, Any]:
         "/api/waits": {
             "get": _op(
                 "Open waits a person may decide, longest waiting first",
-                {"200": _json({"type": "object", "properties": {
-                    "waits": {"type": "array", "items": _ref("Wait")}}}, "open waits")},
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"waits": {"type": "array", "items": _ref("Wait")}},
+                        },
+                        "open waits",
+                    )
+                },
                 parameters=[
                     {"name": "task", "in": "query", "schema": {"type": "string"}},
                     {"name": "key", "in": "query", "schema": {"type": "string"}},
@@ -144,11 +173,14 @@ def document(version: str) -> dict[str, Any]:
             "post": _op(
                 "Push an event to an event key (any open wait whose expression it satisfies "
                 "resumes); the caller is recorded as metadata.approver",
-                {"202": _json(_ref("PushResult"), "event stored"),
-                 "403": _json(_ref("Error"), "the token may not push to this key"),
-                 "413": _json(_ref("Error"), "payload over the size limit")},
-                parameters=[{"name": "key", "in": "path", "required": True,
-                             "schema": {"type": "string"}}],
+                {
+                    "202": _json(_ref("PushResult"), "event stored"),
+                    "403": _json(_ref("Error"), "the token may not push to this key"),
+                    "413": _json(_ref("Error"), "payload over the size limit"),
+                },
+                parameters=[
+                    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
                 requestBody=_body(PushBody),
             )
         },
@@ -164,8 +196,12 @@ def document(version: str) -> dict[str, Any]:
         "/api/stream": {
             "get": _op(
                 "Server-sent events: `change` with {version, runs} whenever runs change",
-                {"200": {"description": "text/event-stream",
-                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                {
+                    "200": {
+                        "description": "text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    }
+                },
             )
         },
     }
@@ -173,17 +209,28 @@ def document(version: str) -> dict[str, Any]:
         "Error": {
             "type": "object",
             "required": ["error"],
-            "properties": {"error": {"type": "object", "properties": {
-                "status": {"type": "integer"}, "message": {"type": "string"},
-                "details": {"type": "array", "items": {"type": "object"}}}}},
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "integer"},
+                        "message": {"type": "string"},
+                        "details": {"type": "array", "items": {"type": "object"}},
+                    },
+                }
+            },
         },
         "RunSummary": {
             "type": "object",
             "properties": {
-                "run_id": {"type": "string"}, "task": {"type": "string"},
+                "run_id": {"type": "string"},
+                "task": {"type": "string"},
                 "status": {"type": "string", "enum": list(STATUSES)},
-                "attempt": {"type": "integer"}, "created_at": _NUM, "updated_at": _NUM,
-                "ended_at": _NUM_OR_NULL, "deadline": _NUM_OR_NULL,
+                "attempt": {"type": "integer"},
+                "created_at": _NUM,
+                "updated_at": _NUM,
+                "ended_at": _NUM_OR_NULL,
+                "deadline": _NUM_OR_NULL,
                 "error": {"type": ["object", "null"]},
                 "waiting_on": {"type": ["string", "null"]},
                 "last_events": {"type": "array", "items": _ref("EventBrief")},
@@ -191,22 +238,43 @@ def document(version: str) -> dict[str, Any]:
         },
         "EventBrief": {
             "type": "object",
-            "properties": {"seq": {"type": "integer"}, "type": {"type": "string"},
-                           "at": _NUM, "note": {"type": "string"}},
+            "properties": {
+                "seq": {"type": "integer"},
+                "type": {"type": "string"},
+                "at": _NUM,
+                "note": {"type": "string"},
+            },
         },
         "RunEvent": {
             "type": "object",
-            "properties": {"seq": {"type": "integer"}, "type": {"type": "string"},
-                           "at": _NUM, "note": {"type": "string"},
-                           "data": {"type": "object", "description":
-                                    "the stored event; run.wait_satisfied.v1 carries "
-                                    "payload and metadata.approver"}},
+            "properties": {
+                "seq": {"type": "integer"},
+                "type": {"type": "string"},
+                "at": _NUM,
+                "note": {"type": "string"},
+                "data": {
+                    "type": "object",
+                    "description": "the stored event; run.wait_satisfied.v1 carries "
+                    "payload and metadata.approver",
+                },
+            },
         },
         "RunDetail": {
             "type": "object",
             "properties": {
-                "run": {"allOf": [_ref("RunSummary"), {"type": "object", "properties": {
-                    "input": {}, "output": {}, "metadata": {"type": "object"}}}]},
+                "run": {
+                    "allOf": [
+                        _ref("RunSummary"),
+                        {
+                            "type": "object",
+                            "properties": {
+                                "input": {},
+                                "output": {},
+                                "metadata": {"type": "object"},
+                            },
+                        },
+                    ]
+                },
                 "wait": {"oneOf": [_ref("Wait"), {"type": "null"}]},
                 "events": {"type": "array", "items": _ref("RunEvent")},
             },
@@ -214,47 +282,66 @@ def document(version: str) -> dict[str, Any]:
         "Wait": {
             "type": "object",
             "properties": {
-                "run_id": {"type": "string"}, "task": {"type": "string"},
-                "wait_id": {"type": "string"}, "started_seq": {"type": "integer"},
+                "run_id": {"type": "string"},
+                "task": {"type": "string"},
+                "wait_id": {"type": "string"},
+                "started_seq": {"type": "integer"},
                 "event_key": {"type": "string"},
                 "expression": {"type": ["string", "null"]},
-                "conventional": {"type": "boolean", "description":
-                                 "the expression is input.runId == '<run>': approve and "
-                                 "reject match it; otherwise push a matching event"},
+                "conventional": {
+                    "type": "boolean",
+                    "description": "the expression is input.runId == '<run>': approve and "
+                    "reject match it; otherwise push a matching event",
+                },
                 "other_conditions": {"type": "integer"},
                 "label": {"type": ["string", "null"]},
-                "since": _NUM, "deadline": _NUM_OR_NULL, "run_deadline": _NUM,
+                "since": _NUM,
+                "deadline": _NUM_OR_NULL,
+                "run_deadline": _NUM,
                 "description": {"type": ["string", "null"]},
                 "details": {"type": ["object", "null"]},
-                "proposed_action": {"type": ["object", "null"], "description":
-                                    "{source: wait, description, details} or "
-                                    "{source: step, step, output}"},
+                "proposed_action": {
+                    "type": ["object", "null"],
+                    "description": "{source: wait, description, details} or "
+                    "{source: step, step, output}",
+                },
             },
         },
         "PushResult": {
             "type": "object",
-            "properties": {"id": {"type": "string"}, "seq": {"type": "integer"},
-                           "duplicate": {"type": "boolean"}, "key": {"type": "string"}},
+            "properties": {
+                "id": {"type": "string"},
+                "seq": {"type": "integer"},
+                "duplicate": {"type": "boolean"},
+                "key": {"type": "string"},
+            },
         },
         "Decision": {
             "type": "object",
-            "properties": {"run_id": {"type": "string"}, "wait_id": {"type": "string"},
-                           "event_key": {"type": "string"},
-                           "decision": {"type": "string", "enum": ["approve", "reject"]},
-                           "payload": {"type": "object"}, "approver": {"type": "string"},
-                           "event": {"type": "object"}},
+            "properties": {
+                "run_id": {"type": "string"},
+                "wait_id": {"type": "string"},
+                "event_key": {"type": "string"},
+                "decision": {"type": "string", "enum": ["approve", "reject"]},
+                "payload": {"type": "object"},
+                "approver": {"type": "string"},
+                "event": {"type": "object"},
+            },
         },
         "Overview": {
             "type": "object",
-            "properties": {"tasks": {"type": "array", "items": {"type": "string"}},
-                           "statuses": {"type": "object",
-                                        "additionalProperties": {"type": "integer"}}},
+            "properties": {
+                "tasks": {"type": "array", "items": {"type": "string"}},
+                "statuses": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
         },
         "Identity": {
             "type": "object",
-            "properties": {"name": {"type": "string"},
-                           "keys": {"type": "array", "items": {"type": "string"}},
-                           "cancel": {"type": "boolean"}},
+            "properties": {
+                "name": {"type": "string"},
+                "keys": {"type": "array", "items": {"type": "string"}},
+                "cancel": {"type": "boolean"},
+            },
         },
     }
     for model in (PushBody, DecisionBody, CancelBody):

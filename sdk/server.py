@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from opentelemetry.trace import TracerProvider
+
 from tether.engine.config import Settings
 from tether.engine.connection import Connection, redact
 from tether.engine.service import EngineService
@@ -29,9 +31,11 @@ class TetherServer:
         matcher_window_s: float = 30.0,
         http: str | None = None,
         auth: TokenAuth | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self._matcher_window_s = matcher_window_s
+        self._tracer_provider = tracer_provider
         self._http = http
         self._auth = auth
         self.api: ApiServer | None = None
@@ -48,7 +52,9 @@ class TetherServer:
 
             api = ApiServer(self.settings, self._auth or TokenAuth({}), address=self._http)
             api.check_config()
-        self.conn = await Connection.open(self.settings, name="tether-serve")
+        self.conn = await Connection.open(
+            self.settings, name="tether-serve", tracer_provider=self._tracer_provider
+        )
         self.engine = EngineService(self.conn)
         self.matcher = Matcher(self.conn, window_s=self._matcher_window_s)
         self.timer = TimerProjection(self.conn)

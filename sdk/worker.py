@@ -101,6 +101,7 @@ class Worker:
                 worker_id=self.worker_id,
                 events_position=conn.events_position,
                 read_events=conn.read_events,
+                tracing=conn.tracing,
             )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):

@@ -1,0 +1,398 @@
+"""CLI commands for people in the loop: ``runs list|show|cancel``, ``waits list``,
+``events push``, ``approve`` and ``reject``.
+
+They talk to NATS directly (``--nats-url``/``TETHER_NATS_URL``, ``--namespace``): lists
+replay the run log into a run index, single runs are read from their own log. The caller's
+name (``--as``, else ``$TETHER_APPROVER``, else the login name) is recorded as the approver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from tether.app import Tether
+from tether.auth import Identity
+from tether.decisions import Decision, cancel, decide, push_event, read_view
+from tether.engine.config import Settings
+from tether.openapi import STATUSES
+from tether.projections.run_index import PendingWait, RunIndex
+
+MAX_CELL = 60
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def _cell(value: object, width: int = MAX_CELL) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces; long cells are shortened."""
+    cells = [[_cell(c) for c in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def _span(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f}h"
+    return f"{seconds / 86400:.0f}d"
+
+
+def ago(at: float | None, now: float | None = None) -> str:
+    if not at:
+        return "-"
+    return f"{_span((now or time.time()) - at)} ago"
+
+
+def until(at: float | None, now: float | None = None) -> str:
+    if not at:
+        return "-"
+    delta = at - (now or time.time())
+    return f"in {_span(delta)}" if delta >= 0 else f"overdue {_span(delta)}"
+
+
+def stamp(at: float | None) -> str:
+    if not at:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(", ", ": "), ensure_ascii=False, default=str)
+
+
+def action_text(wait: PendingWait) -> str:
+    action = wait.proposed_action
+    if action is None:
+        return "-"
+    if action["source"] == "wait":
+        parts = [str(action["description"])] if action.get("description") else []
+        if action.get("details") is not None:
+            parts.append(_compact(action["details"]))
+        return " ".join(parts)
+    return f"{action['step']}: {_compact(action['output'])}"
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(args.nats_url, args.namespace)
+
+
+def _caller(args: argparse.Namespace) -> Identity:
+    name = getattr(args, "as_name", None) or os.environ.get("TETHER_APPROVER")
+    if not name:
+        try:
+            name = getpass.getuser()
+        except (KeyError, OSError):
+            name = "cli"
+    # The CLI holds NATS credentials, so it may do anything those allow.
+    return Identity(name, ("*",), True)
+
+
+def _with_app(
+    fn: Callable[[Tether, argparse.Namespace], Awaitable[None]],
+) -> Callable[[argparse.Namespace], None]:
+    def command(args: argparse.Namespace) -> None:
+        async def main() -> None:
+            app = Tether(settings=_settings(args))
+            try:
+                await fn(app, args)
+            finally:
+                await app.close()
+
+        asyncio.run(main())
+
+    return command
+
+
+async def _index(app: Tether) -> RunIndex:
+    index = RunIndex(await app.connection())
+    async with asyncio.timeout(120):
+        await index.start()
+    return index
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+async def runs_list(app: Tether, args: argparse.Namespace) -> None:
+    statuses = [s.strip() for s in (args.status or "").split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise ValueError(f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
+    index = await _index(app)
+    try:
+        views = index.list_runs(statuses=statuses or None, task=args.task, limit=args.limit)
+    finally:
+        await index.stop()
+    if args.json:
+        _print_json([v.summary() for v in views])
+        return
+    if not views:
+        print("no runs" + (" match these filters" if statuses or args.task else ""))
+        return
+    now = time.time()
+    rows = [
+        [
+            v.run_id,
+            v.state.task,
+            v.state.status,
+            (v.wait.event_key if v.wait else ""),
+            ago(v.created_at, now),
+            ago(v.updated_at, now),
+        ]
+        for v in views
+    ]
+    print(table(["RUN ID", "TASK", "STATUS", "WAITING ON", "CREATED", "UPDATED"], rows))
+
+
+def _event_detail(event_type: str, data: dict[str, Any], note: str) -> str:
+    if event_type == "run.wait_satisfied.v1":
+        payload = data.get("payload") or {}
+        reason = payload.get("reason")
+        return note + (f': "{reason}"' if reason else "")
+    if event_type == "run.step.v1":
+        return f"{note} -> {_compact(data.get('output'))}"
+    if event_type == "run.completed.v1":
+        return _compact(data.get("output"))
+    return note
+
+
+async def runs_show(app: Tether, args: argparse.Namespace) -> None:
+    view = await read_view(app, args.run_id)
+    conn = await app.connection()
+    stored = await conn.store.read(args.run_id)
+    state, wait = view.state, view.wait
+    if args.json:
+        _print_json(
+            {
+                "run": {
+                    **view.summary(),
+                    "last_events": [],
+                    "input": state.input,
+                    "output": state.output,
+                    "metadata": state.metadata,
+                },
+                "wait": wait.to_json() if wait else None,
+                "events": [{"seq": s, **e.model_dump(mode="json")} for s, e in stored],
+            }
+        )
+        return
+    now = time.time()
+    fields = [
+        ("run", state.run_id),
+        ("task", state.task),
+        ("status", state.status),
+        ("attempt", state.attempt),
+        ("created", f"{stamp(view.created_at)} ({ago(view.created_at, now)})"),
+        ("ended", stamp(state.ended_at)),
+        (
+            "deadline",
+            "-" if state.is_terminal else f"{stamp(state.deadline)} ({until(state.deadline, now)})",
+        ),
+        ("input", _compact(state.input)),
+    ]
+    if state.status == "completed":
+        fields.append(("output", _compact(state.output)))
+    if state.error:
+        fields.append(("error", f"{state.error['type']}: {state.error['message']}"))
+    for name, value in fields:
+        print(f"{name:<9} {_cell(value, 200)}")
+    if wait is not None:
+        print(
+            f"\nwaiting on {wait.event_key} since {ago(wait.since, now)}"
+            f" (wait deadline {until(wait.deadline, now)})"
+        )
+        print(f"  expression       {wait.expression or '(none: any event on the key)'}")
+        print(f"  proposed action  {_cell(action_text(wait), 200)}")
+        if wait.conventional:
+            print(
+                f"  decide with      tether approve {state.run_id}  |  "
+                f"tether reject {state.run_id} --reason ..."
+            )
+        else:
+            print(
+                "  note             the expression is not input.runId == '<run>': approve/"
+                "reject may not match; push a matching event with `tether events push`"
+            )
+    notes = {brief.seq: brief.note for brief in view.recent}
+    start = stored[0][1].at if stored else 0.0
+    rows = [
+        [
+            seq,
+            time.strftime("%H:%M:%S", time.localtime(event.at)),
+            f"+{(event.at - start):.3f}s",
+            event.type,
+            _event_detail(event.type, event.model_dump(mode="json"), notes.get(seq, "")),
+        ]
+        for seq, event in stored
+    ]
+    print()
+    print(table(["SEQ", "TIME", "ELAPSED", "EVENT", "DETAIL"], rows))
+
+
+async def runs_cancel(app: Tether, args: argparse.Namespace) -> None:
+    info = await cancel(app, args.run_id, identity=_caller(args), reason=args.reason)
+    print(f"cancelled run {info.run_id} ({info.error['message'] if info.error else ''})")
+
+
+async def waits_list(app: Tether, args: argparse.Namespace) -> None:
+    index = await _index(app)
+    try:
+        waits = index.list_waits(task=args.task, key=args.key)
+    finally:
+        await index.stop()
+    if args.json:
+        _print_json([w.to_json() for w in waits])
+        return
+    if not waits:
+        print("no run is waiting for a decision")
+        return
+    now = time.time()
+    rows = [
+        [
+            w.run_id,
+            w.task,
+            w.event_key,
+            ago(w.since, now),
+            until(w.deadline or w.run_deadline, now),
+            action_text(w) + ("" if w.conventional else "  [push: custom expression]"),
+        ]
+        for w in waits
+    ]
+    print(table(["RUN ID", "TASK", "EVENT KEY", "WAITING", "DEADLINE", "PROPOSED ACTION"], rows))
+
+
+async def events_push(app: Tether, args: argparse.Namespace) -> None:
+    try:
+        data = json.loads(args.data)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--data is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"--data must be a JSON object, got {type(data).__name__}; wrap it, e.g. "
+            "'{\"value\": ...}'"
+        )
+    result = await push_event(app, args.key, data, identity=_caller(args), event_id=args.id)
+    if result.duplicate:
+        print(
+            f"duplicate: event {result.id} was already stored (seq {result.seq}); "
+            "nothing new pushed"
+        )
+    else:
+        print(f"pushed event {result.id} to {args.key} (seq {result.seq})")
+
+
+def _decision(decision: Decision) -> Callable[[Tether, argparse.Namespace], Awaitable[None]]:
+    async def run(app: Tether, args: argparse.Namespace) -> None:
+        result = await decide(
+            app, args.run_id, decision, identity=_caller(args), reason=args.reason
+        )
+        verb = "approved" if decision == "approve" else "rejected"
+        print(
+            f"{verb} run {result.run_id} as {result.approver}: pushed "
+            f"{_compact(result.payload)} to {result.event_key} (event seq {result.event.seq})"
+        )
+
+    return run
+
+
+# -- parsers ---------------------------------------------------------------------------------
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats-url", default=None, help="default: $TETHER_NATS_URL or local")
+    parser.add_argument("--namespace", default=None, help="default: $TETHER_NAMESPACE or tether")
+
+
+def _as_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--as",
+        dest="as_name",
+        default=None,
+        metavar="NAME",
+        help="approver name to record (default: $TETHER_APPROVER or login)",
+    )
+
+
+def register(sub: Any) -> None:
+    """Add the commands to the ``tether`` parser's subcommands."""
+    runs = sub.add_parser("runs", help="list, show or cancel runs")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+
+    p = runs_sub.add_parser("list", help="runs, most recently updated first")
+    _connection_args(p)
+    p.add_argument("--status", default=None, help=f"comma-separated: {', '.join(STATUSES)}")
+    p.add_argument("--task", default=None)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(fn=_with_app(runs_list))
+
+    p = runs_sub.add_parser("show", help="a run, its open wait and its event timeline")
+    _connection_args(p)
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_with_app(runs_show))
+
+    p = runs_sub.add_parser("cancel", help="cancel a queued, running or waiting run")
+    _connection_args(p)
+    p.add_argument("run_id")
+    p.add_argument("--reason", default=None)
+    _as_arg(p)
+    p.set_defaults(fn=_with_app(runs_cancel))
+
+    waits = sub.add_parser("waits", help="open waits")
+    waits_sub = waits.add_subparsers(dest="waits_command", required=True)
+    p = waits_sub.add_parser("list", help="runs waiting for a decision, longest first")
+    _connection_args(p)
+    p.add_argument("--task", default=None)
+    p.add_argument("--key", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=_with_app(waits_list))
+
+    events = sub.add_parser("events", help="push events")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    p = events_sub.add_parser("push", help="push a JSON object to an event key")
+    _connection_args(p)
+    p.add_argument("key")
+    p.add_argument("--data", required=True, help='JSON object, e.g. \'{"runId": "...", ...}\'')
+    p.add_argument("--id", default=None, help="idempotency key (dedupe within 2 minutes)")
+    _as_arg(p)
+    p.set_defaults(fn=_with_app(events_push))
+
+    decisions: tuple[tuple[Decision, bool], ...] = (("approve", False), ("reject", True))
+    for decision, needs_reason in decisions:
+        p = sub.add_parser(
+            decision,
+            help=f"{decision} a waiting run (pushes "
+            f'{{"runId": RUN, "decision": "{decision}", "reason": ...}} to its wait\'s key)',
+        )
+        _connection_args(p)
+        p.add_argument("run_id")
+        p.add_argument("--reason", required=needs_reason, default=None)
+        _as_arg(p)
+        p.set_defaults(fn=_with_app(_decision(decision)))
