@@ -16,6 +16,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -130,7 +131,7 @@ def _ns(seconds: float | None) -> int | None:
     return None if seconds is None else int(seconds * 1e9)
 
 
-def configure_from_env() -> TracerProvider | None:
+def configure_from_env() -> SdkTracerProvider | None:
     """Set up an SDK tracer provider from the standard ``OTEL_*`` variables, if asked to.
 
     ``OTEL_TRACES_EXPORTER=console`` prints spans; ``otlp`` (or an
@@ -143,7 +144,6 @@ def configure_from_env() -> TracerProvider | None:
     if exporter_name in ("", "none") or os.environ.get("OTEL_SDK_DISABLED") == "true":
         return None
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
         ConsoleSpanExporter,

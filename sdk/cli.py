@@ -18,6 +18,7 @@ from tether.engine.config import Settings
 from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
 from tether.errors import TetherError
+from tether.engine.tracing import configure_from_env
 from tether.logs import configure
 from tether.server import TetherServer
 
@@ -202,7 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
-    return _run(args.fn, args)
+    try:
+        provider = configure_from_env()  # the standard OTEL_* variables; off when unset
+    except RuntimeError as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args.fn, args)
+    finally:
+        if provider is not None:
+            provider.shutdown()  # flush spans still in the batch processor
 
 
 if __name__ == "__main__":
