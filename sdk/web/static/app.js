@@ -85,6 +85,7 @@ function relative(epochSeconds) {
   if (epochSeconds === null || epochSeconds === undefined) return "";
   const delta = epochSeconds - Date.now() / 1000;
   const abs = Math.abs(delta);
+  if (abs < 5) return "just now";
   let text;
   if (abs < 45) text = `${Math.round(abs)} s`;
   else if (abs < 2700) text = `${Math.round(abs / 60)} min`;
