@@ -57,7 +57,10 @@ class Connection:
         *,
         name: str = "tether",
         tracer_provider: TracerProvider | None = None,
+        manage_streams: bool = False,
     ) -> Connection:
+        """Connect and make sure the streams exist; ``manage_streams`` (the engine service)
+        also brings existing streams to these settings."""
         hooks: list[Callable[[], Awaitable[None]]] = []
 
         async def reconnected() -> None:
@@ -84,7 +87,7 @@ class Connection:
                 "JetStream enabled (`tether dev` runs one) or set TETHER_NATS_URL"
             ) from exc
         js = nc.jetstream(timeout=10)
-        await ensure_streams(js, settings)
+        await ensure_streams(js, settings, update=manage_streams)
         reader = DirectReader(nc)
         store = JetStreamEventStore(nc, js, settings.names, reader)
         deadlines = await js.key_value(settings.names.deadlines_bucket)

@@ -80,14 +80,23 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+async def ensure_streams(js: JetStreamContext, settings: Settings, *, update: bool) -> None:
+    """Create what is missing. Only the engine service (``update=True``) changes existing
+    streams; a worker or client whose settings differ leaves them alone, so one
+    misconfigured process cannot, say, drop a cluster's streams to one replica."""
     for config in stream_configs(settings):
         try:
             await js.add_stream(config)
         except APIError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:
                 raise
-            await js.update_stream(config)
+            if update:
+                await js.update_stream(config)
+            else:
+                log.warning(
+                    "stream exists with other settings; leaving it as it is",
+                    extra={"stream": config.name},
+                )
     await js.create_key_value(
         KeyValueConfig(
             bucket=settings.names.deadlines_bucket,

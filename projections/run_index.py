@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -29,7 +30,6 @@ from nats.js.api import DeliverPolicy
 from tether.engine import events as ev
 from tether.engine.connection import Connection
 from tether.engine.state import RunState, StepRecord, WaitRecord, evolve
-from tether.projections.cel_expressions import InvalidExpressionError, analyze
 
 log = logging.getLogger("tether.run_index")
 
@@ -44,17 +44,23 @@ def decision_expression(run_id: str) -> str:
 
 
 def follows_convention(expression: str | None, run_id: str) -> bool:
-    """True iff ``expression`` is exactly ``input.runId == '<run_id>'`` (either side)."""
+    """True iff ``expression`` is ``input.runId == '<run_id>'`` (either side, either quote).
+
+    A textual check: it runs for every wait an inbox lists, where parsing CEL would cost
+    about a millisecond each. An equivalent expression written differently is reported as
+    not following the convention, which only adds a warning; approving still checks the
+    real expression against the payload before pushing anything.
+    """
     if not expression:
         return False
-    try:
-        shape = analyze(expression)
-    except InvalidExpressionError:
-        return False
-    if not shape.fully_indexed or len(shape.equalities) != 1:
-        return False
-    only = shape.equalities[0]
-    return only.path == ("runId",) and only.value == run_id
+    found = _CONVENTION.fullmatch(expression.strip())
+    return found is not None and (found["left"] or found["right"]) == run_id
+
+
+_CONVENTION = re.compile(
+    r"input\.runId\s*==\s*(?P<q1>['\"])(?P<left>[A-Za-z0-9_-]+)(?P=q1)"
+    r"|(?P<q2>['\"])(?P<right>[A-Za-z0-9_-]+)(?P=q2)\s*==\s*input\.runId"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,8 @@ class RunView:
         self.updated_at = 0.0
         self.recent: deque[EventBrief] = deque(maxlen=keep_events)
         self._notes: dict[str, _WaitNotes] = {}
+        self._wait: PendingWait | None = None
+        self._wait_known = True  # False: recompute ``wait`` on the next read
 
     @property
     def run_id(self) -> str:
@@ -183,16 +191,19 @@ class RunView:
             self.created_at = event.at
         self.updated_at = max(self.updated_at, event.at)
         self.recent.append(EventBrief(seq, event.type, event.at, _note(event)))
-        if state.is_terminal:
+        self._wait_known = False
+        if state.is_terminal:  # nothing changes a finished run: keep only its summary
             self._notes.clear()
+            state.records.clear()
 
     @property
     def wait(self) -> PendingWait | None:
         """The open wait a person may decide, or None (no wait, or a sleep/child wait)."""
-        record = self.state.open_wait()
-        if record is None:
-            return None
-        return self._pending(record)
+        if not self._wait_known:
+            record = self.state.open_wait()
+            self._wait = self._pending(record) if record is not None else None
+            self._wait_known = True
+        return self._wait
 
     def _pending(self, record: WaitRecord) -> PendingWait | None:
         open_clauses = [

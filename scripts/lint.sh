@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # ruff and mypy --strict. The package maps three folders onto one import root, which mypy
-# cannot follow through an editable install, so it checks a symlinked view of the package.
+# cannot follow through an editable install, so it checks a symlinked view of the package
+# built in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-view=.typecheck/tether
-rm -rf .typecheck && mkdir -p "$view"
-for f in sdk/*.py sdk/py.typed; do ln -s "../../$f" "$view/"; done
-ln -s ../../engine "$view/engine"
-ln -s ../../projections "$view/projections"
+repo=$(pwd)
+view=$(mktemp -d)
+trap 'rm -rf "$view"' EXIT
+mkdir -p "$view/tether"
+for f in sdk/*.py sdk/py.typed; do ln -s "$repo/$f" "$view/tether/"; done
+ln -s "$repo/engine" "$view/tether/engine"
+ln -s "$repo/projections" "$view/tether/projections"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-(cd .typecheck && ../.venv/bin/mypy --config-file ../pyproject.toml -p tether)
+(cd "$view" && "$repo/.venv/bin/mypy" --config-file "$repo/pyproject.toml" \
+  --cache-dir "$repo/.mypy_cache" -p tether)

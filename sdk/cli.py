@@ -17,8 +17,8 @@ from tether.auth import TokenAuth, dev_token, load_token_auth
 from tether.engine.config import Settings
 from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
-from tether.errors import TetherError
 from tether.engine.tracing import configure_from_env
+from tether.errors import TetherError
 from tether.logs import configure
 from tether.server import TetherServer
 

@@ -168,6 +168,17 @@ def _run_id(request: web.Request) -> str:
 # -- handlers --------------------------------------------------------------------------------
 
 
+def _limit(request: web.Request, default: int, maximum: int) -> int:
+    raw = request.query.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(422, f"limit must be an integer, got {raw!r}") from None
+    if not 1 <= limit <= maximum:
+        raise ApiError(422, f"limit must be between 1 and {maximum}, got {limit}")
+    return limit
+
+
 async def list_runs(request: web.Request) -> web.Response:
     query = request.query
     statuses = [s.strip() for s in query.get("status", "").split(",") if s.strip()]
@@ -176,12 +187,7 @@ async def list_runs(request: web.Request) -> web.Response:
         raise ApiError(
             422, f"unknown status {', '.join(unknown)}; use one or more of {', '.join(STATUSES)}"
         )
-    try:
-        limit = int(query.get("limit", "100"))
-    except ValueError:
-        raise ApiError(422, f"limit must be an integer, got {query.get('limit')!r}") from None
-    if not 1 <= limit <= 1000:
-        raise ApiError(422, f"limit must be between 1 and 1000, got {limit}")
+    limit = _limit(request, 100, 1000)
     runs = _ctx(request).index.list_runs(
         statuses=statuses or None, task=query.get("task") or None, limit=limit
     )
@@ -218,10 +224,11 @@ async def get_run(request: web.Request) -> web.Response:
 
 
 async def list_waits(request: web.Request) -> web.Response:
+    limit = _limit(request, 500, 5000)
     waits = _ctx(request).index.list_waits(
         task=request.query.get("task") or None, key=request.query.get("key") or None
     )
-    return _json({"waits": [w.to_json() for w in waits]})
+    return _json({"waits": [w.to_json() for w in waits[:limit]], "total": len(waits)})
 
 
 async def _decision(request: web.Request, decision: Decision) -> web.Response:

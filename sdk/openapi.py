@@ -158,7 +158,10 @@ def document(version: str) -> dict[str, Any]:
                     "200": _json(
                         {
                             "type": "object",
-                            "properties": {"waits": {"type": "array", "items": _ref("Wait")}},
+                            "properties": {
+                                "waits": {"type": "array", "items": _ref("Wait")},
+                                "total": {"type": "integer", "description": "before limit"},
+                            },
                         },
                         "open waits",
                     )
@@ -166,6 +169,16 @@ def document(version: str) -> dict[str, Any]:
                 parameters=[
                     {"name": "task", "in": "query", "schema": {"type": "string"}},
                     {"name": "key", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 5000,
+                            "default": 500,
+                        },
+                    },
                 ],
             )
         },

@@ -53,7 +53,8 @@ class TetherServer:
             api = ApiServer(self.settings, self._auth or TokenAuth({}), address=self._http)
             api.check_config()
         self.conn = await Connection.open(
-            self.settings, name="tether-serve", tracer_provider=self._tracer_provider
+            self.settings, name="tether-serve", tracer_provider=self._tracer_provider,
+            manage_streams=True,
         )
         self.engine = EngineService(self.conn)
         self.matcher = Matcher(self.conn, window_s=self._matcher_window_s)

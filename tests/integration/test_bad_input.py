@@ -16,12 +16,12 @@ import orjson
 import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import APIError
+
+from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, DurableTask, RunFailedError, RunNotFoundError, RunRef, Tether
 from tether.engine.commands import CommandMessage
 from tether.engine.config import Settings
 from tether.server import TetherServer
-
-from tests.helpers import wait_for_status, wait_until
 
 KEY = "approval:decision"
 

@@ -24,12 +24,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.helpers import wait_for_status
 from tether import DurableContext, Tether
 from tether.cli import main
 from tether.engine.config import Settings
 from tether.engine.nats_server import free_port
 from tether.server import TetherServer
-from tests.helpers import wait_for_status
 
 TOKEN = "cli-test-token-0123456789"
 
@@ -142,7 +142,9 @@ async def test_waits_list_show_and_approve(app: Tether, tasks: tuple[Any, Any], 
     assert "waiting on approval:decision since" in shown
     assert "proposed action  Pay 120 EUR" in shown
     assert f"tether approve {ref.run_id}" in shown
-    assert re.search(r"^4\s+\S+\s+\S+\s+run\.wait_started\.v1\s+waits for approval:decision", shown, re.M)
+    assert re.search(
+        r"^4\s+\S+\s+\S+\s+run\.wait_started\.v1\s+waits for approval:decision", shown, re.M
+    )
 
     out = await cli("approve", ref.run_id, "--reason", "fine", "--as", "alice")
     assert f"approved run {ref.run_id} as alice" in out
@@ -183,9 +185,13 @@ async def test_events_push(app: Tether, tasks: tuple[Any, Any], cli: Cli) -> Non
         "events", "push", "approval:decision", "--data", "[1]", code=2
     )
     assert "invalid event key" in await cli("events", "push", "a b", "--data", "{}", code=2)
-    out = await cli("events", "push", "approval:decision", "--data", data, "--id", "d-1", "--as", "carol")
+    out = await cli(
+        "events", "push", "approval:decision", "--data", data, "--id", "d-1", "--as", "carol"
+    )
     assert re.match(r"pushed event d-1 to approval:decision \(seq \d+\)", out)
-    assert "duplicate" in await cli("events", "push", "approval:decision", "--data", data, "--id", "d-1")
+    assert "duplicate" in await cli(
+        "events", "push", "approval:decision", "--data", data, "--id", "d-1"
+    )
     assert await ref.result(timeout=15) == {"decision": "approve", "reason": None}
     info = await app.runs.get(ref.run_id)
     [satisfied] = [e for e in info.events if e.type == "run.wait_satisfied.v1"]
@@ -208,21 +214,29 @@ async def test_runs_cancel(app: Tether, tasks: tuple[Any, Any], cli: Cli) -> Non
 
 async def _start(*argv: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tether.cli", *argv,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tether.cli",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
 
 
-async def _read_until(proc: asyncio.subprocess.Process, pattern: str, timeout: float = 30) -> re.Match[str]:
+async def _read_until(
+    proc: asyncio.subprocess.Process, pattern: str, within_s: float = 30
+) -> re.Match[str]:
     assert proc.stdout is not None
     seen = []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within_s):
         while True:
             line = (await proc.stdout.readline()).decode()
             if not line:
                 err = await proc.stderr.read() if proc.stderr else b""
-                raise AssertionError(f"process ended; stdout: {seen}; stderr: {err.decode()[-2000:]}")
+                raise AssertionError(
+                    f"process ended; stdout: {seen}; stderr: {err.decode()[-2000:]}"
+                )
             seen.append(line)
             found = re.search(pattern, line)
             if found:
@@ -236,11 +250,19 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
         return await proc.wait()
 
 
-async def test_api_command_serves_the_dashboard(settings: Settings, app: Tether, server: TetherServer) -> None:
+async def test_api_command_serves_the_dashboard(
+    settings: Settings, app: Tether, server: TetherServer
+) -> None:
     tokens = json.dumps({TOKEN: {"name": "erin", "keys": ["approval:*"]}})
     proc = await _start(
-        "api", "--nats-url", settings.nats_url, "--namespace", settings.namespace,
-        "--http", "127.0.0.1:0", env={"TETHER_API_TOKENS": tokens},
+        "api",
+        "--nats-url",
+        settings.nats_url,
+        "--namespace",
+        settings.namespace,
+        "--http",
+        "127.0.0.1:0",
+        env={"TETHER_API_TOKENS": tokens},
     )
     try:
         url = (await _read_until(proc, r"dashboard: (http://\S+)/ "))[1]
@@ -257,8 +279,14 @@ async def test_api_command_serves_the_dashboard(settings: Settings, app: Tether,
 
 async def test_serve_http_refuses_to_run_without_tokens(settings: Settings) -> None:
     proc = await _start(
-        "serve", "--nats-url", settings.nats_url, "--namespace", settings.namespace,
-        "--http", "127.0.0.1:0", env={"TETHER_API_TOKENS": ""},
+        "serve",
+        "--nats-url",
+        settings.nats_url,
+        "--namespace",
+        settings.namespace,
+        "--http",
+        "127.0.0.1:0",
+        env={"TETHER_API_TOKENS": ""},
     )
     _, err = await proc.communicate()
     assert proc.returncode == 2
@@ -267,21 +295,32 @@ async def test_serve_http_refuses_to_run_without_tokens(settings: Settings) -> N
 
 async def test_dev_starts_the_dashboard_and_prints_its_url(tmp_path: Path) -> None:
     proc = await _start(
-        "dev", "--store-dir", str(tmp_path / "nats"), "--port", str(free_port()),
-        "--http", "127.0.0.1:0", env={"TETHER_API_TOKENS": ""},
+        "dev",
+        "--store-dir",
+        str(tmp_path / "nats"),
+        "--port",
+        str(free_port()),
+        "--http",
+        "127.0.0.1:0",
+        env={"TETHER_API_TOKENS": ""},
     )
     try:
         found = await _read_until(proc, r"dashboard: (http://\S+)/#token=(\S+)")
-        async with aiohttp.ClientSession(found[1]) as http:
-            async with http.get("/api/waits", headers={"Authorization": f"Bearer {found[2]}"}) as r:
-                assert r.status == 200
-                assert await r.json() == {"waits": []}
+        headers = {"Authorization": f"Bearer {found[2]}"}
+        async with (
+            aiohttp.ClientSession(found[1]) as http,
+            http.get("/api/waits", headers=headers) as r,
+        ):
+            assert r.status == 200
+            assert await r.json() == {"waits": [], "total": 0}
     finally:
         assert await _stop(proc) == 0
 
 
 async def test_demo_interactive_waits_for_a_person(tmp_path: Path) -> None:
-    proc = await _start("demo", "--interactive", "--http", "127.0.0.1:0", env={"TETHER_API_TOKENS": ""})
+    proc = await _start(
+        "demo", "--interactive", "--http", "127.0.0.1:0", env={"TETHER_API_TOKENS": ""}
+    )
     try:
         run_id = (await _read_until(proc, r"^run (\w+) proposes paying"))[1]
         link = await _read_until(proc, r"click Approve or Reject: (http://\S+)/#token=(\S+)")

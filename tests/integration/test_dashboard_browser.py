@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for_status
 from tether import DurableContext, Tether
 from tether.auth import TokenAuth
 from tether.engine.config import Settings
 from tether.server import TetherServer
-from tests.helpers import wait_for_status
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -151,7 +151,9 @@ async def test_inbox_approve_then_run_page_shows_completed(
                 browser.save_screenshot(str(SCREENSHOT))
 
                 reason = card.find_element(By.CSS_SELECTOR, "input[name='reason']")
-                label = browser.find_element(By.CSS_SELECTOR, f"label[for='{reason.get_attribute('id')}']")
+                label = browser.find_element(
+                    By.CSS_SELECTOR, f"label[for='{reason.get_attribute('id')}']"
+                )
                 assert label.text == "Reason (optional)"
                 reason.send_keys("within budget")
                 card.find_element(By.XPATH, ".//button[normalize-space()='Approve']").click()

@@ -5,19 +5,21 @@ cancellation, live updates and the OpenAPI description."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, Tether
-from tether.auth import TokenAuth
+from tether.auth import AuthConfigError, TokenAuth, load_token_auth
 from tether.engine.config import Settings
 from tether.server import TetherServer
-from tests.helpers import wait_for_status, wait_until
 
 ALICE = "alice-token-0123456789"  # may decide approval:* and cancel
 BOB = "bob-token-0123456789ab"  # may only push payments:*
@@ -105,7 +107,9 @@ async def test_list_waits_approve_with_token_and_approver_on_run_events(
         assert len(await open_waits(http, key="approval:decision")) == 1
 
         async with http.post(
-            f"/api/runs/{ref.run_id}/approve", json={"reason": "within budget"}, headers=bearer(ALICE)
+            f"/api/runs/{ref.run_id}/approve",
+            json={"reason": "within budget"},
+            headers=bearer(ALICE),
         ) as response:
             assert response.status == 202, await response.text()
             body = await response.json()
@@ -147,11 +151,10 @@ async def test_list_waits_approve_with_token_and_approver_on_run_events(
     assert sdk_view.data["metadata"]["approver"] == "alice"
     assert sdk_view.data["payload"]["reason"] == "within budget"
 
-    assert await wait_until(
-        lambda: _no_waits(http), message="the wait to leave the list"
-    )
+    assert await wait_until(lambda: _no_waits(http), message="the wait to leave the list")
     async with http.get(
-        "/api/runs", params={"status": "completed", "task": "payment-approval"},
+        "/api/runs",
+        params={"status": "completed", "task": "payment-approval"},
         headers=bearer(READER),
     ) as response:
         runs = (await response.json())["runs"]
@@ -175,8 +178,12 @@ async def test_token_without_rights_gets_403_and_nothing_is_pushed(
         attempts = [
             (BOB, f"/api/runs/{ref.run_id}/approve", {}, "'bob' may not decide"),
             (READER, f"/api/runs/{ref.run_id}/reject", {"reason": "x"}, "allowed keys: none"),
-            (BOB, "/api/events/approval:decision",
-             {"data": {"runId": ref.run_id, "decision": "approve"}}, "may not push"),
+            (
+                BOB,
+                "/api/events/approval:decision",
+                {"data": {"runId": ref.run_id, "decision": "approve"}},
+                "may not push",
+            ),
             (BOB, f"/api/runs/{ref.run_id}/cancel", {}, "may not cancel"),
         ]
         for token, path, body, message in attempts:
@@ -196,7 +203,11 @@ async def test_token_without_rights_gets_403_and_nothing_is_pushed(
 async def test_missing_or_unknown_token_gets_401(
     api_server: TetherServer, http: aiohttp.ClientSession
 ) -> None:
-    for headers in ({}, {"Authorization": "Bearer not-a-known-token"}, {"Authorization": "Basic x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-a-known-token"},
+        {"Authorization": "Basic x"},
+    ):
         async with http.get("/api/waits", headers=headers) as response:
             assert response.status == 401
             assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -224,6 +235,7 @@ async def test_malformed_requests_get_422_with_a_clear_message(
         ("GET", "/api/runs?status=done", None, "unknown status done"),
         ("GET", "/api/runs?limit=lots", None, "limit must be an integer"),
         ("GET", "/api/runs?limit=0", None, "limit must be between 1 and 1000"),
+        ("GET", "/api/waits?limit=-1", None, "limit must be between 1 and 5000"),
     ]
     for method, path, body, message in cases:
         async with http.request(method, path, data=body, headers=bearer(ALICE)) as response:
@@ -297,7 +309,10 @@ async def test_cancel_through_the_api(
             assert (await r.json())["status"] == "cancelled"
         info = await app.runs.get(ref.run_id)
         assert info.status == "cancelled"
-        assert info.error == {"type": "RunCancelledError", "message": "cancelled by alice: duplicate"}
+        assert info.error == {
+            "type": "RunCancelledError",
+            "message": "cancelled by alice: duplicate",
+        }
         async with http.post(path, headers=bearer(ALICE)) as response:
             assert response.status == 409
             assert "already ended cancelled" in (await response.json())["error"]["message"]
@@ -365,3 +380,32 @@ def _api_routes(api_server: TetherServer) -> set[tuple[str, str]]:
         if path and path.startswith("/api/") and route.method != "HEAD":
             routes.add((path, route.method.lower()))
     return routes
+
+
+def test_token_configuration_from_env_and_file(tmp_path: Path) -> None:
+    entry = {"name": "carol", "keys": ["approval:*"]}
+    file = tmp_path / "tokens.json"
+    file.write_text(json.dumps({"file-token-0123456789": {"name": "dan", "cancel": True}}))
+    auth = load_token_auth(
+        environ={
+            "TETHER_API_TOKENS": json.dumps({"env-token-0123456789": entry}),
+            "TETHER_API_TOKENS_FILE": str(file),
+        }
+    )
+    carol = auth.identify("env-token-0123456789")
+    dan = auth.identify("file-token-0123456789")
+    assert carol is not None and carol.may_push("approval:decision")
+    assert not carol.may_push("payments:settle") and not carol.can_cancel
+    assert dan is not None and dan.can_cancel and not dan.may_push("approval:decision")
+    assert auth.identify("env-token-012345678") is None
+    bad = [
+        ("[]", "expected a JSON object"),
+        ("{not json", "is not valid JSON"),
+        ('{"short": {"name": "x"}}', "shorter than 16 characters"),
+        ('{"long-enough-token-123": {"keys": []}}', "'name' must be a non-empty string"),
+        ('{"long-enough-token-123": {"name": "x", "keys": "approval:*"}}', "'keys' must be a list"),
+        ('{"long-enough-token-123": {"name": "x", "role": "admin"}}', "unknown field(s) ['role']"),
+    ]
+    for raw, message in bad:
+        with pytest.raises(AuthConfigError, match=re.escape(message)):
+            load_token_auth(environ={"TETHER_API_TOKENS": raw})

@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
+from tests.helpers import wait_for_status, wait_until
 from tether import (
     DurableContext,
     DurableTask,
@@ -23,8 +25,6 @@ from tether import (
 from tether.engine.commands import CommandMessage
 from tether.engine.dispatch import send_command
 from tether.server import TetherServer
-
-from tests.helpers import wait_for_status, wait_until
 
 KEY = "approval:decision"
 RESOLUTIONS = ("run.wait_satisfied.v1", "run.wait_timed_out.v1")

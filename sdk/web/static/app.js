@@ -238,7 +238,8 @@ const inbox = {
     // keep the order of the API (longest waiting first)
     for (const wait of data.waits) list.append(this.cards.get(wait.run_id).node);
     $("empty").hidden = data.waits.length > 0;
-    setCount(data.waits.length);
+    setCount(data.total);
+    if (data.total > data.waits.length) say(`Showing the ${data.waits.length} longest waiting of ${data.total}.`);
   },
 
   card(wait) {
