@@ -49,11 +49,11 @@ def _span(seconds: float) -> str:
     seconds = abs(seconds)
     if seconds < 90:
         return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m"
     if seconds < 172800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86400:.0f}d"
+        return f"{seconds // 3600:.0f}h"
+    return f"{seconds // 86400:.0f}d"
 
 
 def ago(at: float | None, now: float | None = None) -> str:

@@ -314,7 +314,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             sent = time.monotonic()
             # coalesce bursts: one message per interval at most
             await asyncio.sleep(max(0.0, sent + ctx.stream_interval_s - time.monotonic()))
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client went away
         pass
     return response
 

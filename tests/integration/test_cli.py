@@ -250,12 +250,16 @@ async def _stop(proc: asyncio.subprocess.Process) -> int:
         return await proc.wait()
 
 
-async def test_api_command_serves_the_dashboard(
-    settings: Settings, app: Tether, server: TetherServer
+@pytest.mark.parametrize("command", ["api", "serve"])
+async def test_api_and_serve_http_serve_the_dashboard(
+    settings: Settings, app: Tether, tasks: tuple[Any, Any], command: str
 ) -> None:
+    payment, _ = tasks
+    ref = await payment.run_no_wait({"amount": 5})
+    await wait_for_status(app, ref.run_id, "waiting")
     tokens = json.dumps({TOKEN: {"name": "erin", "keys": ["approval:*"]}})
     proc = await _start(
-        "api",
+        command,
         "--nats-url",
         settings.nats_url,
         "--namespace",
@@ -273,6 +277,10 @@ async def test_api_command_serves_the_dashboard(
             async with http.get("/") as r:
                 assert r.status == 200
                 assert "Pending approvals" in await r.text()
+            path = f"/api/runs/{ref.run_id}/approve"
+            async with http.post(path, headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+                assert r.status == 202, await r.text()
+        assert await ref.result(timeout=15) == {"decision": "approve", "reason": None}
     finally:
         assert await _stop(proc) == 0
 

@@ -243,6 +243,10 @@ async def test_malformed_requests_get_422_with_a_clear_message(
             error = (await response.json())["error"]
             assert error["status"] == 422
             assert message in error["message"], (path, body, error)
+    big = {"data": {"blob": "x" * (api_server.settings.max_event_bytes + 10)}}
+    async with http.post(push, json=big, headers=bearer(ALICE)) as response:
+        assert response.status == 413
+        assert "over the" in (await response.json())["error"]["message"]
     assert await events_last_seq(app) == seq
     async with http.get("/api/runs/nosuchrun", headers=bearer(ALICE)) as response:
         assert response.status == 404
