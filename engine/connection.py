@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import nats
+import orjson
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
@@ -83,8 +83,8 @@ class Connection:
             )
         except Exception as exc:
             raise NatsUnavailableError(
-                f"cannot connect to NATS at {redact(settings.nats_url)} ({exc}); start a server with "
-                "JetStream enabled (`tether dev` runs one) or set TETHER_NATS_URL"
+                f"cannot connect to NATS at {redact(settings.nats_url)} ({exc}); start a "
+                "server with JetStream enabled (`tether dev` runs one) or set TETHER_NATS_URL"
             ) from exc
         js = nc.jetstream(timeout=10)
         await ensure_streams(js, settings, update=manage_streams)
@@ -105,7 +105,8 @@ class Connection:
         ``until_seq``, as (seq, payload, event id); payloads that are not objects are skipped."""
         start = datetime.fromtimestamp(since, tz=UTC).isoformat().replace("+00:00", "Z")
         stored = await self.reader.read_subject(
-            self.settings.names.events_stream, self.settings.names.event_subject(key),
+            self.settings.names.events_stream,
+            self.settings.names.event_subject(key),
             start_time=start,
         )
         out: list[tuple[int, dict[str, Any], str | None]] = []

@@ -9,7 +9,9 @@ from tether.engine import commands
 from tether.engine.subjects import Names
 
 
-async def dispatch_task(js: JetStreamContext, names: Names, task: str, run_id: str, seq: int) -> None:
+async def dispatch_task(
+    js: JetStreamContext, names: Names, task: str, run_id: str, seq: int
+) -> None:
     """Tell workers of ``task`` that ``run_id`` is runnable. ``seq`` is the log sequence of
     the event that made it runnable, so each dispatch is named once and dedupes."""
     await js.publish(

@@ -50,8 +50,11 @@ def sleep_deadline_key(run_id: str, position: int, condition_id: str) -> str:
 def wait_deadline_keys(run_id: str, record: WaitRecord) -> list[str]:
     keys = [wait_deadline_key(run_id, record.position)] if record.timeout_at is not None else []
     for clause in record.clauses:
-        keys += [sleep_deadline_key(run_id, record.position, spec.id)
-                 for spec in clause if spec.kind == "sleep"]
+        keys += [
+            sleep_deadline_key(run_id, record.position, spec.id)
+            for spec in clause
+            if spec.kind == "sleep"
+        ]
     return keys
 
 
@@ -60,10 +63,16 @@ def record_run_span(
 ) -> None:
     """The span of the run as a whole, from its request to its end, in the run's trace."""
     tracing.record(
-        f"run {state.task}", start_time=state.requested_at, end_time=time.time(),
+        f"run {state.task}",
+        start_time=state.requested_at,
+        end_time=time.time(),
         parent=tracing.context_from(trigger_headers),
-        attributes={"tether.run_id": state.run_id, "tether.task": state.task,
-                    "tether.status": status, "tether.attempts": state.attempt},
+        attributes={
+            "tether.run_id": state.run_id,
+            "tether.task": state.task,
+            "tether.status": status,
+            "tether.attempts": state.attempt,
+        },
     )
 
 
@@ -78,23 +87,44 @@ class EngineService:
         conn, names = self._conn, self._conn.settings.names
         ack_wait = conn.settings.engine_ack_wait_s
         await ensure_pull_consumer(
-            conn.js, names.commands_stream, names.engine_consumer,
-            filter_subjects=[names.commands_all], ack_wait_s=ack_wait,
+            conn.js,
+            names.commands_stream,
+            names.engine_consumer,
+            filter_subjects=[names.commands_all],
+            ack_wait_s=ack_wait,
         )
         bookkeeping = [
             names.runs_token_filter(token)
-            for token in ("requested", "wait_started", "attempt_failed", "timeout_refreshed",
-                          *ev.TERMINAL_TOKENS)
+            for token in (
+                "requested",
+                "wait_started",
+                "attempt_failed",
+                "timeout_refreshed",
+                *ev.TERMINAL_TOKENS,
+            )
         ]
         await ensure_pull_consumer(
-            conn.js, names.runs_stream, names.bookkeeper_consumer, filter_subjects=bookkeeping,
+            conn.js,
+            names.runs_stream,
+            names.bookkeeper_consumer,
+            filter_subjects=bookkeeping,
             ack_wait_s=ack_wait,
         )
         self._pullers = [
-            SlotPuller(conn.nc, names.commands_stream, names.engine_consumer,
-                       self._on_command, budget=SlotBudget(self._concurrency)),
-            SlotPuller(conn.nc, names.runs_stream, names.bookkeeper_consumer,
-                       self._on_run_event, budget=SlotBudget(self._concurrency)),
+            SlotPuller(
+                conn.nc,
+                names.commands_stream,
+                names.engine_consumer,
+                self._on_command,
+                budget=SlotBudget(self._concurrency),
+            ),
+            SlotPuller(
+                conn.nc,
+                names.runs_stream,
+                names.bookkeeper_consumer,
+                self._on_run_event,
+                budget=SlotBudget(self._concurrency),
+            ),
         ]
         for puller in self._pullers:
             await puller.start()
@@ -163,8 +193,13 @@ class EngineService:
         state = await self._state(command.run_id)
         if state.status != "queued" or state.runnable_since_seq != command.retry_seq:
             return None  # cancelled, timed out, or already retried
-        await dispatch_task(self._conn.js, self._conn.settings.names, state.task,
-                            command.run_id, state.runnable_since_seq)
+        await dispatch_task(
+            self._conn.js,
+            self._conn.settings.names,
+            state.task,
+            command.run_id,
+            state.runnable_since_seq,
+        )
         return state.runnable_since_seq
 
     async def _append_decision(
@@ -181,7 +216,8 @@ class EngineService:
             event = wait_resolution(run_id, state_command, time.time())
             with contextlib.suppress(ConcurrencyConflictError):
                 seq = await store.append(
-                    event, expected_last_seq=command.wait_seq,
+                    event,
+                    expected_last_seq=command.wait_seq,
                     msg_id=f"{run_id}:{command.wait_seq}:{command.kind}:{command.condition_id}",
                     headers=headers,
                 )
@@ -191,12 +227,15 @@ class EngineService:
             state = fold(run_id, [(seq, event) for seq, event, _ in raw])
             decided = decide(state, state_command, time.time())
             if not decided:
-                log.debug("command no longer applies",
-                          extra={"run_id": run_id, "kind": command.kind, "status": state.status})
+                log.debug(
+                    "command no longer applies",
+                    extra={"run_id": run_id, "kind": command.kind, "status": state.status},
+                )
                 return None
             try:
                 seq = await store.append(
-                    decided[0], expected_last_seq=state.last_seq,
+                    decided[0],
+                    expected_last_seq=state.last_seq,
                     msg_id=f"{run_id}:{state.last_seq}:{command.kind}:{command.condition_id}",
                     headers=headers,
                 )
@@ -205,8 +244,10 @@ class EngineService:
                 return seq, decided[0]
             except ConcurrencyConflictError:
                 continue
-        log.error("gave up applying command after repeated conflicts",
-                  extra={"run_id": run_id, "kind": command.kind})
+        log.error(
+            "gave up applying command after repeated conflicts",
+            extra={"run_id": run_id, "kind": command.kind},
+        )
         raise ConcurrencyConflictError(run_id, -1)
 
     # -- bookkeeping from the run log ------------------------------------------------------
@@ -247,28 +288,50 @@ class EngineService:
     async def _book(self, event: ev.RunEvent, seq: int, traceparent: str | None) -> None:
         """Keep dispatches and deadlines in step with one run-log event."""
         names, kv, run_id = self._conn.settings.names, self._conn.deadlines, event.run_id
-        CM = commands.CommandMessage  # noqa: N806
+        CM = commands.CommandMessage
         if isinstance(event, ev.RunRequested):
             await self._put_deadline(
-                run_deadline_key(run_id), event.at + event.execution_timeout_s,
-                CM(kind="expire_run", run_id=run_id,
-                   reason="execution timeout passed (it covers the whole run, waits included)"), traceparent)
+                run_deadline_key(run_id),
+                event.at + event.execution_timeout_s,
+                CM(
+                    kind="expire_run",
+                    run_id=run_id,
+                    reason="execution timeout passed (it covers the whole run, waits included)",
+                ),
+                traceparent,
+            )
             if event.schedule_timeout_s is not None:
                 await self._put_deadline(
-                    f"{run_id}.sched", event.at + event.schedule_timeout_s,
-                    CM(kind="expire_schedule", run_id=run_id,
-                       reason=f"no worker started the run within {event.schedule_timeout_s:g}s"), traceparent)
+                    f"{run_id}.sched",
+                    event.at + event.schedule_timeout_s,
+                    CM(
+                        kind="expire_schedule",
+                        run_id=run_id,
+                        reason=f"no worker started the run within {event.schedule_timeout_s:g}s",
+                    ),
+                    traceparent,
+                )
             await dispatch_task(self._conn.js, names, event.task, run_id, seq)
         elif isinstance(event, ev.TimeoutRefreshed):
             state = await self._state(run_id)
             if not state.is_terminal:
                 await self._put_deadline(
-                    run_deadline_key(run_id), state.requested_at + event.execution_timeout_s,
-                    CM(kind="expire_run", run_id=run_id,
-                       reason="execution timeout passed (it covers the whole run, waits included)"), traceparent)
+                    run_deadline_key(run_id),
+                    state.requested_at + event.execution_timeout_s,
+                    CM(
+                        kind="expire_run",
+                        run_id=run_id,
+                        reason="execution timeout passed (it covers the whole run, waits included)",
+                    ),
+                    traceparent,
+                )
         elif isinstance(event, ev.AttemptFailed):
             await self._put_deadline(
-                f"{run_id}.retry", event.retry_at, CM(kind="retry", run_id=run_id, retry_seq=seq), traceparent)
+                f"{run_id}.retry",
+                event.retry_at,
+                CM(kind="retry", run_id=run_id, retry_seq=seq),
+                traceparent,
+            )
         elif isinstance(event, ev.WaitStarted):
             await self._book_wait(event, seq, traceparent)
         elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
@@ -280,25 +343,39 @@ class EngineService:
             if event.parent_run_id:
                 await self._tell_parent(event)
 
-    async def _book_wait(
-        self, event: ev.WaitStarted, seq: int, traceparent: str | None
-    ) -> None:
+    async def _book_wait(self, event: ev.WaitStarted, seq: int, traceparent: str | None) -> None:
         run_id = event.run_id
         if event.timeout_at is not None:
             await self._put_deadline(
-                wait_deadline_key(run_id, event.position), event.timeout_at,
-                commands.CommandMessage(kind="expire_wait", run_id=run_id, task=event.task,
-                                        wait_id=event.wait_id, wait_seq=seq), traceparent)
+                wait_deadline_key(run_id, event.position),
+                event.timeout_at,
+                commands.CommandMessage(
+                    kind="expire_wait",
+                    run_id=run_id,
+                    task=event.task,
+                    wait_id=event.wait_id,
+                    wait_seq=seq,
+                ),
+                traceparent,
+            )
         for clause in event.clauses:
             for spec in clause:
                 if spec.kind == "sleep" and spec.due_at is not None:
                     await self._put_deadline(
-                        sleep_deadline_key(run_id, event.position, spec.id), spec.due_at,
+                        sleep_deadline_key(run_id, event.position, spec.id),
+                        spec.due_at,
                         commands.CommandMessage(
-                            kind="resume", run_id=run_id, task=event.task, wait_id=event.wait_id,
-                            wait_seq=seq, condition_id=spec.id, condition_key=spec.key,
+                            kind="resume",
+                            run_id=run_id,
+                            task=event.task,
+                            wait_id=event.wait_id,
+                            wait_seq=seq,
+                            condition_id=spec.id,
+                            condition_key=spec.key,
                             single_clause=len(event.clauses) == 1,
-                        ), traceparent)
+                        ),
+                        traceparent,
+                    )
 
     async def _tell_parent(
         self, event: ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled
@@ -311,10 +388,13 @@ class EngineService:
         elif isinstance(event, ev.RunFailed):
             body["error"] = event.error.model_dump()
         else:
-            body["error"] = {"type": "RunTimeoutError" if status == "timed_out"
-                             else "RunCancelledError", "message": event.reason}
+            body["error"] = {
+                "type": "RunTimeoutError" if status == "timed_out" else "RunCancelledError",
+                "message": event.reason,
+            }
         names = self._conn.settings.names
         await self._conn.js.publish(
-            names.event_subject(f"tether:run:{event.run_id}"), orjson.dumps(body),
+            names.event_subject(f"tether:run:{event.run_id}"),
+            orjson.dumps(body),
             headers={"Nats-Msg-Id": f"run-ended:{event.run_id}"},
         )

@@ -60,6 +60,8 @@ class WaitRecord:
     started_at: float = 0.0
     resolved_at: float | None = None
     resolved_seq: int | None = None  # log sequence of the event that resolved the wait
+    description: str | None = None
+    details: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -177,6 +179,8 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 timeout_at=event.timeout_at,
                 started_seq=seq,
                 started_at=event.at,
+                description=event.description,
+                details=event.details,
                 wait_kind=event.kind,
                 label=event.label,
                 clauses=list(event.clauses),
@@ -187,19 +191,19 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 state.records.append(record)
             state.status = "waiting"
         case WaitConditionMet():
-            record = state.wait(event.wait_id)
-            if record is not None and record.outcome == "open":
-                record.met[event.condition_id] = event.payload
+            met = state.wait(event.wait_id)
+            if met is not None and met.outcome == "open":
+                met.met[event.condition_id] = event.payload
         case WaitSatisfied():
-            record = state.wait(event.wait_id)
-            if record is not None and record.outcome == "open":
-                record.outcome = "satisfied"
-                record.payload = event.payload
-                record.fired = list(event.fired)
-                record.payloads = dict(event.payloads)
-                record.resolved_event_seq = event.event_seq
-                record.resolved_at = event.at
-                record.resolved_seq = seq
+            satisfied = state.wait(event.wait_id)
+            if satisfied is not None and satisfied.outcome == "open":
+                satisfied.outcome = "satisfied"
+                satisfied.payload = event.payload
+                satisfied.fired = list(event.fired)
+                satisfied.payloads = dict(event.payloads)
+                satisfied.resolved_event_seq = event.event_seq
+                satisfied.resolved_at = event.at
+                satisfied.resolved_seq = seq
                 state.status = "queued"
                 state.runnable_since_seq = seq
         case EventRejected():
@@ -207,11 +211,11 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 {"wait_id": event.wait_id, "event_seq": event.event_seq, "error": event.error}
             )
         case WaitTimedOut():
-            record = state.wait(event.wait_id)
-            if record is not None and record.outcome == "open":
-                record.outcome = "timed_out"
-                record.resolved_at = event.at
-                record.resolved_seq = seq
+            expired = state.wait(event.wait_id)
+            if expired is not None and expired.outcome == "open":
+                expired.outcome = "timed_out"
+                expired.resolved_at = event.at
+                expired.resolved_seq = seq
                 state.status = "queued"
                 state.runnable_since_seq = seq
         case RunCompleted():
@@ -352,14 +356,23 @@ def decide(state: RunState, command: Command, now: float) -> list[RunEvent]:
                 return []
             return [wait_resolution(run_id, command, now)]
         case ExpireRun():
-            return [RunTimedOut(run_id=run_id, at=now, reason=command.reason,
-                                parent_run_id=state.parent_run_id)]
+            return [
+                RunTimedOut(
+                    run_id=run_id, at=now, reason=command.reason, parent_run_id=state.parent_run_id
+                )
+            ]
         case ExpireSchedule():
             if state.attempt > 0 or state.status != "queued":
                 return []  # a worker picked it up in time
-            return [RunTimedOut(run_id=run_id, at=now, reason=command.reason,
-                                parent_run_id=state.parent_run_id)]
+            return [
+                RunTimedOut(
+                    run_id=run_id, at=now, reason=command.reason, parent_run_id=state.parent_run_id
+                )
+            ]
         case CancelRun():
-            return [RunCancelled(run_id=run_id, at=now, reason=command.reason,
-                                 parent_run_id=state.parent_run_id)]
+            return [
+                RunCancelled(
+                    run_id=run_id, at=now, reason=command.reason, parent_run_id=state.parent_run_id
+                )
+            ]
     return []

@@ -29,9 +29,7 @@ _RUN_ID_OK = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 def check_run_id(run_id: str) -> str:
     """Run ids appear in subjects and KV keys, which allow fewer characters than tokens."""
     if not _RUN_ID_OK.match(run_id):
-        raise ValueError(
-            f"invalid run id {run_id!r}: use 1-128 letters, digits, '_' or '-'"
-        )
+        raise ValueError(f"invalid run id {run_id!r}: use 1-128 letters, digits, '_' or '-'")
     return run_id
 
 

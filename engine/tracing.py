@@ -104,15 +104,19 @@ class Tracing:
     ) -> None:
         """A span for something that already happened (a wait, the run as a whole)."""
         span = self.tracer.start_span(
-            name, context=parent, kind=kind, links=list(links),
-            attributes=_clean(attributes), start_time=_ns(start_time),
+            name,
+            context=parent,
+            kind=kind,
+            links=list(links),
+            attributes=_clean(attributes),
+            start_time=_ns(start_time),
         )
         span.end(end_time=_ns(end_time))
 
 
-def messaging(operation: str, operation_type: str, destination: str, template: str) -> dict[
-    str, Any
-]:
+def messaging(
+    operation: str, operation_type: str, destination: str, template: str
+) -> dict[str, Any]:
     """OpenTelemetry messaging attributes for a NATS operation."""
     return {
         "messaging.system": "nats",
@@ -155,7 +159,7 @@ def configure_from_env() -> SdkTracerProvider | None:
         exporter = ConsoleSpanExporter()
     elif exporter_name == "otlp":
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
                 OTLPSpanExporter,
             )
         except ImportError as exc:

@@ -28,6 +28,7 @@ from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
 from tether.engine.events import TERMINAL_TOKENS
+from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.cel_expressions import (
     ExpressionEvaluationError,
     ExpressionShape,
@@ -36,7 +37,6 @@ from tether.projections.cel_expressions import (
     compile_program,
     equalities_hold,
 )
-from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.rejections import record_rejection
 from tether.projections.wait_index import WaitIndex
 
@@ -138,8 +138,11 @@ class Matcher:
 
         self._subs.append(
             await self._js.subscribe(
-                self._names.runs_all, cb=on_run, ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL, idle_heartbeat=IDLE_HEARTBEAT_S,
+                self._names.runs_all,
+                cb=on_run,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+                idle_heartbeat=IDLE_HEARTBEAT_S,
             )
         )
         await caught_up.wait()
@@ -152,7 +155,9 @@ class Matcher:
         self._complete_after = start - 1
         self._subs.append(
             await self._js.subscribe(
-                self._names.events_all, cb=self._on_event_async, ordered_consumer=True,
+                self._names.events_all,
+                cb=self._on_event_async,
+                ordered_consumer=True,
                 idle_heartbeat=IDLE_HEARTBEAT_S,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
@@ -205,17 +210,25 @@ class Matcher:
         self.waits[wait.wait_id] = wait
         self._open_by_run[wait.run_id] = wait.wait_id
         for condition in wait.conditions:
-            self._index.add((wait.wait_id, condition.condition_id), condition.event_key,
-                            condition.shape)
+            self._index.add(
+                (wait.wait_id, condition.condition_id), condition.event_key, condition.shape
+            )
         if self.events_cursor is not None and wait.events_position < self.events_cursor:
             self._catch_up(wait)
 
     @staticmethod
     def _parse_wait(body: dict[str, Any], seq: int) -> OpenWait:
-        clauses = body.get("clauses") or [[{
-            "id": "c0.0", "key": body["event_key"], "kind": "event",
-            "event_key": body["event_key"], "expression": body.get("expression"),
-        }]]
+        clauses = body.get("clauses") or [
+            [
+                {
+                    "id": "c0.0",
+                    "key": body["event_key"],
+                    "kind": "event",
+                    "event_key": body["event_key"],
+                    "expression": body.get("expression"),
+                }
+            ]
+        ]
         conditions = [
             OpenCondition(
                 condition_id=sys.intern(str(spec["id"])),
@@ -242,8 +255,7 @@ class Matcher:
 
     def _clause_met(self, wait: OpenWait, condition_id: str) -> None:
         """A clause is satisfied: its other alternatives need no more matching."""
-        clause = next((c.clause for c in wait.conditions if c.condition_id == condition_id),
-                      None)
+        clause = next((c.clause for c in wait.conditions if c.condition_id == condition_id), None)
         if clause is None:  # a sleep condition: find its clause from the id "c<i>.<j>"
             with contextlib.suppress(ValueError, IndexError):
                 clause = int(condition_id[1:].split(".")[0])
@@ -272,7 +284,7 @@ class Matcher:
 
     def _on_event_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        key = msg.subject[len(self._names.events_prefix):]
+        key = msg.subject[len(self._names.events_prefix) :]
         self.events_cursor = seq
         headers = msg.headers or {}
         try:
@@ -285,23 +297,22 @@ class Matcher:
                 seq, key, f"payload must be a JSON object, got {type(payload).__name__}", msg.data
             )
             return
-        metadata: dict[str, Any] = {}
-        raw_meta = headers.get(METADATA_HEADER)
-        if raw_meta:
-            with contextlib.suppress(orjson.JSONDecodeError):
-                loaded = orjson.loads(raw_meta)
-                if isinstance(loaded, dict):
-                    metadata = loaded
-        event = PushedEvent(seq, key, payload, headers.get("Nats-Msg-Id"), metadata, time.time(),
-                            headers.get(TRACEPARENT))
+        metadata = _metadata(headers)
+        event = PushedEvent(
+            seq,
+            key,
+            payload,
+            headers.get("Nats-Msg-Id"),
+            metadata,
+            time.time(),
+            headers.get(TRACEPARENT),
+        )
         self._remember(event)
         for wait_id, condition_id in self._index.candidates(key, payload):
             wait = self.waits.get(wait_id)
             if wait is None:
                 continue
-            condition = next(
-                (c for c in wait.conditions if c.condition_id == condition_id), None
-            )
+            condition = next((c for c in wait.conditions if c.condition_id == condition_id), None)
             if condition is not None and self._matches(wait, condition, event):
                 self._resolve(wait, condition, event)
 
@@ -330,7 +341,8 @@ class Matcher:
             wait_id=wait.wait_id,
             wait_seq=wait.started_seq,
             timer_key=f"{wait.run_id}.w{wait.wait_id.rsplit(':', 1)[-1]}"
-            if wait.timeout_at is not None and wait.clause_count == 1 else None,
+            if wait.timeout_at is not None and wait.clause_count == 1
+            else None,
             condition_id=condition.condition_id,
             condition_key=condition.key,
             single_clause=wait.clause_count == 1,
@@ -346,13 +358,14 @@ class Matcher:
         with tracing.span(
             f"process {template}",
             kind=SpanKind.CONSUMER,
-            parent=tracing.context_from({TRACEPARENT: wait.traceparent}
-                                        if wait.traceparent else None),
-            links=tracing.link_from({TRACEPARENT: event.traceparent}
-                                    if event.traceparent else None),
+            parent=tracing.context_from(
+                {TRACEPARENT: wait.traceparent} if wait.traceparent else None
+            ),
+            links=tracing.link_from(
+                {TRACEPARENT: event.traceparent} if event.traceparent else None
+            ),
             attributes={
-                **messaging("process", "process", self._names.event_subject(event.key),
-                            template),
+                **messaging("process", "process", self._names.event_subject(event.key), template),
                 "tether.run_id": wait.run_id,
                 "tether.wait_id": wait.wait_id,
                 "tether.event_key": event.key,
@@ -373,20 +386,23 @@ class Matcher:
                 await send_command(self._js, self._names, command, headers)
                 return
             except Exception:
-                log.warning("resume command not published yet", exc_info=True,
-                            extra={"wait_id": wait.wait_id, "attempt": attempt + 1})
+                log.warning(
+                    "resume command not published yet",
+                    exc_info=True,
+                    extra={"wait_id": wait.wait_id, "attempt": attempt + 1},
+                )
                 await asyncio.sleep(0.2 * (attempt + 1))
         # Give the condition back so a later event (or a restart) can resolve the wait.
         log.error("resume command failed; wait reopened", extra={"wait_id": wait.wait_id})
-        clause = next(c.clause for c in wait.conditions
-                      if c.condition_id == command.condition_id)
+        clause = next(c.clause for c in wait.conditions if c.condition_id == command.condition_id)
         wait.met_clauses = wait.met_clauses - {clause}
         self.waits[wait.wait_id] = wait
         self._open_by_run[wait.run_id] = wait.wait_id
         for condition in wait.conditions:
             if condition.clause == clause:
-                self._index.add((wait.wait_id, condition.condition_id), condition.event_key,
-                                condition.shape)
+                self._index.add(
+                    (wait.wait_id, condition.condition_id), condition.event_key, condition.shape
+                )
 
     def _reject(self, seq: int, key: str, reason: str, data: bytes) -> None:
         self.rejected += 1
@@ -440,8 +456,26 @@ class Matcher:
                     continue
                 if not isinstance(payload, dict):
                     continue
-                event = PushedEvent(message.seq, condition.event_key, payload,
-                                    message.headers.get("Nats-Msg-Id"), {}, time.time())
+                event = PushedEvent(
+                    message.seq,
+                    condition.event_key,
+                    payload,
+                    message.headers.get("Nats-Msg-Id"),
+                    _metadata(message.headers),
+                    time.time(),
+                    message.headers.get(TRACEPARENT),
+                )
                 if self._matches(wait, condition, event):
                     self._resolve(wait, condition, event)
                     break
+
+
+def _metadata(headers: dict[str, str]) -> dict[str, Any]:
+    """The pusher's metadata (e.g. the approver), carried in a header beside the payload."""
+    raw = headers.get(METADATA_HEADER)
+    if raw:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            loaded = orjson.loads(raw)
+            if isinstance(loaded, dict):
+                return loaded
+    return {}

@@ -119,8 +119,12 @@ class TimerProjection:
                 kind=SpanKind.PRODUCER,
                 parent=tracing.context_from({TRACEPARENT: traceparent} if traceparent else None),
                 attributes={
-                    **messaging("publish", "send",
-                                names.command_subject(command.kind, command.run_id), template),
+                    **messaging(
+                        "publish",
+                        "send",
+                        names.command_subject(command.kind, command.run_id),
+                        template,
+                    ),
                     "tether.run_id": command.run_id,
                     "tether.wait_id": command.wait_id,
                     "tether.timer": key,

@@ -69,9 +69,14 @@ class Tether:
 
         def register(fn: TaskFunction[Any, Any]) -> DurableTask[Any, Any]:
             task = DurableTask(
-                self, fn, name=name or fn.__name__, execution_timeout=execution_timeout,
-                schedule_timeout=schedule_timeout, retries=retries,
-                backoff_factor=backoff_factor, backoff_max=backoff_max,
+                self,
+                fn,
+                name=name or fn.__name__,
+                execution_timeout=execution_timeout,
+                schedule_timeout=schedule_timeout,
+                retries=retries,
+                backoff_factor=backoff_factor,
+                backoff_max=backoff_max,
                 backoff_initial=backoff_initial,
             )
             if task.name in self.tasks:
@@ -89,8 +94,9 @@ class Tether:
         slots: int = 10,
     ) -> Worker:
         """A worker that runs ``tasks`` (default: every registered task), ``slots`` at once."""
-        return Worker(self, name, list(tasks) if tasks is not None else list(self.tasks.values()),
-                      slots=slots)
+        return Worker(
+            self, name, list(tasks) if tasks is not None else list(self.tasks.values()), slots=slots
+        )
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -79,7 +79,9 @@ class Attempt:
         msg_id = f"{event.run_id}:{self.state.last_seq}:{subject_token(event)}:{self._token}"
         try:
             seq = await self.store.append(
-                event, expected_last_seq=self.state.last_seq, msg_id=msg_id,
+                event,
+                expected_last_seq=self.state.last_seq,
+                msg_id=msg_id,
                 headers=self.tracing.inject({}),
             )
         except ConcurrencyConflictError:
@@ -140,16 +142,29 @@ async def run_attempt(
         },
     ) as span:
         result = await _run(
-            task, store, state, worker_id=worker_id, events_position=events_position,
-            read_events=read_events, clock=clock, tracing=tracing, headers=headers,
+            task,
+            store,
+            state,
+            worker_id=worker_id,
+            events_position=events_position,
+            read_events=read_events,
+            clock=clock,
+            tracing=tracing,
+            headers=headers,
         )
         span.set_attribute("tether.outcome", result.outcome)
         if result.outcome in ("completed", "failed", "timed_out"):
             tracing.record(
-                f"run {state.task}", start_time=state.requested_at, end_time=clock(),
+                f"run {state.task}",
+                start_time=state.requested_at,
+                end_time=clock(),
                 parent=tracing.context_from(headers.get(raw[0][0])),
-                attributes={"tether.run_id": run_id, "tether.task": state.task,
-                            "tether.status": result.outcome, "tether.attempts": state.attempt},
+                attributes={
+                    "tether.run_id": run_id,
+                    "tether.task": state.task,
+                    "tether.status": result.outcome,
+                    "tether.attempts": state.attempt,
+                },
             )
         return result
 
@@ -169,14 +184,18 @@ async def _run(
     from tether.context import DurableContext, current_context
 
     run_id = state.run_id
-    attempt = Attempt(store, state, state.attempt + 1, events_position, clock, read_events,
-                      tracing, headers)
+    attempt = Attempt(
+        store, state, state.attempt + 1, events_position, clock, read_events, tracing, headers
+    )
     parent = state.parent_run_id
     now = clock()
     try:
         if now >= state.deadline:
-            await attempt.append(RunTimedOut(run_id=run_id, at=now, reason=_timeout_reason(state),
-                                             parent_run_id=parent))
+            await attempt.append(
+                RunTimedOut(
+                    run_id=run_id, at=now, reason=_timeout_reason(state), parent_run_id=parent
+                )
+            )
             return AttemptResult("timed_out")
         started = AttemptStarted(run_id=run_id, at=now, attempt=attempt.number, worker=worker_id)
         evolve(state, started, await attempt.append(started))
@@ -187,8 +206,11 @@ async def _run(
                 attempt._timeout = timeout
                 output = await task.invoke(state.input, ctx)
         except TimeoutError:
-            await attempt.append(RunTimedOut(run_id=run_id, at=clock(),
-                                             reason=_timeout_reason(state), parent_run_id=parent))
+            await attempt.append(
+                RunTimedOut(
+                    run_id=run_id, at=clock(), reason=_timeout_reason(state), parent_run_id=parent
+                )
+            )
             return AttemptResult("timed_out")
         except (_Suspend, _Abandon, asyncio.CancelledError):
             raise
@@ -199,11 +221,13 @@ async def _run(
         try:
             encoded = codec.to_json_value(output)
         except codec.EncodingError as exc:
-            await attempt.append(RunFailed(run_id=run_id, at=clock(), error=_error_info(exc),
-                                           parent_run_id=parent))
+            await attempt.append(
+                RunFailed(run_id=run_id, at=clock(), error=_error_info(exc), parent_run_id=parent)
+            )
             return AttemptResult("failed", str(exc))
-        await attempt.append(RunCompleted(run_id=run_id, at=clock(), output=encoded,
-                                          parent_run_id=parent))
+        await attempt.append(
+            RunCompleted(run_id=run_id, at=clock(), output=encoded, parent_run_id=parent)
+        )
         return AttemptResult("completed")
     except _Suspend:
         return AttemptResult("suspended")
@@ -218,19 +242,34 @@ async def _record_failure(
     state = attempt.state
     log.info(
         "attempt failed",
-        extra={"run_id": state.run_id, "task": state.task, "attempt": attempt.number,
-               "error": repr(exc), "trace": traceback.format_exc(limit=5)},
+        extra={
+            "run_id": state.run_id,
+            "task": state.task,
+            "attempt": attempt.number,
+            "error": repr(exc),
+            "trace": traceback.format_exc(limit=5),
+        },
     )
     now = clock()
     retryable = not isinstance(exc, NonRetryableError)
     if retryable and state.failures < task.retries:
         delay = task.retry_delay(state.failures + 1)
         if now + delay < state.deadline:
-            await attempt.append(AttemptFailed(run_id=state.run_id, at=now, attempt=attempt.number,
-                                               error=_error_info(exc), retry_at=now + delay))
+            await attempt.append(
+                AttemptFailed(
+                    run_id=state.run_id,
+                    at=now,
+                    attempt=attempt.number,
+                    error=_error_info(exc),
+                    retry_at=now + delay,
+                )
+            )
             return AttemptResult("retrying", repr(exc))
-    await attempt.append(RunFailed(run_id=state.run_id, at=now, error=_error_info(exc),
-                                   parent_run_id=state.parent_run_id))
+    await attempt.append(
+        RunFailed(
+            run_id=state.run_id, at=now, error=_error_info(exc), parent_run_id=state.parent_run_id
+        )
+    )
     return AttemptResult("failed", repr(exc))
 
 

@@ -168,15 +168,18 @@ class RunsClient:
                 f"publish {template}",
                 kind=SpanKind.PRODUCER,
                 attributes={
-                    **messaging("publish", "send", names.run_subject(run_id, "requested"),
-                                template),
+                    **messaging(
+                        "publish", "send", names.run_subject(run_id, "requested"), template
+                    ),
                     "tether.run_id": run_id,
                     "tether.task": task.name,
                     "tether.parent_run_id": parent_run_id,
                 },
             ):
                 await conn.store.append(
-                    event, expected_last_seq=0, msg_id=f"{run_id}:requested",
+                    event,
+                    expected_last_seq=0,
+                    msg_id=f"{run_id}:requested",
                     headers=conn.tracing.inject({}),
                 )
         except ConcurrencyConflictError:
@@ -195,9 +198,7 @@ class RunsClient:
         views: list[RunEventView] = []
         for seq, event in await conn.store.read(run_id):
             evolve(state, event, seq)
-            views.append(
-                RunEventView(seq, event.type, event.at, event.model_dump(mode="json"))
-            )
+            views.append(RunEventView(seq, event.type, event.at, event.model_dump(mode="json")))
         return state, views
 
     async def get(self, run_id: str) -> RunInfo:
@@ -270,7 +271,8 @@ class RunsClient:
             [event] = decide(state, CancelRun(reason=reason), time.time())
             try:
                 await conn.store.append(
-                    event, expected_last_seq=state.last_seq,
+                    event,
+                    expected_last_seq=state.last_seq,
                     msg_id=f"{run_id}:{state.last_seq}:cancel",
                 )
             except ConcurrencyConflictError:

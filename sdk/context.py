@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,9 +96,7 @@ class DurableContext:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    async def step(
-        self, name: str, fn: Callable[..., Awaitable[T] | T], *args: Any, **kwargs: Any
-    ) -> Any:
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` once and record its JSON result; replays return it."""
         record = self._next_record("step", name)
         if isinstance(record, StepRecord):
@@ -106,8 +104,12 @@ class DurableContext:
         position = self._position - 1
         with self._attempt.tracing.span(
             f"step {name}",
-            attributes={"tether.run_id": self.run_id, "tether.step": name,
-                        "tether.position": position, "tether.attempt": self.attempt},
+            attributes={
+                "tether.run_id": self.run_id,
+                "tether.step": name,
+                "tether.position": position,
+                "tether.attempt": self.attempt,
+            },
         ):
             result = fn(*args, **kwargs)
             if inspect.isawaitable(result):
@@ -146,8 +148,13 @@ class DurableContext:
         deadline = state.deadline
         position = self._position - 1
         await self._attempt.append(
-            StepRecorded(run_id=self.run_id, at=self._attempt.clock(), position=position,
-                         name="tether:refresh_timeout", output=deadline)
+            StepRecorded(
+                run_id=self.run_id,
+                at=self._attempt.clock(),
+                position=position,
+                name="tether:refresh_timeout",
+                output=deadline,
+            )
         )
         state.records.append(StepRecord(position, "tether:refresh_timeout", deadline))
         self._attempt.extend_deadline(deadline)
@@ -181,8 +188,12 @@ class DurableContext:
         record = self._next_record("wait", key)
         if record is None:
             await self._register(
-                kind="event", label=None, clauses=[[condition]], timeout=timeout,
-                description=description, details=details,
+                kind="event",
+                label=None,
+                clauses=[[condition]],
+                timeout=timeout,
+                description=description,
+                details=details,
             )
             record = self._attempt.state.records[self._position - 1]
             assert isinstance(record, WaitRecord)
@@ -235,17 +246,29 @@ class DurableContext:
         state, clock = self._attempt.state, self._attempt.clock
         satisfied_seq = record.resolved_event_seq
         rejected = EventRejected(
-            run_id=self.run_id, at=clock(), wait_id=record.wait_id,
-            event_seq=satisfied_seq, payload=record.payload,
+            run_id=self.run_id,
+            at=clock(),
+            wait_id=record.wait_id,
+            event_seq=satisfied_seq,
+            payload=record.payload,
             error=f"payload does not match the wait's model: {exc}",
         )
         evolve(state, rejected, await self._attempt.append(rejected))
         again = WaitStarted(
-            run_id=self.run_id, at=clock(), position=record.position, wait_id=record.wait_id,
-            task=self.task_name, event_key=record.event_key, expression=record.expression,
+            run_id=self.run_id,
+            at=clock(),
+            position=record.position,
+            wait_id=record.wait_id,
+            task=self.task_name,
+            event_key=record.event_key,
+            expression=record.expression,
             events_position=max(record.events_position, satisfied_seq or 0),
-            timeout_at=record.timeout_at, kind=record.wait_kind, label=record.label,
+            timeout_at=record.timeout_at,
+            kind=record.wait_kind,
+            label=record.label,
             clauses=record.clauses,
+            description=record.description,
+            details=record.details,
         )
         evolve(state, again, await self._attempt.append(again))
 
@@ -311,18 +334,22 @@ class DurableContext:
             [_spec(f"c{i}.{j}", condition, now) for j, condition in enumerate(clause)]
             for i, clause in enumerate(clauses)
         ]
-        first_event = next(
-            (s for clause in specs for s in clause if s.kind == "event"), None
-        )
+        first_event = next((s for clause in specs for s in clause if s.kind == "event"), None)
         started = WaitStarted(
-            run_id=self.run_id, at=now, position=position,
-            wait_id=f"{self.run_id}:{position}", task=self.task_name,
+            run_id=self.run_id,
+            at=now,
+            position=position,
+            wait_id=f"{self.run_id}:{position}",
+            task=self.task_name,
             event_key=first_event.event_key if first_event else None,
             expression=first_event.expression if first_event else None,
             events_position=events_position,
             timeout_at=now + timeout.total_seconds() if timeout is not None else None,
-            kind="event" if kind == "event" else "conditions", label=label, clauses=specs,
-            description=description, details=details,
+            kind="event" if kind == "event" else "conditions",
+            label=label,
+            clauses=specs,
+            description=description,
+            details=details,
         )
         evolve(state, started, await attempt.append(started))
         record = state.records[-1]
@@ -339,16 +366,28 @@ class DurableContext:
                 ):
                     resolved = wait_resolution(
                         self.run_id,
-                        ResolveWait(record.wait_id, spec.id, spec.key, spec.event_key, seq,
-                                    event_id, payload),
-                        attempt.clock(), met=record,
+                        ResolveWait(
+                            record.wait_id,
+                            spec.id,
+                            spec.key,
+                            spec.event_key,
+                            seq,
+                            event_id,
+                            payload,
+                        ),
+                        attempt.clock(),
+                        met=record,
                     )
                     assert isinstance(resolved, WaitSatisfied)
                     met = resolved
                 elif not record.clause_satisfied(_clause_index(record, spec.id)):
                     met = WaitConditionMet(
-                        run_id=self.run_id, at=attempt.clock(), wait_id=record.wait_id,
-                        condition_id=spec.id, event_seq=seq, event_id=event_id,
+                        run_id=self.run_id,
+                        at=attempt.clock(),
+                        wait_id=record.wait_id,
+                        condition_id=spec.id,
+                        event_seq=seq,
+                        event_id=event_id,
                         payload=payload,
                     )
                 else:
@@ -381,7 +420,11 @@ class DurableContext:
         async def start_child() -> dict[str, Any]:
             events_position = await self._attempt.events_position()
             await task.app.runs.trigger(
-                task, input, metadata=metadata, run_id=child_id, parent_run_id=self.run_id,
+                task,
+                input,
+                metadata=metadata,
+                run_id=child_id,
+                parent_run_id=self.run_id,
                 exist_ok=True,
             )
             return {"run_id": child_id, "events_position": events_position}
@@ -394,7 +437,9 @@ class DurableContext:
         record = self._next_record("wait", key)
         if record is None:
             await self._register(
-                kind="event", label=None, clauses=[[UserEventCondition(key)]],
+                kind="event",
+                label=None,
+                clauses=[[UserEventCondition(key)]],
                 events_position=events_position,
             )
             record = self._attempt.state.records[self._position - 1]
@@ -425,19 +470,27 @@ class ChildRunRef:
 def _spec(condition_id: str, condition: Condition, now: float) -> ConditionSpec:
     if isinstance(condition, SleepCondition):
         return ConditionSpec(
-            id=condition_id, key=condition.result_key, kind="sleep",
+            id=condition_id,
+            key=condition.result_key,
+            kind="sleep",
             due_at=now + condition.duration.total_seconds(),
         )
     expression = condition.expression.strip() if condition.expression else None
     return ConditionSpec(
-        id=condition_id, key=condition.result_key, kind="event",
-        event_key=condition.event_key, expression=expression or None,
+        id=condition_id,
+        key=condition.result_key,
+        kind="event",
+        event_key=condition.event_key,
+        expression=expression or None,
     )
 
 
 def _clause_index(record: WaitRecord, condition_id: str) -> int:
-    return next(i for i, clause in enumerate(record.clauses)
-                if any(spec.id == condition_id for spec in clause))
+    return next(
+        i
+        for i, clause in enumerate(record.clauses)
+        if any(spec.id == condition_id for spec in clause)
+    )
 
 
 def _matches(expression: str | None, payload: dict[str, Any]) -> bool:

@@ -91,8 +91,14 @@ async def run_demo(nats_url: str | None, *, decision: str = "approve") -> dict[s
             script = Path(__file__).with_name("plain_nats_decision.py")
             _say(f"5/6 a separate plain nats-py process pushes '{decision}':")
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(script), nats_url, ref.run_id, decision, "demo reviewer",
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                sys.executable,
+                str(script),
+                nats_url,
+                ref.run_id,
+                decision,
+                "demo reviewer",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
             out, _ = await proc.communicate()
             _say("    " + out.decode().strip())

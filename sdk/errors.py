@@ -65,10 +65,10 @@ class RunCancelledError(RunError):
     """The run was cancelled."""
 
 
-class _Suspend(BaseException):  # noqa: N818 - control flow, not an error
+class _Suspend(BaseException):
     """Unwinds a task function when it reaches an unresolved wait. BaseException so that a
     user's ``except Exception`` cannot swallow it."""
 
 
-class _Abandon(BaseException):  # noqa: N818 - control flow, not an error
+class _Abandon(BaseException):
     """Another writer changed the run under this attempt; stop without writing."""

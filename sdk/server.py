@@ -53,7 +53,9 @@ class TetherServer:
             api = ApiServer(self.settings, self._auth or TokenAuth({}), address=self._http)
             api.check_config()
         self.conn = await Connection.open(
-            self.settings, name="tether-serve", tracer_provider=self._tracer_provider,
+            self.settings,
+            name="tether-serve",
+            tracer_provider=self._tracer_provider,
             manage_streams=True,
         )
         self.engine = EngineService(self.conn)
@@ -69,8 +71,13 @@ class TetherServer:
                 await self.stop()
                 raise
             self.api = api
-        log.info("tether serve running", extra={"nats_url": redact(self.settings.nats_url),
-                                                 "namespace": self.settings.namespace})
+        log.info(
+            "tether serve running",
+            extra={
+                "nats_url": redact(self.settings.nats_url),
+                "namespace": self.settings.namespace,
+            },
+        )
 
     async def stop(self) -> None:
         if self.api is not None:

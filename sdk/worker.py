@@ -75,8 +75,10 @@ class Worker:
             await puller.start()
             conn.on_reconnect(puller.forget_requests)
             self._pullers.append(puller)
-        log.info("worker started", extra={"worker": self.worker_id, "slots": self.slots,
-                                           "tasks": sorted(self.tasks)})
+        log.info(
+            "worker started",
+            extra={"worker": self.worker_id, "slots": self.slots, "tasks": sorted(self.tasks)},
+        )
 
     def _handler(self, task: DurableTask[Any, Any]):  # type: ignore[no-untyped-def]
         async def handle(msg: Msg) -> None:

@@ -13,7 +13,10 @@ T = TypeVar("T")
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.02,
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.02,
     message: str = "condition",
 ) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""

@@ -11,6 +11,7 @@ import signal
 from datetime import timedelta
 
 from pydantic import BaseModel
+
 from tether import DurableContext, Tether, WaitTimeoutError
 
 app = Tether(nats_url=os.environ.get("TETHER_NATS_URL", "nats://127.0.0.1:4222"))

@@ -53,7 +53,8 @@ def define_tasks(app: Tether) -> dict[str, DurableTask[Any, Any]]:
     async def approval(input: dict[str, Any], ctx: DurableContext) -> dict[str, Any]:
         action = await ctx.step("propose", propose, input["amount"], input["dir"])
         decision = await ctx.wait_for_event(
-            APPROVAL_KEY, expression=f"input.runId == '{ctx.run_id}'",
+            APPROVAL_KEY,
+            expression=f"input.runId == '{ctx.run_id}'",
             timeout=timedelta(minutes=10),
         )
         return {"decision": decision["decision"], "action": action}

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, RunAlreadyFinishedError, RunCancelledError, Tether
 from tether.errors import RunNotFoundError
 from tether.server import TetherServer
-from tests.helpers import wait_for_status, wait_until
 
 
 async def test_cancel_while_waiting_closes_wait_and_deadlines(
@@ -19,8 +19,9 @@ async def test_cancel_while_waiting_closes_wait_and_deadlines(
 ) -> None:
     @app.durable_task(name="approval")
     async def approval(input: Any, ctx: DurableContext) -> str:
-        await ctx.wait_for_event("approval:decision", f"input.runId == '{ctx.run_id}'",
-                                 timeout=timedelta(hours=1))
+        await ctx.wait_for_event(
+            "approval:decision", f"input.runId == '{ctx.run_id}'", timeout=timedelta(hours=1)
+        )
         return "approved"
 
     async with app.worker("w", slots=1):

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, SleepCondition, Tether, UserEventCondition, or_
 from tether.server import TetherServer
-from tests.helpers import wait_for_status, wait_until
 
 
 def expr(ctx: DurableContext) -> str:
@@ -29,19 +29,25 @@ async def test_approve_within_deadline_or_escalate(app: Tether, server: TetherSe
         )
         if "escalate" in result.fired:
             return {"branch": "escalated", "fired": result.fired}
-        return {"branch": "decided", "fired": result.fired,
-                "decision": result.payloads["approval:decision"]["decision"]}
+        return {
+            "branch": "decided",
+            "fired": result.fired,
+            "decision": result.payloads["approval:decision"]["decision"],
+        }
 
     async with app.worker("w", slots=2):
         approved = await escalating.run_no_wait({"deadline_s": 60})
         escalated = await escalating.run_no_wait({"deadline_s": 0.4})
         await wait_for_status(app, approved.run_id, "waiting")
-        await app.events.push("approval:decision",
-                              {"runId": approved.run_id, "decision": "approve"})
+        await app.events.push(
+            "approval:decision", {"runId": approved.run_id, "decision": "approve"}
+        )
         assert await approved.result(timeout=15) == {
-            "branch": "decided", "fired": ["approval:decision"], "decision": "approve"}
-        assert await escalated.result(timeout=15) == {"branch": "escalated",
-                                                      "fired": ["escalate"]}
+            "branch": "decided",
+            "fired": ["approval:decision"],
+            "decision": "approve",
+        }
+        assert await escalated.result(timeout=15) == {"branch": "escalated", "fired": ["escalate"]}
         # the escalated run ignores a late decision
         await app.events.push("approval:decision", {"runId": escalated.run_id})
         info = await app.runs.get(escalated.run_id)
@@ -57,8 +63,10 @@ async def test_two_approvers_both_required(app: Tether, server: TetherServer) ->
             UserEventCondition("approval:decision", f"{run} && input.by == 'alice'", key="alice"),
             UserEventCondition("approval:decision", f"{run} && input.by == 'bob'", key="bob"),
         )
-        return {"fired": sorted(result.fired),
-                "by": sorted(p["by"] for p in result.payloads.values())}
+        return {
+            "fired": sorted(result.fired),
+            "by": sorted(p["by"] for p in result.payloads.values()),
+        }
 
     async with app.worker("w", slots=2):
         ref = await four_eyes.run_no_wait({})
@@ -102,7 +110,7 @@ async def test_lookback_matches_an_event_pushed_before_the_wait(
 
 
 class Decision(BaseModel):
-    runId: str  # noqa: N815 - the wire name
+    runId: str
     decision: Literal["approve", "reject"]
 
 
@@ -116,15 +124,14 @@ async def test_typed_decision_rejects_invalid_payload(app: Tether, server: Tethe
     async with app.worker("w", slots=1):
         ref = await typed.run_no_wait({})
         await wait_for_status(app, ref.run_id, "waiting")
-        bad = await app.events.push("approval:decision",
-                                    {"runId": ref.run_id, "decision": "maybe"})
+        bad = await app.events.push("approval:decision", {"runId": ref.run_id, "decision": "maybe"})
 
         async def rejection_visible() -> Any:
             info = await app.runs.get(ref.run_id)
             rejected = [e for e in info.events if e.type == "run.event_rejected.v1"]
             return (info, rejected) if rejected and info.status == "waiting" else None
 
-        info, rejected = await wait_until(rejection_visible, message="the rejection")
+        _, rejected = await wait_until(rejection_visible, message="the rejection")
         assert rejected[0].data["event_seq"] == bad.seq
         assert "decision" in rejected[0].data["error"]
         await app.events.push("approval:decision", {"runId": ref.run_id, "decision": "reject"})

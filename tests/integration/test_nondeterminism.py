@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for_status
 from tether import DurableContext, RunFailedError, Tether
 from tether.engine.config import Settings
 from tether.server import TetherServer
-from tests.helpers import wait_for_status
 
 
 def version_one(app: Tether) -> Any:

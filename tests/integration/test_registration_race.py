@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
 from tether.server import TetherServer
-from tests.helpers import wait_for_status, wait_until
 
 
 def define(app: Tether) -> Any:
@@ -96,11 +96,11 @@ async def test_concurrent_pushes_never_lost(app: Tether, server: TetherServer) -
                 "approval:decision", {"runId": run_id, "decision": "approve"}
             )
             info = await wait_until(
-                lambda: _with_wait(app, run_id), message=f"run {run_id} to record its wait"
+                lambda run_id=run_id: _with_wait(app, run_id),  # type: ignore[misc]
+                message=f"run {run_id} to record its wait",
             )
             position = next(
-                e.data["events_position"] for e in info.events
-                if e.type == "run.wait_started.v1"
+                e.data["events_position"] for e in info.events if e.type == "run.wait_started.v1"
             )
             if pushed.seq > position:
                 after += 1
@@ -108,9 +108,7 @@ async def test_concurrent_pushes_never_lost(app: Tether, server: TetherServer) -
             else:
                 before += 1
                 await wait_for_status(app, run_id, "waiting")
-                await app.events.push(
-                    "approval:decision", {"runId": run_id, "decision": "approve"}
-                )
+                await app.events.push("approval:decision", {"runId": run_id, "decision": "approve"})
                 assert await ref.result(timeout=15) == {"decision": "approve"}
     assert after > 0, "no trial pushed after the wait's position"
     assert after + before == 40

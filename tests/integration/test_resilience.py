@@ -22,12 +22,12 @@ from typing import Any, TypeVar
 import pytest
 from nats.aio.msg import Msg
 
+from tests.helpers import wait_until
+from tests.integration.procs import APPROVAL_KEY, define_tasks, executions
 from tether import RunRef, Tether
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
 from tether.server import TetherServer
-from tests.helpers import wait_until
-from tests.integration.procs import APPROVAL_KEY, define_tasks, executions
 
 T = TypeVar("T")
 
@@ -60,8 +60,11 @@ class Child:
 
     def describe(self) -> str:
         err = self.stderr.decode(errors="replace")[-3000:]
-        return (f"--- {self.label} (pid {self.proc.pid}, exit {self.proc.returncode}) stdout:\n"
-                + "\n".join(self.lines[-20:]) + f"\n--- {self.label} stderr:\n{err}")
+        return (
+            f"--- {self.label} (pid {self.proc.pid}, exit {self.proc.returncode}) stdout:\n"
+            + "\n".join(self.lines[-20:])
+            + f"\n--- {self.label} stderr:\n{err}"
+        )
 
     async def line_starting(self, prefix: str, within: float = 20.0) -> str:
         async def check() -> str:
@@ -69,8 +72,9 @@ class Child:
                 if line.startswith(prefix):
                     return line
             if self.proc.returncode is not None:
-                raise AssertionError(f"{self.label} exited before printing {prefix!r}\n"
-                                     + self.describe())
+                raise AssertionError(
+                    f"{self.label} exited before printing {prefix!r}\n" + self.describe()
+                )
             return ""
 
         return await wait_until(check, timeout=within, message=f"{self.label}: {prefix!r}")
@@ -104,8 +108,13 @@ class Children:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TETHER_ENGINE_ACK_WAIT_S": "2"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, *args, cwd=str(REPO), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            *args,
+            cwd=str(REPO),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         child = Child(label, proc)
         self.all.append(child)
@@ -116,15 +125,31 @@ class Children:
     ) -> tuple[Child, str]:
         """A worker process for the tasks of ``procs.py``; returns it with its worker id."""
         child = await self.spawn(
-            label, str(PROCS), "worker", "--nats-url", nats_url, "--namespace", namespace,
-            "--name", label, "--ack-wait", str(ack_wait),
+            label,
+            str(PROCS),
+            "worker",
+            "--nats-url",
+            nats_url,
+            "--namespace",
+            namespace,
+            "--name",
+            label,
+            "--ack-wait",
+            str(ack_wait),
         )
         ready = await child.line_starting("READY ")
         return child, ready.split(" ", 1)[1]
 
     async def serve(self, label: str, nats_url: str, namespace: str) -> Child:
         child = await self.spawn(
-            label, "-m", "tether.cli", "serve", "--nats-url", nats_url, "--namespace", namespace,
+            label,
+            "-m",
+            "tether.cli",
+            "serve",
+            "--nats-url",
+            nats_url,
+            "--namespace",
+            namespace,
         )
         await child.line_starting("tether serve:")
         return child
@@ -190,7 +215,11 @@ def approve(run_id: str) -> dict[str, str]:
 
 
 async def test_worker_killed_while_run_waits(
-    app: Tether, server: TetherServer, children: Children, nats_url: str, namespace: str,
+    app: Tether,
+    server: TetherServer,
+    children: Children,
+    nats_url: str,
+    namespace: str,
     tmp_path: Path,
 ) -> None:
     tasks = define_tasks(app)
@@ -218,13 +247,15 @@ async def test_worker_killed_while_run_waits(
 
 
 async def test_worker_killed_while_run_is_running(
-    app: Tether, server: TetherServer, children: Children, nats_url: str, namespace: str,
+    app: Tether,
+    server: TetherServer,
+    children: Children,
+    nats_url: str,
+    namespace: str,
     tmp_path: Path,
 ) -> None:
     tasks = define_tasks(app)
-    first, first_id = await children.worker(
-        "first", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S
-    )
+    first, first_id = await children.worker("first", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S)
     ref = await tasks["blocking"].run_no_wait({"dir": str(tmp_path)})
 
     async def inside_block() -> bool:
@@ -237,9 +268,7 @@ async def test_worker_killed_while_run_is_running(
 
     await first.kill()
     (tmp_path / "release").touch()
-    _, second_id = await children.worker(
-        "second", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S
-    )
+    _, second_id = await children.worker("second", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S)
     # Redelivery comes once the dead worker's ack wait runs out.
     result = await results(children, [ref], within=SHORT_ACK_WAIT_S + 15)
 
@@ -247,9 +276,7 @@ async def test_worker_killed_while_run_is_running(
     info = await app.runs.get(ref.run_id)
     started = [e.data for e in info.events if e.type == "run.started.v1"]
     assert [(s["attempt"], s["worker"]) for s in started] == [(1, first_id), (2, second_id)]
-    assert [e.data["name"] for e in info.events if e.type == "run.step.v1"] == [
-        "before", "block"
-    ]
+    assert [e.data["name"] for e in info.events if e.type == "run.step.v1"] == ["before", "block"]
     assert executions(tmp_path, "before") == 1  # recorded before the kill: never again
     assert executions(tmp_path, "block") == 2  # cut short by the kill, so it ran again
     assert [e.type for e in info.events].count("run.completed.v1") == 1
@@ -387,8 +414,9 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
                     return False
                 return True
 
-            await wait_until(pushed_all, timeout=20, interval=0.2,
-                             message="NATS to accept pushes again")
+            await wait_until(
+                pushed_all, timeout=20, interval=0.2, message="NATS to accept pushes again"
+            )
             outputs = await asyncio.gather(*(ref.result(timeout=30) for ref in refs))
             assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)]
 
@@ -396,9 +424,7 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
             fresh = await tasks["approval"].run_no_wait({"amount": 77, "dir": str(tmp_path)})
             await all_in_status(kids, app, [fresh.run_id], "waiting")
             await app.events.push(APPROVAL_KEY, approve(fresh.run_id))
-            assert await fresh.result(timeout=15) == {
-                "decision": "approve", "action": {"pay": 77}
-            }
+            assert await fresh.result(timeout=15) == {"decision": "approve", "action": {"pay": 77}}
             for ref in [*refs, fresh]:
                 types = [e.type for e in (await app.runs.get(ref.run_id)).events]
                 assert types.count("run.wait_satisfied.v1") == 1

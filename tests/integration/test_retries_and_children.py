@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_for_status
 from tether import (
     DurableContext,
     NonRetryableError,
@@ -19,7 +20,6 @@ from tether import (
 )
 from tether.engine.config import Settings
 from tether.server import TetherServer
-from tests.helpers import wait_for_status
 
 FAST = {"backoff_initial": timedelta(milliseconds=50), "backoff_factor": 2.0}
 
@@ -111,9 +111,7 @@ async def test_parent_waits_for_child_that_waits_for_approval(
     @app.durable_task(name="child-approval")
     async def child(input: dict[str, Any], ctx: DurableContext) -> dict[str, Any]:
         spawned.append(ctx.run_id) if ctx.attempt == 1 else None
-        decision = await ctx.wait_for_event(
-            "approval:decision", f"input.runId == '{ctx.run_id}'"
-        )
+        decision = await ctx.wait_for_event("approval:decision", f"input.runId == '{ctx.run_id}'")
         return {"item": input["item"], "decision": decision["decision"]}
 
     @app.durable_task(name="parent")
@@ -176,8 +174,9 @@ async def test_sleep_survives_worker_restart(settings: Settings, server: TetherS
         assert slept >= 1.0
         assert time.time() - began < 5
         info = await second.runs.get(ref.run_id)
-        workers = {e.data["worker"].split("@")[0] for e in info.events
-                   if e.type == "run.started.v1"}
+        workers = {
+            e.data["worker"].split("@")[0] for e in info.events if e.type == "run.started.v1"
+        }
         assert workers == {"first", "second"}
     finally:
         await first.close()

@@ -13,10 +13,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
 from tether.server import TetherServer
-from tests.helpers import wait_for_status, wait_until
 
 
 @pytest.fixture
@@ -52,7 +52,9 @@ def named(spans: list[ReadableSpan], prefix: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name.startswith(prefix)]
 
 
-async def finished(exporter: InMemorySpanExporter, prefix: str, count: int = 1) -> list[ReadableSpan]:
+async def finished(
+    exporter: InMemorySpanExporter, prefix: str, count: int = 1
+) -> list[ReadableSpan]:
     async def enough() -> list[ReadableSpan] | None:
         spans = named(list(exporter.get_finished_spans()), prefix)
         return spans if len(spans) >= count else None
@@ -68,8 +70,11 @@ async def test_approval_flow_is_one_trace(
     async with app.worker("payments", slots=2):
         ref = await payment.run_no_wait({})
         await wait_for_status(app, ref.run_id, "waiting")
-        await app.events.push("approval:decision", {"runId": ref.run_id, "decision": "approve"},
-                              metadata={"approver": "alice"})
+        await app.events.push(
+            "approval:decision",
+            {"runId": ref.run_id, "decision": "approve"},
+            metadata={"approver": "alice"},
+        )
         assert await ref.result(timeout=15) == "approve"
         await finished(exporter, "run payment")
     spans = list(exporter.get_finished_spans())
@@ -78,7 +83,8 @@ async def test_approval_flow_is_one_trace(
     assert trigger.kind == SpanKind.PRODUCER
     assert trigger.attributes["messaging.system"] == "nats"
     assert trigger.attributes["messaging.destination.template"] == (
-        f"{namespace}.runs.{{run_id}}.requested")
+        f"{namespace}.runs.{{run_id}}.requested"
+    )
     assert trigger.attributes["tether.run_id"] == ref.run_id
     trace_id = trigger.context.trace_id
 
@@ -120,7 +126,9 @@ async def test_approval_flow_is_one_trace(
 
 
 async def test_traceparent_from_plain_nats_client_links_into_run(
-    traced: tuple[Tether, TetherServer], exporter: InMemorySpanExporter, namespace: str,
+    traced: tuple[Tether, TetherServer],
+    exporter: InMemorySpanExporter,
+    namespace: str,
     nats_url: str,
 ) -> None:
     app, _ = traced

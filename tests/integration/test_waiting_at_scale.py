@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from tests.helpers import wait_until
 from tether import DurableContext, Tether
 from tether.server import TetherServer
-from tests.helpers import wait_until
 
 WAITING = 1000
 

@@ -14,9 +14,9 @@ import nats
 import pytest
 from pydantic import BaseModel
 
+from tests.helpers import wait_for_status
 from tether import DurableContext, RunFailedError, Tether, WaitTimeoutError
 from tether.server import TetherServer
-from tests.helpers import wait_for_status
 
 
 class Proposal(BaseModel):
@@ -117,8 +117,16 @@ async def test_decision_from_separate_process_without_tether(
             await wait_for_status(plain_app, ref.run_id, "waiting")
             script = Path(__file__).parents[2] / "sdk" / "plain_nats_decision.py"
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-X", "importtime", str(script), nats_url, ref.run_id, "reject",
-                "no budget", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                sys.executable,
+                "-X",
+                "importtime",
+                str(script),
+                nats_url,
+                ref.run_id,
+                "reject",
+                "no budget",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()

@@ -23,26 +23,48 @@ from tether.engine.store import ConcurrencyConflictError, InMemoryEventStore
 
 
 def requested(run_id: str = "r1", timeout: float = 60.0, at: float = 100.0) -> ev.RunRequested:
-    return ev.RunRequested(run_id=run_id, at=at, task="t", input={"x": 1},
-                           execution_timeout_s=timeout)
+    return ev.RunRequested(
+        run_id=run_id, at=at, task="t", input={"x": 1}, execution_timeout_s=timeout
+    )
 
 
 def wait_started(position: int = 0) -> ev.WaitStarted:
     spec = ev.ConditionSpec(id="c0.0", key="k", kind="event", event_key="k")
-    return ev.WaitStarted(run_id="r1", at=101.0, position=position, wait_id=f"r1:{position}",
-                          task="t", event_key="k", expression=None, events_position=7,
-                          timeout_at=None, clauses=[[spec]])
+    return ev.WaitStarted(
+        run_id="r1",
+        at=101.0,
+        position=position,
+        wait_id=f"r1:{position}",
+        task="t",
+        event_key="k",
+        expression=None,
+        events_position=7,
+        timeout_at=None,
+        clauses=[[spec]],
+    )
 
 
 def resolve(wait_id: str = "r1:0") -> ResolveWait:
-    return ResolveWait(wait_id=wait_id, condition_id="c0.0", condition_key="k", event_key="k",
-                       event_seq=9, event_id="e", payload={"ok": True})
+    return ResolveWait(
+        wait_id=wait_id,
+        condition_id="c0.0",
+        condition_key="k",
+        event_key="k",
+        event_seq=9,
+        event_id="e",
+        payload={"ok": True},
+    )
 
 
 def test_fold_tracks_status_through_a_wait() -> None:
-    state = fold("r1", [(1, requested()), (2, ev.AttemptStarted(run_id="r1", at=100.5,
-                                                                 attempt=1, worker="w")),
-                        (3, wait_started())])
+    state = fold(
+        "r1",
+        [
+            (1, requested()),
+            (2, ev.AttemptStarted(run_id="r1", at=100.5, attempt=1, worker="w")),
+            (3, wait_started()),
+        ],
+    )
     assert state.status == "waiting"
     assert state.open_wait() is not None and state.open_wait().started_seq == 3  # type: ignore[union-attr]
     assert state.deadline == 160.0
@@ -72,10 +94,20 @@ def test_terminal_runs_take_no_commands() -> None:
 def test_and_of_two_conditions_needs_both() -> None:
     a = ev.ConditionSpec(id="c0.0", key="alice", kind="event", event_key="k")
     b = ev.ConditionSpec(id="c1.0", key="bob", kind="event", event_key="k")
-    started = ev.WaitStarted(run_id="r1", at=1.0, position=0, wait_id="r1:0", task="t",
-                             event_key="k", expression=None, events_position=0,
-                             timeout_at=None, kind="conditions", label="two",
-                             clauses=[[a], [b]])
+    started = ev.WaitStarted(
+        run_id="r1",
+        at=1.0,
+        position=0,
+        wait_id="r1:0",
+        task="t",
+        event_key="k",
+        expression=None,
+        events_position=0,
+        timeout_at=None,
+        kind="conditions",
+        label="two",
+        clauses=[[a], [b]],
+    )
     state = fold("r1", [(1, requested()), (2, started)])
     first = ResolveWait("r1:0", "c0.0", "alice", "k", 5, None, {"by": "alice"})
     [met] = decide(state, first, now=2.0)
@@ -92,10 +124,20 @@ def test_and_of_two_conditions_needs_both() -> None:
 def test_or_group_resolves_on_first_alternative() -> None:
     event = ev.ConditionSpec(id="c0.0", key="approval", kind="event", event_key="k")
     sleep = ev.ConditionSpec(id="c0.1", key="escalate", kind="sleep", due_at=50.0)
-    started = ev.WaitStarted(run_id="r1", at=1.0, position=0, wait_id="r1:0", task="t",
-                             event_key="k", expression=None, events_position=0,
-                             timeout_at=None, kind="conditions", label="x",
-                             clauses=[[event, sleep]])
+    started = ev.WaitStarted(
+        run_id="r1",
+        at=1.0,
+        position=0,
+        wait_id="r1:0",
+        task="t",
+        event_key="k",
+        expression=None,
+        events_position=0,
+        timeout_at=None,
+        kind="conditions",
+        label="x",
+        clauses=[[event, sleep]],
+    )
     state = fold("r1", [(1, requested()), (2, started)])
     [done] = decide(state, ResolveWait("r1:0", "c0.1", "escalate"), now=51.0)
     assert isinstance(done, ev.WaitSatisfied) and done.fired == ["escalate"]
@@ -151,8 +193,9 @@ async def test_replay_runs_each_step_once_and_suspends_on_wait() -> None:
     assert wait is not None and wait.events_position == 42 and wait.expression == "input.ok == true"
 
     # a duplicate dispatch while waiting does nothing
-    assert (await run_attempt(flow, store, "r1", worker_id="w",
-                              events_position=_position)).outcome == "skipped"
+    assert (
+        await run_attempt(flow, store, "r1", worker_id="w", events_position=_position)
+    ).outcome == "skipped"
 
     [satisfied] = decide(state, resolve(wait.wait_id), now=1e12)
     await store.append(satisfied, expected_last_seq=state.last_seq, msg_id="sat")
@@ -228,7 +271,11 @@ def test_public_exports_are_pinned() -> None:
     import tether
 
     assert set(tether.__all__) >= {
-        "Tether", "DurableContext", "WaitTimeoutError", "RunFailedError", "RunTimeoutError",
+        "Tether",
+        "DurableContext",
+        "WaitTimeoutError",
+        "RunFailedError",
+        "RunTimeoutError",
         "NonDeterminismError",
     }
     for name in tether.__all__:

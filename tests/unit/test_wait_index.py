@@ -10,6 +10,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tether.projections.cel_expressions import (
     Equality,
     ExpressionEvaluationError,
