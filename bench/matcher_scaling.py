@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -43,6 +44,7 @@ from tether.engine import events as ev
 from tether.engine.config import Settings
 from tether.engine.connection import Connection
 from tether.engine.nats_server import NatsServer
+from tether.engine.tracing import Tracing
 from tether.projections.cel_expressions import analyze, compile_program
 from tether.projections.matcher import Matcher
 
@@ -133,7 +135,10 @@ class Progress:
 class InProcessBench:
     def __init__(self) -> None:
         self.js = StubJetStream()
-        conn = SimpleNamespace(settings=Settings(namespace="bench"), js=self.js, reader=None)
+        # the connection's parts the matcher uses; tracing as in a process with no exporter
+        conn = SimpleNamespace(
+            settings=Settings(namespace="bench"), js=self.js, reader=None, tracing=Tracing()
+        )
         self.matcher = Matcher(conn)  # type: ignore[arg-type]
         self.matcher.events_cursor = 0
         self.matcher._complete_after = 0
@@ -166,6 +171,37 @@ class InProcessBench:
             await asyncio.wait(set(self.matcher._background))
 
 
+async def match_hits(bench: InProcessBench, run_ids: list[str], count: int) -> float:
+    """Seconds the matcher spends on ``count`` events that each resolve a distinct wait. Each
+    resolved wait is opened again right after (untimed) so the open count stays the same; the
+    resume-command tasks the matcher spawns (command built, encoded, handed to the stub) run
+    in a timed drain at the end."""
+    timed = 0.0
+    matched_before = bench.matcher.matched
+    published_before = bench.js.published
+    size = len(run_ids)
+    progress = Progress(f"{size:,} waits: matching events", count)
+    for i in range(count):
+        run_id = run_ids[i % size]
+        msg = bench.event(run_id)
+        start = time.perf_counter()
+        bench.matcher._on_event_msg(msg)  # type: ignore[arg-type]
+        timed += time.perf_counter() - start
+        bench.open_wait(run_id)
+        if i % 500 == 0:
+            progress.tick(i)
+    start = time.perf_counter()
+    await bench.drain()
+    timed += time.perf_counter() - start
+    matched = bench.matcher.matched - matched_before
+    published = bench.js.published - published_before
+    if matched != count or published != count:
+        raise RuntimeError(f"expected {count} matches, got {matched} ({published} commands)")
+    if len(bench.matcher.waits) != size:
+        raise RuntimeError("open wait count drifted")
+    return timed
+
+
 async def in_process(size: int, hit_events: int, miss_events: int) -> dict[str, Any]:
     analyze("input.runId == 'warm-up'")  # builds cel-python's parser once, outside the timing
     bench = InProcessBench()
@@ -179,31 +215,18 @@ async def in_process(size: int, hit_events: int, miss_events: int) -> dict[str, 
     register_s = time.perf_counter() - start
     assert len(bench.matcher.waits) == size
 
-    # Hits: each event resolves a distinct wait, which is opened again right after (untimed)
-    # so the open count stays at `size`. The resume command tasks the matcher spawns (command
-    # built, encoded, handed to the stub) run in the timed drain at the end.
-    timed = 0.0
-    matched_before = bench.matcher.matched
-    progress = Progress(f"{size:,} waits: matching events", hit_events)
-    targets = [run_ids[i % size] for i in range(hit_events)]
-    for i, run_id in enumerate(targets):
-        msg = bench.event(run_id)
-        start = time.perf_counter()
-        bench.matcher._on_event_msg(msg)  # type: ignore[arg-type]
-        timed += time.perf_counter() - start
-        bench.open_wait(run_id)
-        if i % 500 == 0:
-            progress.tick(i)
-    start = time.perf_counter()
-    await bench.drain()
-    timed += time.perf_counter() - start
-    matched = bench.matcher.matched - matched_before
-    if matched != hit_events or bench.js.published != hit_events:
-        raise RuntimeError(
-            f"expected {hit_events} matches, got {matched} ({bench.js.published} commands)"
-        )
-    if len(bench.matcher.waits) != size:
-        raise RuntimeError("open wait count drifted")
+    # Hits, as a running matcher sees them (the garbage collector on), then with every
+    # object that exists before the run frozen out of the collector, which leaves the cost
+    # of matching itself: the difference is the full collections that walk every open wait.
+    full_before = gc.get_stats()[2]["collections"]
+    hit_s = await match_hits(bench, run_ids, hit_events)
+    full_collections = gc.get_stats()[2]["collections"] - full_before
+    gc.collect()
+    gc.freeze()
+    try:
+        frozen_s = await match_hits(bench, run_ids, hit_events)
+    finally:
+        gc.unfreeze()
 
     # Misses: approvals for runs nobody waits on (the index answers "no candidate").
     msgs = [bench.event(uuid.uuid4().hex) for _ in range(miss_events)]
@@ -211,14 +234,17 @@ async def in_process(size: int, hit_events: int, miss_events: int) -> dict[str, 
     for msg in msgs:
         bench.matcher._on_event_msg(msg)  # type: ignore[arg-type]
     miss_s = time.perf_counter() - start
-    if bench.matcher.matched - matched_before != hit_events:
+    if bench.matcher.matched != 2 * hit_events:
         raise RuntimeError("a miss event matched")
     return {
         "open_waits": size,
         "register_waits_per_s": size / register_s,
         "hit_events": hit_events,
-        "hit_events_per_s": hit_events / timed,
-        "hit_us_per_event": timed / hit_events * 1e6,
+        "hit_events_per_s": hit_events / hit_s,
+        "hit_us_per_event": hit_s / hit_events * 1e6,
+        "full_gc_collections_during_hits": full_collections,
+        "hit_events_per_s_gc_frozen": hit_events / frozen_s,
+        "hit_us_per_event_gc_frozen": frozen_s / hit_events * 1e6,
         "miss_events": miss_events,
         "miss_events_per_s": miss_events / miss_s,
         "miss_us_per_event": miss_s / miss_events * 1e6,
@@ -395,13 +421,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results["in_process"].append(r)
         print(
             f"    {size:>7,} open waits: {r['hit_events_per_s']:>9,.0f} events/s matched "
-            f"({r['hit_us_per_event']:.1f} us), misses {r['miss_events_per_s']:,.0f}/s; "
-            f"registering {r['register_waits_per_s']:,.0f} waits/s",
+            f"({r['hit_us_per_event']:.1f} us; {r['full_gc_collections_during_hits']} full GC), "
+            f"GC frozen {r['hit_events_per_s_gc_frozen']:,.0f}/s, misses "
+            f"{r['miss_events_per_s']:,.0f}/s; registering "
+            f"{r['register_waits_per_s']:,.0f} waits/s",
             flush=True,
         )
     base = results["in_process"][0]
     for r in results["in_process"]:
         r["ratio_to_smallest"] = r["hit_events_per_s"] / base["hit_events_per_s"]
+        r["ratio_to_smallest_gc_frozen"] = (
+            r["hit_events_per_s_gc_frozen"] / base["hit_events_per_s_gc_frozen"]
+        )
 
     print("\n[B] no index: cel-python over every waiter's expression per event", flush=True)
     for size, events in ((10, 500), (1000, 10)):
@@ -440,7 +471,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             origin = "given" if args.nats_url else f"started here, sync_always={args.sync_always}"
             print(f"\n[C] end to end through NATS ({url}, {origin})", flush=True)
             for size in parse_sizes(args.e2e_sizes):
-                r = await end_to_end(url, size, args.e2e_events, args.chunk)
+                # at most `size` approvals, so the open count stays within [size, 2 x size]
+                events = min(args.e2e_events, max(size, 100))
+                r = await end_to_end(url, size, events, args.chunk)
                 results["end_to_end"].append(r)
                 print(
                     f"    {size:>7,} open waits: backlog {r['backlog_events_per_s']:,.0f} "
@@ -459,12 +492,16 @@ def report(results: dict[str, Any]) -> None:
     print("A. in-process matching path (fake messages, stub JetStream):")
     print(
         f"   {'open waits':>10} | {'events/s':>10} | {'us/event':>8} | {'vs 10':>6} | "
-        f"{'misses/s':>10} | {'waits registered/s':>18}"
+        f"{'full GCs':>8} | {'GC frozen/s':>11} | {'vs 10':>6} | {'misses/s':>10} | "
+        f"{'waits registered/s':>18}"
     )
     for r in results["in_process"]:
         print(
             f"   {r['open_waits']:>10,} | {r['hit_events_per_s']:>10,.0f} | "
             f"{r['hit_us_per_event']:>8.1f} | {r['ratio_to_smallest']:>6.2f} | "
+            f"{r['full_gc_collections_during_hits']:>8} | "
+            f"{r['hit_events_per_s_gc_frozen']:>11,.0f} | "
+            f"{r['ratio_to_smallest_gc_frozen']:>6.2f} | "
             f"{r['miss_events_per_s']:>10,.0f} | {r['register_waits_per_s']:>18,.0f}"
         )
     print("B. evaluating every waiter's CEL with cel-python (no index):")
@@ -496,12 +533,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10,1000,100000", help="in-process open wait counts")
-    parser.add_argument("--hit-events", type=int, default=5000)
+    parser.add_argument("--hit-events", type=int, default=20000)
     parser.add_argument("--miss-events", type=int, default=5000)
     parser.add_argument(
         "--e2e-sizes", default="1000,100000", help="open wait counts for the NATS run ('' to skip)"
     )
-    parser.add_argument("--e2e-events", type=int, default=1000)
+    parser.add_argument(
+        "--e2e-events", type=int, default=5000, help="approvals per NATS run (at most the size)"
+    )
     parser.add_argument("--chunk", type=int, default=500, help="publishes per gather")
     parser.add_argument("--nats-url", default=None, help="use this server instead of starting one")
     parser.add_argument(

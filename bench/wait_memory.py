@@ -58,6 +58,7 @@ from hitl_cycle import (
 from tether import Tether
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
+from tether.engine.tracing import Tracing
 from tether.projections.cel_expressions import analyze
 from tether.projections.matcher import Matcher
 from tether.projections.timer import TimerProjection
@@ -252,7 +253,9 @@ async def breakdown(n: int, records: dict[str, Any]) -> dict[str, Any]:
     analyze("input.runId == 'warm-up'")
     template = records["run_id"]
     run_ids = [uuid.uuid4().hex for _ in range(n)]
-    conn = SimpleNamespace(settings=Settings(namespace="bench"), js=None, reader=None)
+    conn = SimpleNamespace(
+        settings=Settings(namespace="bench"), js=None, reader=None, tracing=Tracing()
+    )
 
     gc.collect()
     tracemalloc.start()
