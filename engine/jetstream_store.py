@@ -56,7 +56,7 @@ class JetStreamEventStore:
         return int(ack.seq)
 
     async def _find_msg_id(self, run_id: str, msg_id: str, *, after: int) -> int | None:
-        stored = await self._reader.read_subject(
+        stored = await self._reader.read_subjects(
             self._names.runs_stream, self._names.run_filter(run_id), start_seq=after + 1
         )
         for message in stored:
@@ -65,14 +65,14 @@ class JetStreamEventStore:
         return None
 
     async def read(self, run_id: str) -> list[tuple[int, ev.RunEvent]]:
-        stored = await self._reader.read_subject(
+        stored = await self._reader.read_subjects(
             self._names.runs_stream, self._names.run_filter(run_id)
         )
         return [(m.seq, ev.decode(m.data)) for m in stored]
 
     async def read_raw(self, run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
         """Events with their stored headers (trace context, message ids)."""
-        stored = await self._reader.read_subject(
+        stored = await self._reader.read_subjects(
             self._names.runs_stream, self._names.run_filter(run_id)
         )
         return [(m.seq, ev.decode(m.data), m.headers) for m in stored]

@@ -87,6 +87,48 @@ class DirectReader:
             seq = got[-1].seq + 1
             want = min(pending, batch)
 
+    async def read_subjects(
+        self, stream: str, subject_filter: str, *, start_seq: int = 1, timeout: float = 5.0
+    ) -> list[StoredMessage]:
+        """Like ``read_subject`` for a wildcard filter, but one exact subject at a time.
+
+        A direct get with a wildcard ``next_by_subj`` makes the server scan every message
+        stored between the matches; when a run's events are interleaved with everyone
+        else's, that cost grows with the traffic since the run began. The stream's
+        per-subject index answers exact subjects at once, so this asks which subjects match
+        (with their counts) and reads each one, concurrently, merged by sequence.
+        """
+        await self._ensure_sub()
+        reply = await self._nc.request(
+            f"$JS.API.STREAM.INFO.{stream}",
+            orjson.dumps({"subjects_filter": subject_filter}),
+            timeout=timeout,
+        )
+        info = orjson.loads(reply.data)
+        if "error" in info:
+            raise RuntimeError(f"stream info for {stream} failed: {info['error']}")
+        counts: dict[str, int] = (info.get("state") or {}).get("subjects") or {}
+        if not counts:
+            return []
+        # Subjects holding one message come back together, as "the last message of each
+        # subject"; only subjects with several messages need a read of their own.
+        repeated = [subject for subject, count in counts.items() if count > 1]
+        reads = [
+            self._request_batch(stream, {"multi_last": [subject_filter], "batch": len(counts)},
+                                timeout)
+        ]
+        reads += [
+            self._one_batch(stream, subject, start_seq, counts[subject], timeout)
+            for subject in repeated
+        ]
+        batches = await asyncio.gather(*reads)
+        by_seq: dict[int, StoredMessage] = {}
+        for got, _ in batches:
+            for message in got:
+                if message.seq >= start_seq:
+                    by_seq[message.seq] = message
+        return [by_seq[seq] for seq in sorted(by_seq)]
+
     async def _one_batch(
         self,
         stream: str,
@@ -97,14 +139,20 @@ class DirectReader:
         start_time: str | None = None,
     ) -> tuple[list[StoredMessage], int]:
         """Up to ``batch`` messages from ``seq`` on, and how many more match after them."""
-        inbox = f"{self._prefix}.{next(self._tokens)}"
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._pending[inbox] = queue
         body: dict[str, object] = {"batch": batch, "next_by_subj": subject_filter}
         if start_time is not None:
             body["start_time"] = start_time
         else:
             body["seq"] = seq
+        return await self._request_batch(stream, body, timeout)
+
+    async def _request_batch(
+        self, stream: str, body: dict[str, object], timeout: float
+    ) -> tuple[list[StoredMessage], int]:
+        """One batched direct get: its messages, and how many more match after them."""
+        inbox = f"{self._prefix}.{next(self._tokens)}"
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._pending[inbox] = queue
         request = orjson.dumps(body)
         out: list[StoredMessage] = []
         try:

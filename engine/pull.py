@@ -1,8 +1,9 @@
 """A continuous pull consumer that never runs more messages than it has free slots.
 
 nats-py only offers ``fetch``; concurrent fetches on one subscription steal each other's
-messages. This keeps one inbox per pull request, counts what each request may still deliver,
-and asks for more only when a slot frees, so a worker with 2 slots never holds a third task.
+messages. This sends its own pull requests (one reply inbox each, under one subscription),
+counts what the server still owes, and asks for more only when a slot frees, so a worker
+with 2 slots never holds a third task.
 Pullers sharing slots (one per task of a worker) split them; each idle puller keeps at least
 one request open, and a message that arrives when every slot is taken is handed back at once.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,39 +66,44 @@ class SlotPuller:
         self._expires_s = expires_s
         self._prefix = nc.new_inbox()
         self._counter = 0
-        # request inbox -> [messages it may still deliver, client-side give-up time]
-        self._requests: dict[str, list[float]] = {}
+        # A JetStream delivery carries its stream subject, not the request's inbox, so what
+        # the server still owes is counted in total: +batch per request, -1 per delivery, and
+        # minus the remainder a 408/409 status reports (statuses do arrive on the inbox).
+        self._owed = 0
+        # open request inbox -> (batch, client-side give-up time)
+        self._requests: dict[str, tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
-        # One subscription per open request: a JetStream delivery carries the stream subject,
-        # not the inbox, so only the subscription it arrives on says which request it used.
-        self._subs: dict[str, Subscription] = {}
+        self._sub: Subscription | None = None
         self._loop_task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         self._wake.set()
 
     async def forget_requests(self) -> None:
-        """After a reconnect the server has forgotten our pull requests: stop waiting on
-        them and ask again (a surplus delivery is handed back, never run over the slots)."""
-        for inbox in list(self._requests):
-            await self._forget(inbox)
+        """After a reconnect the server has forgotten our pull requests: stop counting them
+        and ask again (a surplus delivery is handed back, never run over the slots)."""
+        self._requests.clear()
+        self._owed = 0
         self._wake.set()
 
     @property
     def outstanding(self) -> int:
-        return int(sum(r[0] for r in self._requests.values()))
+        return self._owed
 
     async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_msg)
         self._loop_task = asyncio.create_task(self._run(), name=f"pull:{self._consumer}")
 
     async def _run(self) -> None:
         while not self._stopping:
             now = time.monotonic()
             for inbox, (_, give_up) in list(self._requests.items()):
-                if now > give_up:  # the server's 408 never came (e.g. a reconnect)
-                    await self._forget(inbox)
+                if now > give_up:  # filled (no status is sent for that) or lost in a reconnect
+                    del self._requests[inbox]
+            if not self._requests:
+                self._owed = 0  # with no request open, nothing can be owed
             want = self._wanted()
             if want > 0 and self._nc.is_connected:
                 await self._request(want)
@@ -121,34 +126,28 @@ class SlotPuller:
     async def _request(self, batch: int) -> None:
         self._counter += 1
         inbox = f"{self._prefix}.{self._counter}"
-        self._requests[inbox] = [batch, time.monotonic() + self._expires_s + 5.0]
+        self._requests[inbox] = (batch, time.monotonic() + self._expires_s + 5.0)
+        self._owed += batch
         body = orjson.dumps({"batch": batch, "expires": int(self._expires_s * 1e9)})
         try:
-            self._subs[inbox] = await self._nc.subscribe(
-                inbox, cb=functools.partial(self._on_msg, inbox)
-            )
             await self._nc.publish(self._next_subject, body, reply=inbox)
         except Exception:
-            await self._forget(inbox)
+            self._requests.pop(inbox, None)
+            self._owed = max(0, self._owed - batch)
             log.exception("pull request failed", extra={"consumer": self._consumer})
 
-    async def _forget(self, inbox: str) -> None:
-        """The request is over (filled, expired, refused or given up): stop counting it."""
-        self._requests.pop(inbox, None)
-        sub = self._subs.pop(inbox, None)
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def _on_msg(self, inbox: str, msg: Msg) -> None:
-        # Unsubscribing cancels the task that runs this callback (nats-py), so a finished
-        # request stops being counted at once but is unsubscribed only as the last step,
-        # after the message has been handed on.
+    async def _on_msg(self, msg: Msg) -> None:
         status = status_of(msg)
         if status is not None:
             if status == "100":
                 return
-            self._requests.pop(inbox, None)
+            request = self._requests.pop(msg.subject, None)
+            remainder = (msg.headers or {}).get("Nats-Pending-Messages")
+            if remainder is not None:
+                self._owed -= int(remainder)
+            elif request is not None:
+                self._owed -= request[0]  # refused outright (e.g. too many waiting requests)
+            self._owed = max(0, self._owed)
             if status == "409":
                 desc = (msg.headers or {}).get(DESCRIPTION, "")
                 log.warning(
@@ -156,24 +155,15 @@ class SlotPuller:
                     extra={"consumer": self._consumer, "reason": desc},
                 )
             self._wake.set()
-            await self._forget(inbox)
             return
-        request = self._requests.get(inbox)
-        finished = False
-        if request is not None:
-            request[0] -= 1
-            if request[0] <= 0:
-                self._requests.pop(inbox, None)
-                finished = True
+        self._owed = max(0, self._owed - 1)
         if self._stopping or self._budget.active >= self._budget.capacity:
             await msg.nak()  # hand it straight back rather than strand it until ack_wait
-        else:
-            self._budget.active += 1
-            task = asyncio.create_task(self._handle(msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        if finished:
-            await self._forget(inbox)
+            return
+        self._budget.active += 1
+        task = asyncio.create_task(self._handle(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -196,5 +186,7 @@ class SlotPuller:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        for inbox in list(self._subs):
-            await self._forget(inbox)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None

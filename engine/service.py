@@ -335,9 +335,10 @@ class EngineService:
         elif isinstance(event, ev.WaitStarted):
             await self._book_wait(event, seq, traceparent)
         elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
-            for key in (run_deadline_key(run_id), f"{run_id}.sched"):
-                with contextlib.suppress(Exception):
-                    await kv.delete(key)
+            # (a schedule deadline, if any, is dropped when it fires and finds the run started:
+            # deleting a key that was never written would still write a marker)
+            with contextlib.suppress(Exception):
+                await kv.delete(run_deadline_key(run_id))
             if isinstance(event, ev.RunTimedOut | ev.RunCancelled):
                 await self._delete_open_wait_deadlines(run_id)
             if event.parent_run_id:

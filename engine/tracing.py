@@ -38,15 +38,17 @@ class Tracing:
 
     @property
     def enabled(self) -> bool:
+        """False while only the API's default (no-op) provider exists: then spans and
+        headers are skipped outright, which keeps tracing free when it is off."""
         provider = self._provider or trace.get_tracer_provider()
         return not isinstance(provider, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
 
     # -- context in headers -------------------------------------------------------------------
 
-    @staticmethod
-    def inject(headers: dict[str, str], context: Context | None = None) -> dict[str, str]:
+    def inject(self, headers: dict[str, str], context: Context | None = None) -> dict[str, str]:
         """Add ``traceparent`` for ``context`` (default: the current one) to ``headers``."""
-        _PROPAGATOR.inject(headers, context=context)
+        if self.enabled:
+            _PROPAGATOR.inject(headers, context=context)
         return headers
 
     @staticmethod
@@ -79,6 +81,9 @@ class Tracing:
         start_time: float | None = None,
     ) -> Iterator[Span]:
         """A span made current for the block. ``start_time`` is epoch seconds."""
+        if not self.enabled:
+            yield trace.INVALID_SPAN
+            return
         with self.tracer.start_as_current_span(
             name,
             context=parent,
@@ -103,6 +108,8 @@ class Tracing:
         kind: SpanKind = SpanKind.INTERNAL,
     ) -> None:
         """A span for something that already happened (a wait, the run as a whole)."""
+        if not self.enabled:
+            return
         span = self.tracer.start_span(
             name,
             context=parent,
