@@ -42,6 +42,7 @@ from pydantic import BaseModel
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
+from tether.server import TetherServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASK_NAME = "bench-approval"
@@ -119,8 +120,52 @@ def stop_child(proc: subprocess.Popen[str] | None) -> None:
         proc.wait()
 
 
+class _DiscardSpans:
+    """A span exporter that takes every span and keeps none: what tracing costs Tether
+    itself, without an exporter's own network cost."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def tracer_provider(enabled: bool) -> Any:
+    """An SDK provider with a batch processor when ``enabled``; else None (tracing off)."""
+    if not enabled:
+        return None
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_DiscardSpans()))  # type: ignore[arg-type]
+    return provider
+
+
+async def serve_main(args: argparse.Namespace) -> None:
+    """``tether serve`` with a tracer provider (the CLI reads OTEL_* variables instead)."""
+    settings = Settings(nats_url=args.nats_url, namespace=args.namespace)
+    server = TetherServer(settings, tracer_provider=tracer_provider(args.tracing))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        print("serve running", flush=True)
+        await stop.wait()
+
+
 async def worker_main(args: argparse.Namespace) -> None:
-    app = Tether(settings=Settings(nats_url=args.nats_url, namespace=args.namespace))
+    app = Tether(
+        settings=Settings(nats_url=args.nats_url, namespace=args.namespace),
+        tracer_provider=tracer_provider(args.tracing),
+    )
     task = define_task(app, args.wait_timeout_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -391,7 +436,10 @@ async def client_main(
             flush=True,
         )
 
-        app = Tether(settings=Settings(nats_url=nats_url, namespace=namespace))
+        app = Tether(
+            settings=Settings(nats_url=nats_url, namespace=namespace),
+            tracer_provider=tracer_provider(args.tracing),
+        )
         task = define_task(app, args.wait_timeout_s)
         watch = RunWatch(namespace)
         await watch.start(nc)
@@ -497,9 +545,15 @@ def parse_args() -> argparse.Namespace:
         help="started nats-server fsyncs every write (sync_interval: always)",
     )
     parser.add_argument("--namespace", default=None)
-    parser.add_argument("--out", default=str(RESULTS / "hitl_cycle.json"))
+    parser.add_argument("--out", default=None, help="default: results/hitl_cycle[_tracing].json")
     parser.add_argument(
-        "--role", choices=["bench", "worker"], default="bench", help=argparse.SUPPRESS
+        "--tracing",
+        action="store_true",
+        help="trace every process (SDK provider, batch processor, spans discarded); run once "
+        "with and once without to get the overhead ratio",
+    )
+    parser.add_argument(
+        "--role", choices=["bench", "worker", "serve"], default="bench", help=argparse.SUPPRESS
     )
     return parser.parse_args()
 
@@ -508,6 +562,9 @@ def main() -> None:
     args = parse_args()
     if args.role == "worker":
         asyncio.run(worker_main(args))
+        return
+    if args.role == "serve":
+        asyncio.run(serve_main(args))
         return
     args.namespace = args.namespace or f"bench{uuid.uuid4().hex[:8]}"
     load_start = os.getloadavg()
@@ -534,17 +591,11 @@ def main() -> None:
             f"namespace {args.namespace}",
             flush=True,
         )
+        serve_cmd = [sys.executable, "-m", "tether.cli", "serve"]
+        if args.tracing:  # the same TetherServer, given a tracer provider
+            serve_cmd = [sys.executable, __file__, "--role", "serve", "--tracing"]
         serve = spawn_ready(
-            [
-                sys.executable,
-                "-m",
-                "tether.cli",
-                "serve",
-                "--nats-url",
-                nats_url,
-                "--namespace",
-                args.namespace,
-            ],
+            [*serve_cmd, "--nats-url", nats_url, "--namespace", args.namespace],
             "running",
             "tether serve",
         )
@@ -563,6 +614,7 @@ def main() -> None:
                 str(args.slots),
                 "--wait-timeout-s",
                 str(args.wait_timeout_s),
+                *(["--tracing"] if args.tracing else []),
             ],
             "worker ready",
             "worker",
@@ -592,6 +644,7 @@ def main() -> None:
         "approve_chunk": args.approve_chunk,
         "wait_timeout_s": args.wait_timeout_s,
         "sync_always": args.sync_always if not args.nats_url else None,
+        "tracing": args.tracing,
         "nats_url_given": bool(args.nats_url),
         "targets": {
             "cycles_per_s": TARGET_CYCLES_PER_S,
@@ -600,7 +653,8 @@ def main() -> None:
         },
     }
     report(results, config)
-    out = Path(args.out)
+    name = "hitl_cycle_tracing.json" if args.tracing else "hitl_cycle.json"
+    out = Path(args.out or RESULTS / name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"config": config, "results": results}, indent=2))
     print(f"\nwritten: {out}")
