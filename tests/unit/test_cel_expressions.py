@@ -338,3 +338,33 @@ def test_equalities_under_or_are_not_extracted(case: Case) -> None:
     assert shape.equalities == () and not shape.fully_indexed
     shape = analyze(f"input.c == 'x' && ({source} || false)")
     assert shape.equalities == (Equality(("c",), "x"),) and not shape.fully_indexed
+
+
+# -- the fast path for `input.<field> == '<plain text>'` ------------------------------------
+
+_plain_text = st.text(
+    alphabet=st.characters(blacklist_characters="'\\", blacklist_categories=("Cc", "Cs")),
+    max_size=20,
+)
+_field = st.from_regex(r"[_a-zA-Z][_a-zA-Z0-9]{0,8}", fullmatch=True)
+
+
+@given(field=_field, value=_plain_text, spaces=st.sampled_from(["", " ", "  ", "\t"]))
+@settings(max_examples=150, deadline=None)
+def test_fast_path_shape_equals_full_analysis(field: str, value: str, spaces: str) -> None:
+    source = f"{spaces}input.{field}{spaces}=={spaces}'{value}'{spaces}"
+    fast = analyze(source)
+    full = analyze(f"({source})")  # the parentheses force the parser path
+    assert fast.equalities == full.equalities
+    assert fast.fully_indexed == full.fully_indexed
+    matching = {field: value}
+    assert equalities_hold(fast, matching) == cel_true(source, matching)
+    assert equalities_hold(fast, {field: value + "x"}) == cel_true(source, {field: value + "x"})
+
+
+@pytest.mark.parametrize(
+    "source", ["input.in == 'a'", "input.a == 'it\\'s'", 'input.a == "x"', "input.a == '\\n'"]
+)
+def test_forms_outside_the_fast_path_get_the_parser_answer(source: str) -> None:
+    shape, parsed = analyze(source), analyze(f"({source})")
+    assert (shape.equalities, shape.fully_indexed) == (parsed.equalities, parsed.fully_indexed)
