@@ -1,7 +1,7 @@
 """The dashboard in a real browser (Debian's chromium, headless, driven by Selenium) against a
 real nats-server: the inbox lists pending approvals live, Approve resumes a run, and the run
-page shows it completed with who approved it. Saves a screenshot of the inbox to
-``docs/inbox.png``.
+page shows it completed with who approved it. Saves a screenshot of the inbox (to
+``docs/inbox.png`` with ``TETHER_UPDATE_SCREENSHOT=1``).
 
 Without chromium and chromedriver the test is skipped locally and fails under CI=true.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +27,12 @@ from tether.server import TetherServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SCREENSHOT = Path(__file__).parents[2] / "docs" / "inbox.png"
+# The docs' screenshot is refreshed only on request, so test runs leave the tree clean.
+SCREENSHOT = (
+    Path(__file__).parents[2] / "docs" / "inbox.png"
+    if os.environ.get("TETHER_UPDATE_SCREENSHOT") == "1"
+    else Path(tempfile.gettempdir()) / "tether-inbox.png"
+)
 TOKEN = "browser-token-0123456789"
 AUTH = TokenAuth.parse(
     {TOKEN: {"name": "alice", "keys": ["approval:*"], "cancel": True}}, source="test"
