@@ -10,14 +10,19 @@ from tether.engine.subjects import Names
 
 
 async def dispatch_task(
-    js: JetStreamContext, names: Names, task: str, run_id: str, seq: int
+    js: JetStreamContext,
+    names: Names,
+    task: str,
+    run_id: str,
+    seq: int,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Tell workers of ``task`` that ``run_id`` is runnable. ``seq`` is the log sequence of
     the event that made it runnable, so each dispatch is named once and dedupes."""
     await js.publish(
         names.task_subject(task),
         orjson.dumps({"run_id": run_id, "seq": seq}),
-        headers={"Nats-Msg-Id": f"{run_id}:{seq}"},
+        headers={**(headers or {}), "Nats-Msg-Id": f"{run_id}:{seq}"},
     )
 
 

@@ -114,8 +114,9 @@ class DirectReader:
         # subject"; only subjects with several messages need a read of their own.
         repeated = [subject for subject, count in counts.items() if count > 1]
         reads = [
-            self._request_batch(stream, {"multi_last": [subject_filter], "batch": len(counts)},
-                                timeout)
+            self._request_batch(
+                stream, {"multi_last": [subject_filter], "batch": len(counts)}, timeout
+            )
         ]
         reads += [
             self._one_batch(stream, subject, start_seq, counts[subject], timeout)

@@ -179,7 +179,14 @@ class EngineService:
                 seq, event = decided
                 if isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
                     task = command.task or (await self._state(command.run_id)).task
-                    await dispatch_task(self._conn.js, names, task, command.run_id, seq)
+                    await dispatch_task(
+                        self._conn.js,
+                        names,
+                        task,
+                        command.run_id,
+                        seq,
+                        self._conn.tracing.inject({}),
+                    )
         if command.timer_key:
             with contextlib.suppress(Exception):
                 await self._conn.deadlines.delete(command.timer_key)
@@ -199,6 +206,7 @@ class EngineService:
             state.task,
             command.run_id,
             state.runnable_since_seq,
+            self._conn.tracing.inject({}),
         )
         return state.runnable_since_seq
 
@@ -311,7 +319,14 @@ class EngineService:
                     ),
                     traceparent,
                 )
-            await dispatch_task(self._conn.js, names, event.task, run_id, seq)
+            await dispatch_task(
+                self._conn.js,
+                names,
+                event.task,
+                run_id,
+                seq,
+                {TRACEPARENT: traceparent} if traceparent else None,
+            )
         elif isinstance(event, ev.TimeoutRefreshed):
             state = await self._state(run_id)
             if not state.is_terminal:
@@ -342,7 +357,7 @@ class EngineService:
             if isinstance(event, ev.RunTimedOut | ev.RunCancelled):
                 await self._delete_open_wait_deadlines(run_id)
             if event.parent_run_id:
-                await self._tell_parent(event)
+                await self._tell_parent(event, traceparent)
 
     async def _book_wait(self, event: ev.WaitStarted, seq: int, traceparent: str | None) -> None:
         run_id = event.run_id
@@ -379,7 +394,9 @@ class EngineService:
                     )
 
     async def _tell_parent(
-        self, event: ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled
+        self,
+        event: ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled,
+        traceparent: str | None,
     ) -> None:
         """A child run ended: push an event its parent's durable wait matches."""
         status = ev.SUBJECT_TOKENS[event.type]
@@ -397,5 +414,8 @@ class EngineService:
         await self._conn.js.publish(
             names.event_subject(f"tether:run:{event.run_id}"),
             orjson.dumps(body),
-            headers={"Nats-Msg-Id": f"run-ended:{event.run_id}"},
+            headers={
+                **({TRACEPARENT: traceparent} if traceparent else {}),
+                "Nats-Msg-Id": f"run-ended:{event.run_id}",
+            },
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import nats
@@ -14,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from tests.helpers import wait_for_status, wait_until
-from tether import DurableContext, Tether
+from tether import DurableContext, Tether, WaitTimeoutError
 from tether.engine.config import Settings
 from tether.server import TetherServer
 
@@ -165,3 +166,28 @@ async def test_no_context_stored_when_tracing_is_off(app: Tether, server: Tether
     assert not conn.tracing.enabled
     stored = await conn.store.read_raw(ref.run_id)
     assert stored and all("traceparent" not in headers for _, _, headers in stored)
+
+
+async def test_fired_timeout_appears_in_the_run_trace(
+    traced: tuple[Tether, TetherServer], exporter: InMemorySpanExporter, namespace: str
+) -> None:
+    app, _ = traced
+
+    @app.durable_task(name="expiring")
+    async def expiring(input: Any, ctx: DurableContext) -> str:
+        try:
+            await ctx.wait_for_event("approval:decision", timeout=timedelta(milliseconds=300))
+        except WaitTimeoutError:
+            return "expired"
+        return "decided"
+
+    async with app.worker("w", slots=1):
+        ref = await expiring.run_no_wait({})
+        assert await ref.result(timeout=15) == "expired"
+        [fired] = await finished(exporter, f"publish {namespace}.cmd.expire_wait")
+        [wait] = await finished(exporter, "wait approval:decision")
+    [trigger] = named(list(exporter.get_finished_spans()), f"publish {namespace}.runs.")
+    assert fired.kind == SpanKind.PRODUCER
+    assert fired.context.trace_id == trigger.context.trace_id
+    assert fired.attributes["tether.run_id"] == ref.run_id
+    assert wait.attributes["tether.wait.outcome"] == "timed_out"
