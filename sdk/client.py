@@ -247,7 +247,9 @@ class RunsClient:
                     else:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(asyncio.shield(fut), recheck)
-                        recheck = min(recheck * 2, 1.0)
+                        # a stored end is readable within milliseconds: after ~1 s the notice
+                        # was a refused write, so go back to waiting for the next one
+                        recheck = recheck * 2 if recheck < 0.5 else None
                 finally:
                     watcher.discard(run_id, fut)
 
