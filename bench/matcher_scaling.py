@@ -30,7 +30,6 @@ import os
 import platform
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +37,9 @@ from typing import Any
 
 import nats
 import orjson
+
+# The sibling module (its directory is on sys.path when run as a script).
+from fake_msg import FakeMsg, fake_msg
 from nats.aio.msg import Msg
 
 from tether.engine import events as ev
@@ -54,26 +56,6 @@ TASK = "bench-approval"
 
 
 # -- fake messages for the in-process path ---------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Seq:
-    stream: int
-
-
-@dataclass(slots=True)
-class _Meta:
-    sequence: _Seq
-
-
-@dataclass(slots=True)
-class FakeMsg:
-    """What the matcher reads from a nats-py ``Msg``: subject, data, headers, stream seq."""
-
-    subject: str
-    data: bytes
-    headers: dict[str, str] | None
-    metadata: _Meta
 
 
 class StubJetStream:
@@ -148,21 +130,20 @@ class InProcessBench:
     def open_wait(self, run_id: str) -> None:
         self.runs_seq += 1
         self.matcher._on_run_msg(
-            FakeMsg(  # type: ignore[arg-type]
+            fake_msg(  # type: ignore[arg-type]
                 f"bench.runs.{run_id}.wait_started",
                 wait_started_bytes(run_id, self.events_seq),
-                None,
-                _Meta(_Seq(self.runs_seq)),
+                self.runs_seq,
             )
         )
 
     def event(self, run_id: str) -> FakeMsg:
         self.events_seq += 1
-        return FakeMsg(
+        return fake_msg(
             f"bench.events.{KEY}",
             approval_bytes(run_id),
+            self.events_seq,
             {"Nats-Msg-Id": uuid.uuid4().hex},
-            _Meta(_Seq(self.events_seq)),
         )
 
     async def drain(self) -> None:

@@ -43,6 +43,7 @@ import nats
 
 # The sibling script (its directory is on sys.path when run as a script) owns the task and
 # the worker role, so both benchmarks run exactly the same approval task.
+from fake_msg import fake_msg
 from hitl_cycle import (
     EVENT_KEY,
     Proposal,
@@ -194,24 +195,6 @@ async def measure(
 
 
 @dataclass(slots=True)
-class _Seq:
-    stream: int
-
-
-@dataclass(slots=True)
-class _Meta:
-    sequence: _Seq
-
-
-@dataclass(slots=True)
-class _Msg:
-    subject: str
-    data: bytes
-    headers: None
-    metadata: _Meta
-
-
-@dataclass(slots=True)
 class _Entry:
     key: str
     value: bytes
@@ -262,11 +245,10 @@ async def breakdown(n: int, records: dict[str, Any]) -> dict[str, Any]:
     before = tracemalloc.get_traced_memory()[0]
     matcher = Matcher(conn)  # type: ignore[arg-type]
     for i, r in enumerate(run_ids):
-        msg = _Msg(
+        msg = fake_msg(
             f"bench.runs.{r}.wait_started",
             records["wait_started"].replace(template, r).encode(),
-            None,
-            _Meta(_Seq(i + 1)),
+            i + 1,
         )
         matcher._on_run_msg(msg)  # type: ignore[arg-type]
     del msg
