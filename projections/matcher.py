@@ -218,17 +218,9 @@ class Matcher:
 
     @staticmethod
     def _parse_wait(body: dict[str, Any], seq: int) -> OpenWait:
-        clauses = body.get("clauses") or [
-            [
-                {
-                    "id": "c0.0",
-                    "key": body["event_key"],
-                    "kind": "event",
-                    "event_key": body["event_key"],
-                    "expression": body.get("expression"),
-                }
-            ]
-        ]
+        clauses = body["clauses"]
+        if not clauses:
+            raise ValueError("a wait without conditions can never be resolved")
         conditions = [
             OpenCondition(
                 condition_id=sys.intern(str(spec["id"])),

@@ -23,11 +23,9 @@ from tether.engine.events import (
     EventRejected,
     StepRecorded,
     TimeoutRefreshed,
-    WaitConditionMet,
-    WaitSatisfied,
     WaitStarted,
 )
-from tether.engine.state import ResolveWait, StepRecord, WaitRecord, evolve, wait_resolution
+from tether.engine.state import ResolveWait, StepRecord, WaitRecord, decide, evolve
 from tether.engine.subjects import check_event_key
 from tether.engine.tracing import EVENT_TRACEPARENT
 from tether.errors import NonDeterminismError, WaitTimeoutError, _Suspend
@@ -357,42 +355,16 @@ class DurableContext:
         for clause_specs, clause in zip(specs, clauses, strict=True):
             for spec, condition in zip(clause_specs, clause, strict=True):
                 early = await self._already_satisfied(spec, condition, events_position, now)
-                if early is None or record.outcome != "open":
+                if early is None:
                     continue
                 seq, payload, event_id = early
-                met: WaitConditionMet | WaitSatisfied
-                if record.satisfied_with(spec.id) and not record.clause_satisfied(
-                    _clause_index(record, spec.id)
-                ):
-                    resolved = wait_resolution(
-                        self.run_id,
-                        ResolveWait(
-                            record.wait_id,
-                            spec.id,
-                            spec.key,
-                            spec.event_key,
-                            seq,
-                            event_id,
-                            payload,
-                        ),
-                        attempt.clock(),
-                        met=record,
-                    )
-                    assert isinstance(resolved, WaitSatisfied)
-                    met = resolved
-                elif not record.clause_satisfied(_clause_index(record, spec.id)):
-                    met = WaitConditionMet(
-                        run_id=self.run_id,
-                        at=attempt.clock(),
-                        wait_id=record.wait_id,
-                        condition_id=spec.id,
-                        event_seq=seq,
-                        event_id=event_id,
-                        payload=payload,
-                    )
-                else:
-                    continue
-                evolve(state, met, await attempt.append(met))
+                command = ResolveWait(
+                    record.wait_id, spec.id, spec.key, spec.event_key, seq, event_id, payload
+                )
+                # the state machine decides, as in the engine: condition met, wait satisfied,
+                # or nothing (its clause, or the whole wait, is already satisfied)
+                for event in decide(state, command, attempt.clock()):
+                    evolve(state, event, await attempt.append(event))
 
     async def _already_satisfied(
         self, spec: ConditionSpec, condition: Condition, events_position: int, now: float
@@ -482,14 +454,6 @@ def _spec(condition_id: str, condition: Condition, now: float) -> ConditionSpec:
         kind="event",
         event_key=condition.event_key,
         expression=expression or None,
-    )
-
-
-def _clause_index(record: WaitRecord, condition_id: str) -> int:
-    return next(
-        i
-        for i, clause in enumerate(record.clauses)
-        if any(spec.id == condition_id for spec in clause)
     )
 
 
