@@ -28,7 +28,7 @@ from tether.engine.state import (
     wait_resolution,
 )
 from tether.engine.store import ConcurrencyConflictError
-from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, Tracing, messaging
+from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 
 log = logging.getLogger("tether.engine")
 
@@ -56,24 +56,6 @@ def wait_deadline_keys(run_id: str, record: WaitRecord) -> list[str]:
             if spec.kind == "sleep"
         ]
     return keys
-
-
-def record_run_span(
-    tracing: Tracing, state: RunState, status: str, trigger_headers: dict[str, str]
-) -> None:
-    """The span of the run as a whole, from its request to its end, in the run's trace."""
-    tracing.record(
-        f"run {state.task}",
-        start_time=state.requested_at,
-        end_time=time.time(),
-        parent=tracing.context_from(trigger_headers),
-        attributes={
-            "tether.run_id": state.run_id,
-            "tether.task": state.task,
-            "tether.status": status,
-            "tether.attempts": state.attempt,
-        },
-    )
 
 
 class EngineService:
@@ -248,7 +230,7 @@ class EngineService:
                     headers=headers,
                 )
                 if isinstance(decided[0], ev.RunTimedOut):
-                    record_run_span(self._conn.tracing, state, "timed_out", raw[0][2])
+                    self._conn.tracing.record_run(state, "timed_out", raw[0][2], time.time())
                 return seq, decided[0]
             except ConcurrencyConflictError:
                 continue

@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:
+    from tether.engine.state import RunState
 
 TRACEPARENT = "traceparent"
 # on a wait's resolution: the context of the pushed event that resolved it (for a span link)
@@ -119,6 +122,27 @@ class Tracing:
             start_time=_ns(start_time),
         )
         span.end(end_time=_ns(end_time))
+
+    def record_run(
+        self,
+        state: RunState,
+        status: str,
+        trigger_headers: Mapping[str, str] | None,
+        end_time: float,
+    ) -> None:
+        """The span of the run as a whole, from its request to its end, in the run's trace."""
+        self.record(
+            f"run {state.task}",
+            start_time=state.requested_at,
+            end_time=end_time,
+            parent=self.context_from(trigger_headers),
+            attributes={
+                "tether.run_id": state.run_id,
+                "tether.task": state.task,
+                "tether.status": status,
+                "tether.attempts": state.attempt,
+            },
+        )
 
 
 def messaging(

@@ -154,18 +154,7 @@ async def run_attempt(
         )
         span.set_attribute("tether.outcome", result.outcome)
         if result.outcome in ("completed", "failed", "timed_out"):
-            tracing.record(
-                f"run {state.task}",
-                start_time=state.requested_at,
-                end_time=clock(),
-                parent=tracing.context_from(headers.get(raw[0][0])),
-                attributes={
-                    "tether.run_id": run_id,
-                    "tether.task": state.task,
-                    "tether.status": result.outcome,
-                    "tether.attempts": state.attempt,
-                },
-            )
+            tracing.record_run(state, result.outcome, headers.get(raw[0][0]), clock())
         return result
 
 
