@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,7 @@ class Worker:
             extra={"worker": self.worker_id, "slots": self.slots, "tasks": sorted(self.tasks)},
         )
 
-    def _handler(self, task: DurableTask[Any, Any]):  # type: ignore[no-untyped-def]
+    def _handler(self, task: DurableTask[Any, Any]) -> Callable[[Msg], Awaitable[None]]:
         async def handle(msg: Msg) -> None:
             await self._handle(task, msg)
 
