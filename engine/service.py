@@ -264,6 +264,15 @@ class EngineService:
             body["traceparent"] = traceparent
         await self._conn.deadlines.put(key, orjson.dumps(body))
 
+    async def _put_run_deadline(self, run_id: str, due_at: float, traceparent: str | None) -> None:
+        """The execution deadline: it covers the whole run, waits included."""
+        command = commands.CommandMessage(
+            kind="expire_run",
+            run_id=run_id,
+            reason="execution timeout passed (it covers the whole run, waits included)",
+        )
+        await self._put_deadline(run_deadline_key(run_id), due_at, command, traceparent)
+
     async def _on_run_event(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         try:
@@ -280,16 +289,7 @@ class EngineService:
         names, kv, run_id = self._conn.settings.names, self._conn.deadlines, event.run_id
         CM = commands.CommandMessage
         if isinstance(event, ev.RunRequested):
-            await self._put_deadline(
-                run_deadline_key(run_id),
-                event.at + event.execution_timeout_s,
-                CM(
-                    kind="expire_run",
-                    run_id=run_id,
-                    reason="execution timeout passed (it covers the whole run, waits included)",
-                ),
-                traceparent,
-            )
+            await self._put_run_deadline(run_id, event.at + event.execution_timeout_s, traceparent)
             if event.schedule_timeout_s is not None:
                 await self._put_deadline(
                     f"{run_id}.sched",
@@ -312,15 +312,8 @@ class EngineService:
         elif isinstance(event, ev.TimeoutRefreshed):
             state = await self._state(run_id)
             if not state.is_terminal:
-                await self._put_deadline(
-                    run_deadline_key(run_id),
-                    state.requested_at + event.execution_timeout_s,
-                    CM(
-                        kind="expire_run",
-                        run_id=run_id,
-                        reason="execution timeout passed (it covers the whole run, waits included)",
-                    ),
-                    traceparent,
+                await self._put_run_deadline(
+                    run_id, state.requested_at + event.execution_timeout_s, traceparent
                 )
         elif isinstance(event, ev.AttemptFailed):
             await self._put_deadline(

@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the engine service and projections")
-    serve.add_argument("--nats-url", default=None, help="default: $TETHER_NATS_URL or local")
-    serve.add_argument("--namespace", default=None, help="default: $TETHER_NAMESPACE or tether")
+    cli_runs.connection_args(serve)
     serve.add_argument(
         "--http",
         default=None,
@@ -152,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(fn=cmd_serve)
 
     api = sub.add_parser("api", help="only the HTTP API and dashboard")
-    api.add_argument("--nats-url", default=None, help="default: $TETHER_NATS_URL or local")
-    api.add_argument("--namespace", default=None, help="default: $TETHER_NAMESPACE or tether")
+    cli_runs.connection_args(api)
     api.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT")
     api.add_argument(
         "--tokens",

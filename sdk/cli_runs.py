@@ -324,7 +324,8 @@ def _decision(decision: Decision) -> Callable[[Tether, argparse.Namespace], Awai
 # -- parsers ---------------------------------------------------------------------------------
 
 
-def _connection_args(parser: argparse.ArgumentParser) -> None:
+def connection_args(parser: argparse.ArgumentParser) -> None:
+    """``--nats-url`` and ``--namespace``, defaulting to the ``TETHER_*`` variables."""
     parser.add_argument("--nats-url", default=None, help="default: $TETHER_NATS_URL or local")
     parser.add_argument("--namespace", default=None, help="default: $TETHER_NAMESPACE or tether")
 
@@ -345,7 +346,7 @@ def register(sub: Any) -> None:
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
 
     p = runs_sub.add_parser("list", help="runs, most recently updated first")
-    _connection_args(p)
+    connection_args(p)
     p.add_argument("--status", default=None, help=f"comma-separated: {', '.join(STATUSES)}")
     p.add_argument("--task", default=None)
     p.add_argument("--limit", type=int, default=50)
@@ -353,13 +354,13 @@ def register(sub: Any) -> None:
     p.set_defaults(fn=_with_app(runs_list))
 
     p = runs_sub.add_parser("show", help="a run, its open wait and its event timeline")
-    _connection_args(p)
+    connection_args(p)
     p.add_argument("run_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_with_app(runs_show))
 
     p = runs_sub.add_parser("cancel", help="cancel a queued, running or waiting run")
-    _connection_args(p)
+    connection_args(p)
     p.add_argument("run_id")
     p.add_argument("--reason", default=None)
     _as_arg(p)
@@ -368,7 +369,7 @@ def register(sub: Any) -> None:
     waits = sub.add_parser("waits", help="open waits")
     waits_sub = waits.add_subparsers(dest="waits_command", required=True)
     p = waits_sub.add_parser("list", help="runs waiting for a decision, longest first")
-    _connection_args(p)
+    connection_args(p)
     p.add_argument("--task", default=None)
     p.add_argument("--key", default=None)
     p.add_argument("--json", action="store_true")
@@ -377,7 +378,7 @@ def register(sub: Any) -> None:
     events = sub.add_parser("events", help="push events")
     events_sub = events.add_subparsers(dest="events_command", required=True)
     p = events_sub.add_parser("push", help="push a JSON object to an event key")
-    _connection_args(p)
+    connection_args(p)
     p.add_argument("key")
     p.add_argument("--data", required=True, help='JSON object, e.g. \'{"runId": "...", ...}\'')
     p.add_argument("--id", default=None, help="idempotency key (dedupe within 2 minutes)")
@@ -391,7 +392,7 @@ def register(sub: Any) -> None:
             help=f"{decision} a waiting run (pushes "
             f'{{"runId": RUN, "decision": "{decision}", "reason": ...}} to its wait\'s key)',
         )
-        _connection_args(p)
+        connection_args(p)
         p.add_argument("run_id")
         p.add_argument("--reason", required=needs_reason, default=None)
         _as_arg(p)
