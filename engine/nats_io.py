@@ -97,6 +97,12 @@ class DirectReader:
         else's, that cost grows with the traffic since the run began. The stream's
         per-subject index answers exact subjects at once, so this asks which subjects match
         (with their counts) and reads each one, concurrently, merged by sequence.
+
+        The result is the log as it stood at the stream's last sequence in that answer, even
+        while others append: the server reports that sequence before it counts subjects, so
+        every message at or below it is among the counted ones, and every read is cut there.
+        Without the cut, a subject written again between the two steps would be answered
+        with its newer message only, and an older event would drop out of the read.
         """
         await self._ensure_sub()
         reply = await self._nc.request(
@@ -107,15 +113,19 @@ class DirectReader:
         info = orjson.loads(reply.data)
         if "error" in info:
             raise RuntimeError(f"stream info for {stream} failed: {info['error']}")
-        counts: dict[str, int] = (info.get("state") or {}).get("subjects") or {}
-        if not counts:
+        state = info.get("state") or {}
+        counts: dict[str, int] = state.get("subjects") or {}
+        up_to = int(state.get("last_seq") or 0)
+        if not counts or up_to < start_seq:
             return []
         # Subjects holding one message come back together, as "the last message of each
         # subject"; only subjects with several messages need a read of their own.
         repeated = [subject for subject, count in counts.items() if count > 1]
         reads = [
             self._request_batch(
-                stream, {"multi_last": [subject_filter], "batch": len(counts)}, timeout
+                stream,
+                {"multi_last": [subject_filter], "batch": len(counts), "up_to_seq": up_to},
+                timeout,
             )
         ]
         reads += [
@@ -126,7 +136,7 @@ class DirectReader:
         by_seq: dict[int, StoredMessage] = {}
         for got, _ in batches:
             for message in got:
-                if message.seq >= start_seq:
+                if start_seq <= message.seq <= up_to:
                     by_seq[message.seq] = message
         return [by_seq[seq] for seq in sorted(by_seq)]
 
