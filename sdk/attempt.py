@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tether.worker")
 
 Outcome = Literal[
-    "completed", "failed", "retrying", "timed_out", "suspended", "skipped", "abandoned"
+    "completed", "failed", "retrying", "timed_out", "suspended", "skipped", "abandoned", "behind"
 ]
 # (key, since epoch seconds, up to events-stream seq) -> [(seq, payload, event id)]
 EventReader = Callable[[str, float, int], Awaitable[list[tuple[int, dict[str, Any], str | None]]]]
@@ -117,9 +117,17 @@ async def run_attempt(
     read_events: EventReader = _no_event_reader,
     clock: Callable[[], float] = time.time,
     tracing: Tracing | None = None,
+    dispatched_seq: int = 0,
 ) -> AttemptResult:
-    """Execute ``run_id`` once, from the top, replaying its recorded durable calls."""
+    """Execute ``run_id`` once, from the top, replaying its recorded durable calls.
+
+    ``dispatched_seq`` is the log sequence the dispatch was sent for. A read that ends before
+    it comes from a replica that has not caught up yet: the outcome is ``behind`` and the
+    caller tries again later, instead of taking the run for still waiting and dropping it."""
     raw = await store.read_raw(run_id)
+    if dispatched_seq and (not raw or raw[-1][0] < dispatched_seq):
+        last = raw[-1][0] if raw else 0
+        return AttemptResult("behind", f"log read up to seq {last}, dispatched at {dispatched_seq}")
     state = fold(run_id, [(seq, event) for seq, event, _ in raw])
     if not state.exists:
         return AttemptResult("skipped", "unknown run")

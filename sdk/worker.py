@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.worker")
 
+# A read behind its dispatch (a lagging replica) is retried this often, this far apart.
+BEHIND_RETRIES = 20
+BEHIND_RETRY_DELAY_S = 0.25
+
 
 class Worker:
     def __init__(
@@ -88,7 +92,9 @@ class Worker:
 
     async def _handle(self, task: DurableTask[Any, Any], msg: Msg) -> None:
         try:
-            run_id = str(orjson.loads(msg.data)["run_id"])
+            body = orjson.loads(msg.data)
+            run_id = str(body["run_id"])
+            dispatched_seq = int(body.get("seq", 0))
         except Exception:
             log.error("malformed task message dropped", extra={"data": msg.data[:200]})
             await msg.term()
@@ -104,6 +110,7 @@ class Worker:
                 events_position=conn.events_position,
                 read_events=conn.read_events,
                 tracing=conn.tracing,
+                dispatched_seq=dispatched_seq,
             )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -117,6 +124,15 @@ class Worker:
             return
         finally:
             heartbeat.cancel()
+        if result.outcome == "behind" and msg.metadata.num_delivered < BEHIND_RETRIES:
+            log.info("run log not caught up yet; retrying", extra={"run_id": run_id})
+            await msg.nak(delay=BEHIND_RETRY_DELAY_S)
+            return
+        if result.outcome == "behind":
+            log.error(
+                "dispatch names a log position that never became readable; dropped",
+                extra={"run_id": run_id, "detail": result.detail},
+            )
         self.completed_attempts += 1
         log.debug("attempt ended", extra={"run_id": run_id, "outcome": result.outcome})
         await msg.ack()

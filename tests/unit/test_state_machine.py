@@ -207,6 +207,39 @@ async def test_replay_runs_each_step_once_and_suspends_on_wait() -> None:
     assert final.attempt == 2
 
 
+async def test_read_behind_the_dispatch_is_retried_not_taken_for_waiting() -> None:
+    """A dispatch names the sequence that made the run runnable; a read that has not reached
+    it yet (a lagging replica) must not skip the run as still waiting."""
+    app = Tether(nats_url="nats://unused:4222")
+
+    @app.durable_task(name="t")
+    async def flow(input: Any, ctx: DurableContext) -> str:
+        await ctx.wait_for_event("k")
+        return "resumed"
+
+    store = InMemoryEventStore()
+    await store.append(requested(at=1e12), expected_last_seq=0, msg_id="req")
+    await run_attempt(flow, store, "r1", worker_id="w", events_position=_position)
+    state = fold("r1", await store.read("r1"))
+    wait = state.open_wait()
+    assert wait is not None and state.status == "waiting"
+
+    ahead = state.last_seq + 1  # the resolution the dispatch was sent for, not readable yet
+    result = await run_attempt(
+        flow, store, "r1", worker_id="w", events_position=_position, dispatched_seq=ahead
+    )
+    assert result.outcome == "behind" and f"dispatched at {ahead}" in result.detail
+    assert fold("r1", await store.read("r1")).last_seq == state.last_seq  # nothing written
+
+    [satisfied] = decide(state, resolve(wait.wait_id), now=1e12)
+    assert await store.append(satisfied, expected_last_seq=state.last_seq, msg_id="sat") == ahead
+    result = await run_attempt(
+        flow, store, "r1", worker_id="w", events_position=_position, dispatched_seq=ahead
+    )
+    assert result.outcome == "completed"
+    assert fold("r1", await store.read("r1")).output == "resumed"
+
+
 async def test_replay_detects_reordered_calls() -> None:
     app = Tether(nats_url="nats://unused:4222")
 
