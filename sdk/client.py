@@ -108,12 +108,20 @@ class _TerminalWatcher:
         for token in ev.TERMINAL_TOKENS:
             sub = await self._conn.nc.subscribe(names.runs_token_filter(token), cb=self._on_msg)
             self._subs.append(sub)
+        # Notices published while the connection was down are gone: every waiter re-reads.
+        self._conn.on_reconnect(self.wake_all)
 
     async def _on_msg(self, msg: Msg) -> None:
-        run_id = msg.subject.split(".")[-2]
+        self._wake(msg.subject.split(".")[-2])
+
+    def _wake(self, run_id: str) -> None:
         for fut in self._waiters.pop(run_id, []):
             if not fut.done():
                 fut.set_result(None)
+
+    async def wake_all(self) -> None:
+        for run_id in list(self._waiters):
+            self._wake(run_id)
 
     def register(self, run_id: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -126,6 +134,14 @@ class _TerminalWatcher:
             waiters.remove(fut)
             if not waiters:
                 del self._waiters[run_id]
+
+
+# How often a waiter re-reads a run's log when no notice comes: quickly at first, then
+# rarely. A notice can be missed: the server fans a write out to core subscribers before
+# the stream stores it, so a subscription made in that moment gets no notice and a read
+# does not see the write yet; and notices sent while the connection is down are lost.
+FIRST_RECHECK_S = 0.05
+MAX_RECHECK_S = 5.0
 
 
 class RunsClient:
@@ -228,12 +244,15 @@ class RunsClient:
             return self._watcher
 
     async def wait_terminal(self, run_id: str, timeout: float | None = None) -> RunInfo:
-        """Wait until the run's log holds a terminal event. A notice on a terminal subject is
-        only a hint: core subscribers also see writes the store refused (a lost OCC race),
-        and can see a stored one before it is readable, so the log is re-read until it shows
-        the end, polling with backoff once a notice has come."""
+        """Wait until the run's log holds a terminal event.
+
+        A notice on a terminal subject wakes the waiter at once, but it is only a hint: core
+        subscribers also see writes the store refused (a lost OCC race), can see a stored
+        write before it is readable, and miss what is written while they subscribe or while
+        the connection is down. So the log is re-read after every notice and, without
+        notices, on a backoff from ``FIRST_RECHECK_S`` up to ``MAX_RECHECK_S``."""
         watcher = await self._ensure_watcher()
-        recheck: float | None = None  # None: wait for a notice; else poll this often
+        recheck = FIRST_RECHECK_S
         async with asyncio.timeout(timeout):
             while True:
                 fut = watcher.register(run_id)  # before reading, so no completion slips by
@@ -241,15 +260,11 @@ class RunsClient:
                     info = await self.get(run_id)
                     if info.is_terminal:
                         return info
-                    if recheck is None:
-                        await fut
-                        recheck = 0.01
-                    else:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(asyncio.shield(fut), recheck)
-                        # a stored end is readable within milliseconds: after ~1 s the notice
-                        # was a refused write, so go back to waiting for the next one
-                        recheck = recheck * 2 if recheck < 0.5 else None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(fut), recheck)
+                    # after a notice, poll quickly again: the write it announced is
+                    # readable within milliseconds
+                    recheck = FIRST_RECHECK_S if fut.done() else min(recheck * 2, MAX_RECHECK_S)
                 finally:
                     watcher.discard(run_id, fut)
 
