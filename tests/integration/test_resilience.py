@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -105,7 +106,13 @@ class Children:
         self.all: list[Child] = []
 
     async def spawn(self, label: str, *args: str) -> Child:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TETHER_ENGINE_ACK_WAIT_S": "2"}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "TETHER_ENGINE_ACK_WAIT_S": "2",
+            # Info-level logs, so that a failure report shows what each child was doing.
+            "TETHER_LOG_LEVEL": "INFO",
+        }
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -200,11 +207,28 @@ async def all_in_status(
         raise AssertionError(f"statuses {counts}\n{exc}") from None
 
 
-async def results(kids: Children, refs: list[RunRef], within: float) -> list[Any]:
+async def results(app: Tether, kids: Children, refs: list[RunRef], within: float) -> list[Any]:
+    began = time.time()
     try:
         return await asyncio.gather(*(ref.result(timeout=within) for ref in refs))
     except TimeoutError:
-        raise AssertionError(f"runs did not finish within {within}s\n{kids.report()}") from None
+        timeline = await describe_runs(app, [ref.run_id for ref in refs], began)
+        raise AssertionError(
+            f"runs did not finish within {within}s\n{timeline}\n{kids.report()}"
+        ) from None
+
+
+async def describe_runs(app: Tether, run_ids: list[str], began: float) -> str:
+    """Each run's status and its last events, timed from ``began``, for a failure message."""
+    lines = []
+    for run_id in run_ids:
+        info = await app.runs.get(run_id)
+        tail = [
+            f"{e.type.removeprefix('run.').removesuffix('.v1')}@{e.at - began:+.2f}s"
+            for e in info.events[-4:]
+        ]
+        lines.append(f"  {run_id}: {info.status}, {' '.join(tail)}")
+    return "\n".join(lines)
 
 
 def approve(run_id: str) -> dict[str, str]:
@@ -230,7 +254,7 @@ async def test_worker_killed_while_run_waits(
     await first.kill()
     second, second_id = await children.worker("second", nats_url, namespace)
     await app.events.push(APPROVAL_KEY, approve(ref.run_id))
-    result = await results(children, [ref], within=15)
+    result = await results(app, children, [ref], within=15)
 
     assert result == [{"decision": "approve", "action": {"pay": 120}}], children.report()
     info = await app.runs.get(ref.run_id)
@@ -270,7 +294,7 @@ async def test_worker_killed_while_run_is_running(
     (tmp_path / "release").touch()
     _, second_id = await children.worker("second", nats_url, namespace, ack_wait=SHORT_ACK_WAIT_S)
     # Redelivery comes once the dead worker's ack wait runs out.
-    result = await results(children, [ref], within=SHORT_ACK_WAIT_S + 15)
+    result = await results(app, children, [ref], within=SHORT_ACK_WAIT_S + 15)
 
     assert result == [{"before": "prepared", "block": "released", "attempt": 2}]
     info = await app.runs.get(ref.run_id)
@@ -308,13 +332,13 @@ async def test_serve_killed_and_restarted_mid_flow(
         assert (await app.runs.get(late.run_id)).status == "queued"
 
         await children.serve("serve-2", nats_url, namespace)
-        outputs = await results(children, refs, within=30)
+        outputs = await results(app, children, refs, within=30)
         assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)]
 
         # The run requested while serve was down was dispatched from the durable consumer.
         await all_in_status(children, app, [late.run_id], "waiting")
         await app.events.push(APPROVAL_KEY, approve(late.run_id))
-        assert await results(children, [late], within=15) == [
+        assert await results(app, children, [late], within=15) == [
             {"decision": "approve", "action": {"pay": 999}}
         ]
     assert executions(tmp_path, "propose") == runs + 1
@@ -364,7 +388,7 @@ async def test_serve_killed_while_resuming_runs(
         await serve.kill()
         in_flight = dict(Counter(await statuses(app, ids)))
         await children.serve("serve-2", nats_url, namespace)
-        outputs = await results(children, refs, within=45)
+        outputs = await results(app, children, refs, within=45)
     assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)], (
         in_flight
     )
