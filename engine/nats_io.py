@@ -100,9 +100,12 @@ class DirectReader:
 
         The result is the log as it stood at the stream's last sequence in that answer, even
         while others append: the server reports that sequence before it counts subjects, so
-        every message at or below it is among the counted ones, and every read is cut there.
-        Without the cut, a subject written again between the two steps would be answered
-        with its newer message only, and an older event would drop out of the read.
+        every message at or below it is among the counted ones, and everything is cut there.
+        A subject counted once but written again before the ``multi_last`` read is answered
+        with its newer message (or not at all, past the batch); that subject alone is read
+        again literally, from the start. (``multi_last`` can cut at a sequence itself, with
+        ``up_to_seq``, but below the stream's end that makes the server search its blocks:
+        it doubled nats-server's CPU per run in ``bench/hitl_cycle.py``.)
         """
         await self._ensure_sub()
         reply = await self._nc.request(
@@ -123,16 +126,20 @@ class DirectReader:
         repeated = [subject for subject, count in counts.items() if count > 1]
         reads = [
             self._request_batch(
-                stream,
-                {"multi_last": [subject_filter], "batch": len(counts), "up_to_seq": up_to},
-                timeout,
+                stream, {"multi_last": [subject_filter], "batch": len(counts)}, timeout
             )
         ]
         reads += [
             self._one_batch(stream, subject, start_seq, counts[subject], timeout)
             for subject in repeated
         ]
-        batches = await asyncio.gather(*reads)
+        batches = list(await asyncio.gather(*reads))
+        answered = {m.subject for m in batches[0][0] if m.seq <= up_to}
+        moved = [s for s, count in counts.items() if count == 1 and s not in answered]
+        if moved:  # written again since they were counted
+            batches += await asyncio.gather(
+                *(self._one_batch(stream, subject, start_seq, 1, timeout) for subject in moved)
+            )
         by_seq: dict[int, StoredMessage] = {}
         for got, _ in batches:
             for message in got:

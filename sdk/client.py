@@ -136,11 +136,14 @@ class _TerminalWatcher:
                 del self._waiters[run_id]
 
 
-# How often a waiter re-reads a run's log when no notice comes: quickly at first, then
-# rarely. A notice can be missed: the server fans a write out to core subscribers before
-# the stream stores it, so a subscription made in that moment gets no notice and a read
-# does not see the write yet; and notices sent while the connection is down are lost.
-FIRST_RECHECK_S = 0.05
+# When a waiter re-reads a run's log. After a notice the announced write is readable within
+# milliseconds, so it polls from AFTER_NOTICE_S. Without one it still re-reads, from
+# FIRST_RECHECK_S backing off to MAX_RECHECK_S: a notice can be missed, because the server
+# fans a write out to core subscribers before the stream stores it (a subscription made in
+# that moment gets no notice and a read does not see the write yet), and notices sent while
+# the connection is down are lost.
+AFTER_NOTICE_S = 0.01
+FIRST_RECHECK_S = 0.25
 MAX_RECHECK_S = 5.0
 
 
@@ -260,11 +263,11 @@ class RunsClient:
                     info = await self.get(run_id)
                     if info.is_terminal:
                         return info
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(fut), recheck)
-                    # after a notice, poll quickly again: the write it announced is
-                    # readable within milliseconds
-                    recheck = FIRST_RECHECK_S if fut.done() else min(recheck * 2, MAX_RECHECK_S)
+                    if not fut.done():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(asyncio.shield(fut), recheck)
+                    # re-read now; after a notice keep polling quickly, else back off
+                    recheck = AFTER_NOTICE_S if fut.done() else min(recheck * 2, MAX_RECHECK_S)
                 finally:
                     watcher.discard(run_id, fut)
 

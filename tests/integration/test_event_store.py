@@ -36,8 +36,19 @@ def step(run_id: str, position: int) -> ev.StepRecorded:
     return ev.StepRecorded(run_id=run_id, at=2.0, position=position, name="s", output=position)
 
 
+def started(run_id: str, attempt: int) -> ev.AttemptStarted:
+    return ev.AttemptStarted(run_id=run_id, at=2.0, attempt=attempt, worker="w")
+
+
 def positions(events: list[tuple[int, ev.RunEvent]]) -> list[Any]:
-    return [getattr(event, "position", event.type) for _, event in events]
+    """Steps by position, attempts as ``a<n>``, anything else by type."""
+    out: list[Any] = []
+    for _, event in events:
+        if isinstance(event, ev.AttemptStarted):
+            out.append(f"a{event.attempt}")
+        else:
+            out.append(getattr(event, "position", event.type))
+    return out
 
 
 async def test_append_is_guarded_by_the_last_sequence(store: EventStore) -> None:
@@ -67,19 +78,19 @@ async def test_a_retried_write_is_found_by_its_message_id(store: EventStore) -> 
 
 
 async def test_reads_during_appends_are_whole_prefixes(store: EventStore) -> None:
-    """Every step lands on the same subject, so each append moves that subject's last
-    message: a read must never return a later step without the earlier ones."""
-    steps = 60
+    """Attempts and steps alternate, so each append moves a subject's last message past
+    events of another subject: a read must never return a later event without the earlier
+    ones (on JetStream, a run's subjects are read by subject and merged)."""
+    rounds = 40
     last = await store.append(requested("a"), expected_last_seq=0, msg_id="a:req")
     done = asyncio.Event()
 
     async def writer() -> None:
         nonlocal last
-        for position in range(steps):
-            last = await store.append(
-                step("a", position), expected_last_seq=last, msg_id=f"a:{position}"
-            )
-            await asyncio.sleep(0)  # let the readers in, even on the in-memory store
+        for n in range(rounds):
+            for event in (started("a", n), step("a", n)):
+                last = await store.append(event, expected_last_seq=last, msg_id=f"a:{last}")
+                await asyncio.sleep(0)  # let the readers in, even on the in-memory store
         done.set()
 
     reads: list[list[Any]] = []
@@ -91,7 +102,7 @@ async def test_reads_during_appends_are_whole_prefixes(store: EventStore) -> Non
 
     await asyncio.gather(writer(), reader(), reader())
     final = positions(await store.read("a"))
-    assert final == ["run.requested.v1", *range(steps)]
-    assert len(reads) > steps // 2  # the readers really did overlap the writes
+    assert final == ["run.requested.v1", *[x for n in range(rounds) for x in (f"a{n}", n)]]
+    assert len(reads) > rounds  # the readers really did overlap the writes
     torn = [r for r in reads if r != final[: len(r)]]
     assert not torn, f"{len(torn)} of {len(reads)} reads were not prefixes, e.g. {torn[0]}"
