@@ -12,6 +12,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 STATUS = "Status"
+# A whole read of a run's log that comes back short (a replica behind) is tried this often.
+WHOLE_READ_ATTEMPTS = 5
 DESCRIPTION = "Description"
 
 
@@ -106,7 +108,28 @@ class DirectReader:
         again literally, from the start. (``multi_last`` can cut at a sequence itself, with
         ``up_to_seq``, but below the stream's end that makes the server search its blocks:
         it doubled nats-server's CPU per run in ``bench/hitl_cycle.py``.)
+
+        In a cluster any replica may answer a direct get, and one behind the leader lacks
+        messages the leader counted. A whole read (from the first sequence) that comes back
+        short is tried again, so a gap never reaches a replay.
         """
+        for attempt in range(1, WHOLE_READ_ATTEMPTS + 1):
+            messages, whole = await self._read_subjects_once(
+                stream, subject_filter, start_seq, timeout
+            )
+            if whole or start_seq > 1:
+                return messages
+            await asyncio.sleep(0.05 * attempt)
+        raise RuntimeError(
+            f"could not read {subject_filter} on stream {stream} whole after "
+            f"{WHOLE_READ_ATTEMPTS} tries: the replicas answering direct gets are behind the "
+            "stream leader; check the cluster's health and retry"
+        )
+
+    async def _read_subjects_once(
+        self, stream: str, subject_filter: str, start_seq: int, timeout: float
+    ) -> tuple[list[StoredMessage], bool]:
+        """One read; also whether every counted message at or below the cut came back."""
         await self._ensure_sub()
         reply = await self._nc.request(
             f"$JS.API.STREAM.INFO.{stream}",
@@ -120,32 +143,34 @@ class DirectReader:
         counts: dict[str, int] = state.get("subjects") or {}
         up_to = int(state.get("last_seq") or 0)
         if not counts or up_to < start_seq:
-            return []
+            return [], True
         # Subjects holding one message come back together, as "the last message of each
         # subject"; only subjects with several messages need a read of their own.
         repeated = [subject for subject, count in counts.items() if count > 1]
-        reads = [
+        last_of_each, *literal = await asyncio.gather(
             self._request_batch(
                 stream, {"multi_last": [subject_filter], "batch": len(counts)}, timeout
-            )
-        ]
-        reads += [
-            self._one_batch(stream, subject, start_seq, counts[subject], timeout)
-            for subject in repeated
-        ]
-        batches = list(await asyncio.gather(*reads))
-        answered = {m.subject for m in batches[0][0] if m.seq <= up_to}
+            ),
+            *(
+                self._one_batch(stream, subject, start_seq, counts[subject], timeout)
+                for subject in repeated
+            ),
+        )
+        answered = {m.subject for m in last_of_each[0] if m.seq <= up_to}
         moved = [s for s, count in counts.items() if count == 1 and s not in answered]
         if moved:  # written again since they were counted
-            batches += await asyncio.gather(
+            literal += await asyncio.gather(
                 *(self._one_batch(stream, subject, start_seq, 1, timeout) for subject in moved)
             )
+        # Literal reads ask for exactly the counted number: fewer means a lagging replica.
+        wanted = [counts[subject] for subject in repeated] + [1] * len(moved)
+        whole = all(len(got) == n for (got, _), n in zip(literal, wanted, strict=True))
         by_seq: dict[int, StoredMessage] = {}
-        for got, _ in batches:
+        for got, _ in [last_of_each, *literal]:
             for message in got:
                 if start_seq <= message.seq <= up_to:
                     by_seq[message.seq] = message
-        return [by_seq[seq] for seq in sorted(by_seq)]
+        return [by_seq[seq] for seq in sorted(by_seq)], whole
 
     async def _one_batch(
         self,
