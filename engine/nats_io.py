@@ -12,9 +12,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 STATUS = "Status"
+DESCRIPTION = "Description"
 # A whole read of a run's log that comes back short (a replica behind) is tried this often.
 WHOLE_READ_ATTEMPTS = 5
-DESCRIPTION = "Description"
 
 
 def status_of(msg: Msg) -> str | None:
