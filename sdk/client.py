@@ -18,7 +18,7 @@ from tether.engine import codec
 from tether.engine import events as ev
 from tether.engine.connection import Connection
 from tether.engine.events import RunRequested
-from tether.engine.state import CancelRun, RunState, decide, evolve
+from tether.engine.state import CancelRun, RunState, decide, evolve, fold
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import check_event_key, check_run_id
 from tether.engine.tracing import messaging
@@ -283,7 +283,8 @@ class RunsClient:
         """
         conn = await self._app.connection()
         for _ in range(10):
-            state, _views = await self.state(run_id)
+            raw = await conn.store.read_raw(run_id)
+            state = fold(run_id, [(seq, event) for seq, event, _ in raw])
             if not state.exists:
                 raise RunNotFoundError(run_id)
             if state.is_terminal:
@@ -294,9 +295,12 @@ class RunsClient:
                     event,
                     expected_last_seq=state.last_seq,
                     msg_id=f"{run_id}:{state.last_seq}:cancel",
+                    headers=conn.tracing.inject({}),
                 )
             except ConcurrencyConflictError:
                 continue  # the run moved on (e.g. a step was recorded): decide again
+            # The run's trace ends here too, as it does when a worker or the engine ends it.
+            conn.tracing.record_run(state, "cancelled", raw[0][2], event.at)
             return await self.get(run_id)
         raise ConcurrencyConflictError(run_id, -1)
 

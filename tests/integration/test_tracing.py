@@ -126,6 +126,26 @@ async def test_approval_flow_is_one_trace(
     assert run.attributes["tether.status"] == "completed"
 
 
+async def test_cancelled_run_ends_its_trace(
+    traced: tuple[Tether, TetherServer], exporter: InMemorySpanExporter, namespace: str
+) -> None:
+    app, _ = traced
+    payment = define(app)
+    async with app.worker("payments", slots=1):
+        ref = await payment.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
+        await app.runs.cancel(ref.run_id, reason="withdrawn")
+    [run] = await finished(exporter, "run payment")
+    [trigger] = named(list(exporter.get_finished_spans()), f"publish {namespace}.runs.")
+    assert run.context.trace_id == trigger.context.trace_id
+    assert run.parent is not None and run.parent.span_id == trigger.context.span_id
+    assert run.attributes["tether.status"] == "cancelled"
+    assert run.attributes["tether.run_id"] == ref.run_id
+    info = await app.runs.get(ref.run_id)
+    assert info.ended_at is not None
+    assert run.end_time == int(info.ended_at * 1e9)  # ends when the cancel was recorded
+
+
 async def test_traceparent_from_plain_nats_client_links_into_run(
     traced: tuple[Tether, TetherServer],
     exporter: InMemorySpanExporter,
