@@ -15,6 +15,10 @@ STATUS = "Status"
 DESCRIPTION = "Description"
 # A whole read of a run's log that comes back short (a replica behind) is tried this often.
 WHOLE_READ_ATTEMPTS = 5
+# Ordered consumers live in server memory. After a NATS restart nats-py recreates one only
+# once it has missed two idle heartbeats, so the heartbeat bounds how long a projection
+# pauses (nats-py's default of 5 s, as its KV watcher uses, meant 10-20 s).
+ORDERED_IDLE_HEARTBEAT_S = 1.0
 
 
 def status_of(msg: Msg) -> str | None:

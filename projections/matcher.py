@@ -28,6 +28,7 @@ from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
 from tether.engine.events import TERMINAL_TOKENS
+from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
 from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.cel_expressions import (
     ExpressionEvaluationError,
@@ -43,11 +44,6 @@ from tether.projections.wait_index import WaitIndex
 log = logging.getLogger("tether.matcher")
 
 METADATA_HEADER = "Tether-Metadata"
-
-# The matcher reads both streams through ordered consumers, which live in server memory. After
-# a NATS restart the client recreates one only once it misses two idle heartbeats, so the
-# heartbeat bounds how long matching pauses (nats-py's default of 5 s meant up to 20 s).
-IDLE_HEARTBEAT_S = 1.0
 
 
 @dataclass(slots=True)
@@ -142,7 +138,7 @@ class Matcher:
                 cb=on_run,
                 ordered_consumer=True,
                 deliver_policy=DeliverPolicy.ALL,
-                idle_heartbeat=IDLE_HEARTBEAT_S,
+                idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
             )
         )
         await caught_up.wait()
@@ -158,7 +154,7 @@ class Matcher:
                 self._names.events_all,
                 cb=self._on_event_async,
                 ordered_consumer=True,
-                idle_heartbeat=IDLE_HEARTBEAT_S,
+                idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
                 config=ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
                 ),

@@ -29,11 +29,11 @@ from nats.js.api import DeliverPolicy
 
 from tether.engine import events as ev
 from tether.engine.connection import Connection
+from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
 from tether.engine.state import RunState, StepRecord, WaitRecord, evolve
 
 log = logging.getLogger("tether.run_index")
 
-IDLE_HEARTBEAT_S = 1.0
 # Event keys under this prefix are Tether's own (child-run results): no person decides them.
 INTERNAL_KEY_PREFIX = "tether:"
 
@@ -309,7 +309,7 @@ class RunIndex:
             cb=self._on_msg,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
-            idle_heartbeat=IDLE_HEARTBEAT_S,
+            idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
         )
         started = time.monotonic()
         await self.sync()

@@ -13,20 +13,25 @@ import contextlib
 import heapq
 import logging
 import time
+from typing import Any
 
 import orjson
-from nats.js.kv import KeyValue
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
+from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
 from tether.engine.tracing import TRACEPARENT, messaging
 
 log = logging.getLogger("tether.timer")
 
+KV_OPERATION = "KV-Operation"  # the header a KV delete or purge carries
 _KV_DELETE_OPS = ("DEL", "PURGE")
+LOAD_WAIT_S = 30.0  # how long start() waits for the deadlines already stored
 
 
 class TimerProjection:
@@ -38,6 +43,8 @@ class TimerProjection:
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._sub: Any = None
+        self._key_prefix = ""
         self.fired = 0
 
     @property
@@ -45,40 +52,63 @@ class TimerProjection:
         return len(self._due)
 
     async def start(self) -> None:
-        watcher = await self._conn.deadlines.watchall()
-        ready = asyncio.Event()
-        self._tasks = [
-            asyncio.create_task(self._watch(watcher, ready), name="timer-watch"),
-            asyncio.create_task(self._fire_loop(), name="timer-fire"),
-        ]
-        await ready.wait()
+        """Load every deadline, then follow changes; returns once the deadlines are loaded."""
+        bucket = self._conn.settings.names.deadlines_bucket
+        stream = f"KV_{bucket}"
+        self._key_prefix = f"$KV.{bucket}."
+        loaded = asyncio.Event()
+        info = await self._conn.js.stream_info(stream)
+        if info.state.messages == 0:
+            loaded.set()
+
+        async def on_entry(msg: Msg) -> None:
+            self._on_entry(msg)
+            if msg.metadata.num_pending == 0:
+                loaded.set()
+
+        # Not nats-py's KV watcher: it cannot set the idle heartbeat of its ordered consumer,
+        # and with the default a NATS restart left new deadlines unseen for 10-20 s.
+        self._sub = await self._conn.js.subscribe(
+            f"{self._key_prefix}>",
+            stream=stream,
+            cb=on_entry,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
+        )
+        self._tasks = [asyncio.create_task(self._fire_loop(), name="timer-fire")]
+        try:
+            await asyncio.wait_for(loaded.wait(), LOAD_WAIT_S)
+        except TimeoutError:  # deadlines keep arriving and firing; start() just stops waiting
+            log.warning("deadlines still loading; starting anyway", extra={"loaded": self.pending})
 
     async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _watch(self, watcher: KeyValue.KeyWatcher, ready: asyncio.Event) -> None:
-        async for entry in watcher:
-            if entry is None:  # initial values delivered
-                ready.set()
-                continue
-            ready.set()
-            if entry.operation in _KV_DELETE_OPS or not entry.value:
-                self._due.pop(entry.key, None)
-                self._compact_if_stale()
-                continue
-            try:
-                body = orjson.loads(entry.value)
-                due = float(body["due_at"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                log.error("ignoring malformed deadline", extra={"key": entry.key})
-                continue
-            self._due[entry.key] = (due, entry.value)
-            heapq.heappush(self._heap, (due, entry.key))
-            self._wake.set()
+    def _on_entry(self, msg: Msg) -> None:
+        key = msg.subject[len(self._key_prefix) :]
+        operation = (msg.headers or {}).get(KV_OPERATION)
+        if operation in _KV_DELETE_OPS or not msg.data:
+            self._due.pop(key, None)
+            self._compact_if_stale()
+            return
+        try:
+            body = orjson.loads(msg.data)
+            due = float(body["due_at"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("ignoring malformed deadline", extra={"key": key})
+            return
+        self._due[key] = (due, msg.data)
+        heapq.heappush(self._heap, (due, key))
+        self._wake.set()
 
     def _compact_if_stale(self) -> None:
         """A deleted or moved deadline leaves its heap entry behind until it comes due (a day

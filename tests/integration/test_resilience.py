@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from nats.aio.msg import Msg
 
 from tests.helpers import wait_until
 from tests.integration.procs import APPROVAL_KEY, define_tasks, executions
-from tether import RunRef, Tether
+from tether import DurableContext, RunRef, Tether, WaitTimeoutError
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
 from tether.server import TetherServer
@@ -454,6 +455,61 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
                 assert types.count("run.wait_satisfied.v1") == 1
                 assert types.count("run.completed.v1") == 1
         assert executions(tmp_path, "propose") == runs + 1
+    finally:
+        await srv.stop()
+        await app.close()
+        nats.cleanup()
+
+
+async def test_timeouts_set_after_a_nats_restart_fire_on_time(
+    namespace: str, tmp_path: Path
+) -> None:
+    """The timer learns of deadlines from a watch on the KV bucket. After NATS restarts, that
+    watch must come back within seconds, or every timeout set since waits for it."""
+    nats = NatsServer(store_dir=tmp_path / "nats", sync_always=True).start()
+    settings = Settings(nats_url=nats.url, namespace=namespace)
+    app = Tether(settings=settings)
+    srv = TetherServer(settings)
+
+    @app.durable_task(name="short-wait")
+    async def short_wait(input: dict[str, Any], ctx: DurableContext) -> str:
+        try:
+            await ctx.wait_for_event("never:sent", timeout=timedelta(seconds=1))
+        except WaitTimeoutError:
+            return "expired"
+        return "resumed"
+
+    try:
+        await srv.start()
+        async with app.worker("w", tasks=[short_wait], slots=2):
+            nats.kill()
+            nats.start()  # same port, same store
+            conn = await app.connection()
+
+            async def reconnected() -> bool:
+                return bool(conn.nc.is_connected and conn.nc.stats["reconnects"] >= 1)
+
+            await wait_until(reconnected, timeout=10, message="the SDK to reconnect")
+
+            async def triggered() -> RunRef | None:
+                try:
+                    return await short_wait.run_no_wait({})
+                except Exception:
+                    return None  # JetStream still recovering its streams
+
+            ref = await wait_until(triggered, timeout=20, interval=0.2, message="a trigger")
+            try:
+                assert await ref.result(timeout=10) == "expired"
+            except TimeoutError:
+                info = await app.runs.get(ref.run_id)
+                raise AssertionError(
+                    f"the 1 s wait timeout set after the restart did not fire within 10 s; "
+                    f"run {info.status}, events {[e.type for e in info.events]}"
+                ) from None
+            info = await app.runs.get(ref.run_id)
+            [started] = [e.data for e in info.events if e.type == "run.wait_started.v1"]
+            [expired] = [e.data for e in info.events if e.type == "run.wait_timed_out.v1"]
+            assert expired["at"] >= started["timeout_at"]
     finally:
         await srv.stop()
         await app.close()
