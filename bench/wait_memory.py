@@ -33,7 +33,6 @@ import sys
 import time
 import tracemalloc
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -194,26 +193,6 @@ async def measure(
 # -- where the bytes go (in this process, tracemalloc) ----------------------------------------
 
 
-@dataclass(slots=True)
-class _Entry:
-    key: str
-    value: bytes
-    operation: str | None = None
-
-
-class _Watcher:
-    def __init__(self, entries: list[_Entry]) -> None:
-        self._entries = entries
-
-    def __aiter__(self) -> _Watcher:
-        return self
-
-    async def __anext__(self) -> _Entry:
-        if not self._entries:
-            raise StopAsyncIteration
-        return self._entries.pop()
-
-
 async def capture_records(js: Any, settings: Settings, run_id: str) -> dict[str, Any]:
     """What serve holds for one waiting run, as stored: its wait_started event and its
     deadline entries (key suffix -> value), to rebuild the same records for other run ids."""
@@ -260,16 +239,18 @@ async def breakdown(n: int, records: dict[str, Any]) -> dict[str, Any]:
 
     per_run = len(records["deadlines"])
     timer = TimerProjection(SimpleNamespace())  # type: ignore[arg-type]
+    timer._key_prefix = "$KV.bench."
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     entries = [
-        _Entry(r + suffix, value.replace(template, r).encode())
-        for r in run_ids
+        fake_msg(f"$KV.bench.{r}{suffix}", value.replace(template, r).encode(), i + 1)
+        for i, r in enumerate(run_ids)
         for suffix, value in records["deadlines"].items()
     ]
-    await timer._watch(_Watcher(entries), asyncio.Event())  # type: ignore[arg-type]
-    del entries
+    for entry in entries:
+        timer._on_entry(entry)  # type: ignore[arg-type]
+    del entries, entry
     gc.collect()
     timer_bytes = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
