@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sys
 import time
@@ -44,6 +45,10 @@ from tether.projections.wait_index import WaitIndex
 log = logging.getLogger("tether.matcher")
 
 METADATA_HEADER = "Tether-Metadata"
+# A resume command that cannot be published (NATS down, a stream without a leader) is
+# retried from this delay, doubling up to the cap, for as long as it takes.
+PUBLISH_RETRY_FIRST_S = 0.2
+PUBLISH_RETRY_MAX_S = 5.0
 
 
 @dataclass(slots=True)
@@ -168,7 +173,13 @@ class Matcher:
                 await sub.unsubscribe()
         self._subs.clear()
         if self._background:
-            await asyncio.wait(set(self._background), timeout=5.0)
+            _, pending = await asyncio.wait(set(self._background), timeout=5.0)
+            # Commands still unpublished are not lost: their waits are open in the run log,
+            # and the next matcher replays the events after them.
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
 
     # -- the run log: waits opening and closing ------------------------------------------------
 
@@ -369,28 +380,21 @@ class Matcher:
     async def _publish(
         self, command: CommandMessage, wait: OpenWait, headers: dict[str, str]
     ) -> None:
-        for attempt in range(5):
+        """Publish until the stream takes it: the matched event has been consumed, so giving
+        up would leave the wait open with nothing left to match it until a restart replays.
+        (Retries are harmless: the command's message id dedupes.)"""
+        delay = PUBLISH_RETRY_FIRST_S
+        for attempt in itertools.count(1):
             try:
                 await send_command(self._js, self._names, command, headers)
                 return
-            except Exception:
+            except Exception as exc:
                 log.warning(
-                    "resume command not published yet",
-                    exc_info=True,
-                    extra={"wait_id": wait.wait_id, "attempt": attempt + 1},
+                    "resume command not published yet; retrying",
+                    extra={"wait_id": wait.wait_id, "attempt": attempt, "error": repr(exc)},
                 )
-                await asyncio.sleep(0.2 * (attempt + 1))
-        # Give the condition back so a later event (or a restart) can resolve the wait.
-        log.error("resume command failed; wait reopened", extra={"wait_id": wait.wait_id})
-        clause = next(c.clause for c in wait.conditions if c.condition_id == command.condition_id)
-        wait.met_clauses = wait.met_clauses - {clause}
-        self.waits[wait.wait_id] = wait
-        self._open_by_run[wait.run_id] = wait.wait_id
-        for condition in wait.conditions:
-            if condition.clause == clause:
-                self._index.add(
-                    (wait.wait_id, condition.condition_id), condition.event_key, condition.shape
-                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, PUBLISH_RETRY_MAX_S)
 
     def _reject(self, seq: int, key: str, reason: str, data: bytes) -> None:
         self.rejected += 1
