@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
+import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -15,6 +16,21 @@ STATUS = "Status"
 DESCRIPTION = "Description"
 # A whole read of a run's log that comes back short (a replica behind) is tried this often.
 WHOLE_READ_ATTEMPTS = 5
+
+
+class StreamUnavailableError(RuntimeError):
+    """JetStream answered a read with "unavailable" (no leader yet, a node restarting)."""
+
+
+# Read failures that pass on their own (a reconnect, a leader election): a caller with time
+# left tries again. The builtin TimeoutError is a read that got no answer in time.
+TRANSIENT_NATS_ERRORS: tuple[type[Exception], ...] = (
+    TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    StreamUnavailableError,
+)
+
 # Ordered consumers live in server memory. After a NATS restart nats-py recreates one only
 # once it has missed two idle heartbeats, so the heartbeat bounds how long a projection
 # pauses (nats-py's default of 5 s, as its KV watcher uses, meant 10-20 s).
@@ -142,7 +158,10 @@ class DirectReader:
         )
         info = orjson.loads(reply.data)
         if "error" in info:
-            raise RuntimeError(f"stream info for {stream} failed: {info['error']}")
+            error = info["error"]
+            if error.get("code") == 503:
+                raise StreamUnavailableError(f"stream {stream} is unavailable: {error}")
+            raise RuntimeError(f"stream info for {stream} failed: {error}")
         state = info.get("state") or {}
         counts: dict[str, int] = state.get("subjects") or {}
         up_to = int(state.get("last_seq") or 0)
@@ -212,6 +231,9 @@ class DirectReader:
                         return out, 0
                     if status == "204":  # end of batch
                         return out, int((msg.headers or {}).get("Nats-Num-Pending", "0") or 0)
+                    if status in ("408", "503"):
+                        desc = (msg.headers or {}).get(DESCRIPTION, "")
+                        raise StreamUnavailableError(f"direct get on stream {stream}: {desc}")
                     if status is not None and status != "200":
                         desc = (msg.headers or {}).get(DESCRIPTION, "")
                         raise RuntimeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from tether.engine import codec
 from tether.engine import events as ev
 from tether.engine.connection import Connection
 from tether.engine.events import RunRequested
+from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
 from tether.engine.state import CancelRun, RunState, decide, evolve, fold
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import check_event_key, check_run_id
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from tether.task import DurableTask
 
 METADATA_HEADER = "Tether-Metadata"
+
+log = logging.getLogger("tether.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,9 +264,14 @@ class RunsClient:
             while True:
                 fut = watcher.register(run_id)  # before reading, so no completion slips by
                 try:
-                    info = await self.get(run_id)
-                    if info.is_terminal:
-                        return info
+                    try:
+                        info = await self.get(run_id)
+                    except TRANSIENT_NATS_ERRORS as exc:
+                        # A reconnect or a leader election: the caller's timeout still holds.
+                        log.debug("run read failed; retrying", extra={"error": repr(exc)})
+                    else:
+                        if info.is_terminal:
+                            return info
                     if not fut.done():
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(asyncio.shield(fut), recheck)
