@@ -34,6 +34,15 @@ def redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
+def server_urls(nats_url: str) -> list[str]:
+    """The servers of a NATS URL setting: one URL, or several separated by commas (a
+    cluster's seeds; the client fails over between them and learns the rest)."""
+    urls = [part.strip() for part in nats_url.split(",") if part.strip()]
+    if not urls:
+        raise ValueError("the NATS URL is empty; set TETHER_NATS_URL or pass nats_url")
+    return urls
+
+
 @dataclass
 class Connection:
     settings: Settings
@@ -73,7 +82,7 @@ class Connection:
 
         try:
             nc = await nats.connect(
-                settings.nats_url,
+                server_urls(settings.nats_url),
                 name=name,
                 reconnected_cb=reconnected,
                 max_reconnect_attempts=-1,
