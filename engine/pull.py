@@ -27,6 +27,8 @@ log = logging.getLogger("tether.pull")
 
 Handler = Callable[[Msg], Awaitable[None]]
 
+HANDLER_FAILED_REDELIVERY_S = 1.0
+
 
 class SlotBudget:
     """Slots shared by several pullers (one per task of a worker)."""
@@ -169,7 +171,12 @@ class SlotPuller:
         try:
             await self._handler(msg)
         except Exception:
-            log.exception("message handler failed", extra={"consumer": self._consumer})
+            log.exception(
+                "message handler failed; redelivering", extra={"consumer": self._consumer}
+            )
+            # Soon, not after the whole ack wait: most failures are NATS passing trouble.
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=HANDLER_FAILED_REDELIVERY_S)
         finally:
             self._budget.active -= 1
             self._budget.wake_all()
