@@ -28,6 +28,11 @@ log = logging.getLogger("tether.pull")
 Handler = Callable[[Msg], Awaitable[None]]
 
 HANDLER_FAILED_REDELIVERY_S = 1.0
+# A pull request lives this long on the server, which then answers 408. One that gets no
+# answer by the grace after it died with the consumer's leader (or the connection): its
+# count is dropped and asked again, so a failover stalls a puller for seconds, not longer.
+PULL_EXPIRES_S = 3.0
+PULL_GRACE_S = 1.0
 
 
 class SlotBudget:
@@ -57,7 +62,7 @@ class SlotPuller:
         handler: Handler,
         *,
         budget: SlotBudget,
-        expires_s: float = 5.0,
+        expires_s: float = PULL_EXPIRES_S,
     ) -> None:
         self._nc = nc
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
@@ -128,7 +133,7 @@ class SlotPuller:
     async def _request(self, batch: int) -> None:
         self._counter += 1
         inbox = f"{self._prefix}.{self._counter}"
-        self._requests[inbox] = (batch, time.monotonic() + self._expires_s + 5.0)
+        self._requests[inbox] = (batch, time.monotonic() + self._expires_s + PULL_GRACE_S)
         self._owed += batch
         body = orjson.dumps({"batch": batch, "expires": int(self._expires_s * 1e9)})
         try:
