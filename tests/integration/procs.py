@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import wait_until
 from tether import DurableContext, DurableTask, Tether
 from tether.engine.config import Settings
 from tether.logs import configure
@@ -42,6 +43,26 @@ def executions(directory: Path, step: str) -> int:
     """How many times the function of ``step`` ran, in any process."""
     path = directory / f"{step}.count"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def approve(run_id: str) -> dict[str, str]:
+    """The approval the ``approval`` task of ``run_id`` waits for."""
+    return {"runId": run_id, "decision": "approve"}
+
+
+async def push_approvals(app: Tether, run_ids: list[str], *, within: float) -> None:
+    """Approve every run, retrying while NATS or a stream leader comes back; the event id
+    makes each push idempotent, so a retry never approves twice."""
+
+    async def pushed_all() -> bool:
+        try:
+            for run_id in run_ids:
+                await app.events.push(APPROVAL_KEY, approve(run_id), id=f"ok-{run_id}")
+        except Exception:
+            return False
+        return True
+
+    await wait_until(pushed_all, timeout=within, interval=0.2, message="pushes to be accepted")
 
 
 def define_tasks(app: Tether) -> dict[str, DurableTask[Any, Any]]:

@@ -12,7 +12,13 @@ import pytest
 
 from tests.helpers import wait_until
 from tests.integration.cluster import NatsCluster
-from tests.integration.procs import APPROVAL_KEY, define_tasks, executions
+from tests.integration.procs import (
+    APPROVAL_KEY,
+    approve,
+    define_tasks,
+    executions,
+    push_approvals,
+)
 from tether import Tether
 from tether.engine.config import Settings
 from tether.server import TetherServer
@@ -40,10 +46,6 @@ async def start_serve(settings: Settings) -> TetherServer:
         return srv
 
     return await wait_until(started, timeout=30, interval=0.5, message="JetStream on the cluster")
-
-
-def approve(run_id: str) -> dict[str, str]:
-    return {"runId": run_id, "decision": "approve"}
 
 
 async def test_losing_the_run_log_leader_loses_nothing(
@@ -74,20 +76,7 @@ async def test_losing_the_run_log_leader_loses_nothing(
             assert leader is not None and leader.leader is not None
             cluster.kill(leader.leader)
 
-            async def pushed_all() -> bool:
-                # Retries are safe: the id makes each push idempotent.
-                try:
-                    for ref in refs:
-                        await app.events.push(
-                            APPROVAL_KEY, approve(ref.run_id), id=f"ok-{ref.run_id}"
-                        )
-                except Exception:
-                    return False
-                return True
-
-            await wait_until(
-                pushed_all, timeout=30, interval=0.5, message="the cluster to accept pushes"
-            )
+            await push_approvals(app, [ref.run_id for ref in refs], within=30)
             outputs = await asyncio.gather(*(ref.result(timeout=60) for ref in refs))
             assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)]
             new_leader = (await conn.js.stream_info(settings.names.runs_stream)).cluster

@@ -25,7 +25,13 @@ import pytest
 from nats.aio.msg import Msg
 
 from tests.helpers import wait_until
-from tests.integration.procs import APPROVAL_KEY, define_tasks, executions
+from tests.integration.procs import (
+    APPROVAL_KEY,
+    approve,
+    define_tasks,
+    executions,
+    push_approvals,
+)
 from tether import DurableContext, RunRef, Tether, WaitTimeoutError
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
@@ -232,8 +238,17 @@ async def describe_runs(app: Tether, run_ids: list[str], began: float) -> str:
     return "\n".join(lines)
 
 
-def approve(run_id: str) -> dict[str, str]:
-    return {"runId": run_id, "decision": "approve"}
+async def restart_nats(nats: NatsServer, app: Tether) -> None:
+    """SIGKILL the server, start it again on the same port and store, and wait for the SDK
+    to reconnect."""
+    nats.kill()
+    nats.start()
+    conn = await app.connection()
+
+    async def reconnected() -> bool:
+        return bool(conn.nc.is_connected and conn.nc.stats["reconnects"] >= 1)
+
+    await wait_until(reconnected, timeout=10, message="the SDK to reconnect")
 
 
 # -- 1. a worker dies while its run waits ----------------------------------------------------
@@ -421,27 +436,9 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
             kids = Children()
             await all_in_status(kids, app, ids, "waiting")
 
-            nats.kill()
-            nats.start()  # same port, same store
-            conn = await app.connection()
+            await restart_nats(nats, app)
 
-            async def reconnected() -> bool:
-                return bool(conn.nc.is_connected and conn.nc.stats["reconnects"] >= 1)
-
-            await wait_until(reconnected, timeout=10, message="the SDK to reconnect")
-
-            async def pushed_all() -> bool:
-                # Retries are safe: the id makes each push idempotent.
-                try:
-                    for run_id in ids:
-                        await app.events.push(APPROVAL_KEY, approve(run_id), id=f"ok-{run_id}")
-                except Exception:
-                    return False
-                return True
-
-            await wait_until(
-                pushed_all, timeout=20, interval=0.2, message="NATS to accept pushes again"
-            )
+            await push_approvals(app, ids, within=20)
             outputs = await asyncio.gather(*(ref.result(timeout=30) for ref in refs))
             assert outputs == [{"decision": "approve", "action": {"pay": i}} for i in range(runs)]
 
@@ -482,14 +479,7 @@ async def test_timeouts_set_after_a_nats_restart_fire_on_time(
     try:
         await srv.start()
         async with app.worker("w", tasks=[short_wait], slots=2):
-            nats.kill()
-            nats.start()  # same port, same store
-            conn = await app.connection()
-
-            async def reconnected() -> bool:
-                return bool(conn.nc.is_connected and conn.nc.stats["reconnects"] >= 1)
-
-            await wait_until(reconnected, timeout=10, message="the SDK to reconnect")
+            await restart_nats(nats, app)
 
             async def triggered() -> RunRef | None:
                 try:
