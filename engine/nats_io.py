@@ -231,7 +231,7 @@ class DirectReader:
                         return out, 0
                     if status == "204":  # end of batch
                         return out, int((msg.headers or {}).get("Nats-Num-Pending", "0") or 0)
-                    if status in ("408", "503"):
+                    if status == "503":  # (a 408 here means a bad request, not a timeout)
                         desc = (msg.headers or {}).get(DESCRIPTION, "")
                         raise StreamUnavailableError(f"direct get on stream {stream}: {desc}")
                     if status is not None and status != "200":
