@@ -35,6 +35,10 @@ class Settings:
     # How long a command or run-log message stays with an engine service that went silent
     # (crashed) before another serve process gets it.
     engine_ack_wait_s: float = 10.0
+    # How long pushed events are kept, in seconds; 0 keeps them forever. Make it longer than
+    # any lookback and than any outage of `tether serve` (its matcher replays the events
+    # stored since the oldest open wait began).
+    events_max_age_s: float = 0.0
     names: Names = field(init=False)
 
     def __post_init__(self) -> None:
@@ -49,4 +53,5 @@ class Settings:
             max_event_bytes=_env_int("TETHER_MAX_EVENT_BYTES", 256 * 1024),
             task_ack_wait_s=float(_env_int("TETHER_TASK_ACK_WAIT_S", 30)),
             engine_ack_wait_s=float(_env_int("TETHER_ENGINE_ACK_WAIT_S", 10)),
+            events_max_age_s=float(_env_int("TETHER_EVENTS_MAX_AGE_S", 0)),
         )

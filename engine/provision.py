@@ -42,13 +42,15 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_msg_size=max(settings.max_event_bytes * 2, 1024 * 1024),
             **common,
         ),
-        # Pushed events; their sequence is the position waits match from.
+        # Pushed events; their sequence is the position waits match from. Kept forever
+        # unless TETHER_EVENTS_MAX_AGE_S says otherwise (the duplicate window must fit).
         StreamConfig(
             name=names.events_stream,
             subjects=[names.events_all],
             retention=RetentionPolicy.LIMITS,
             allow_direct=True,
-            duplicate_window=120.0,
+            duplicate_window=min(120.0, settings.events_max_age_s or 120.0),
+            max_age=settings.events_max_age_s or None,
             max_msg_size=settings.max_event_bytes,
             discard=DiscardPolicy.OLD,
             **common,
