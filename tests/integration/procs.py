@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import wait_until
-from tether import DurableContext, DurableTask, Tether
+from tether import DurableContext, DurableTask, RunRef, Tether
 from tether.engine.config import Settings
 from tether.logs import configure
 
@@ -63,6 +63,13 @@ async def push_approvals(app: Tether, run_ids: list[str], *, within: float) -> N
         return True
 
     await wait_until(pushed_all, timeout=within, interval=0.2, message="pushes to be accepted")
+
+
+async def trigger_approvals(
+    task: DurableTask[Any, Any], count: int, directory: Path
+) -> list[RunRef]:
+    """``count`` runs of the ``approval`` task, proposing amounts 0 .. count - 1."""
+    return [await task.run_no_wait({"amount": i, "dir": str(directory)}) for i in range(count)]
 
 
 def define_tasks(app: Tether) -> dict[str, DurableTask[Any, Any]]:

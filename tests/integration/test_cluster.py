@@ -18,6 +18,7 @@ from tests.integration.procs import (
     define_tasks,
     executions,
     push_approvals,
+    trigger_approvals,
 )
 from tether import Tether
 from tether.engine.config import Settings
@@ -61,10 +62,7 @@ async def test_losing_the_run_log_leader_loses_nothing(
         info = await conn.js.stream_info(settings.names.runs_stream)
         assert info.config.num_replicas == 3
         async with app.worker("w", tasks=[tasks["approval"]], slots=4):
-            refs = [
-                await tasks["approval"].run_no_wait({"amount": i, "dir": str(tmp_path)})
-                for i in range(runs)
-            ]
+            refs = await trigger_approvals(tasks["approval"], runs, tmp_path)
 
             async def all_waiting() -> bool:
                 infos = await asyncio.gather(*(app.runs.get(r.run_id) for r in refs))

@@ -31,6 +31,7 @@ from tests.integration.procs import (
     define_tasks,
     executions,
     push_approvals,
+    trigger_approvals,
 )
 from tether import DurableContext, RunRef, Tether, WaitTimeoutError
 from tether.engine.config import Settings
@@ -332,10 +333,7 @@ async def test_serve_killed_and_restarted_mid_flow(
     tasks = define_tasks(app)
     serve = await children.serve("serve-1", nats_url, namespace)
     async with app.worker("w", tasks=[tasks["approval"]], slots=4):
-        refs = [
-            await tasks["approval"].run_no_wait({"amount": i, "dir": str(tmp_path)})
-            for i in range(runs)
-        ]
+        refs = await trigger_approvals(tasks["approval"], runs, tmp_path)
         ids = [ref.run_id for ref in refs]
         await all_in_status(children, app, ids, "waiting")
 
@@ -374,10 +372,7 @@ async def test_serve_killed_while_resuming_runs(
     tasks = define_tasks(app)
     serve = await children.serve("serve-1", nats_url, namespace)
     async with app.worker("w", tasks=[tasks["approval"]], slots=4):
-        refs = [
-            await tasks["approval"].run_no_wait({"amount": i, "dir": str(tmp_path)})
-            for i in range(runs)
-        ]
+        refs = await trigger_approvals(tasks["approval"], runs, tmp_path)
         ids = [ref.run_id for ref in refs]
         await all_in_status(children, app, ids, "waiting")
 
@@ -428,10 +423,7 @@ async def test_nats_restarted_with_runs_waiting(namespace: str, tmp_path: Path) 
     try:
         await srv.start()
         async with app.worker("w", tasks=[tasks["approval"]], slots=4):
-            refs = [
-                await tasks["approval"].run_no_wait({"amount": i, "dir": str(tmp_path)})
-                for i in range(runs)
-            ]
+            refs = await trigger_approvals(tasks["approval"], runs, tmp_path)
             ids = [ref.run_id for ref in refs]
             kids = Children()
             await all_in_status(kids, app, ids, "waiting")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.cel_reference import cel_true
 from tether.projections.cel_expressions import (
     Equality,
     ExpressionEvaluationError,
@@ -22,17 +22,6 @@ from tether.projections.cel_expressions import (
     equality_key,
     validate,
 )
-
-compile_program("true")  # builds cel-python's environment (it raises the recursion limit)
-
-
-def cel_true(source: str, payload: Mapping[str, Any]) -> bool:
-    """The reference answer: cel-python's result, with any evaluation error counted as False."""
-    try:
-        return compile_program(source).matches(payload)
-    except ExpressionEvaluationError:
-        return False
-
 
 # --- shapes ------------------------------------------------------------------------------
 
