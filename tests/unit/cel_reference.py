@@ -1,4 +1,5 @@
-"""The reference the fast paths are checked against: cel-python itself."""
+"""What the CEL fast-path tests share: cel-python itself as the reference answer, and a
+way to build the payloads they evaluate."""
 
 from __future__ import annotations
 
@@ -16,3 +17,13 @@ def cel_true(source: str, payload: Mapping[str, Any]) -> bool:
         return compile_program(source).matches(payload)
     except ExpressionEvaluationError:
         return False
+
+
+def set_path(payload: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Put ``value`` at ``path`` in ``payload``, replacing whatever is not a map on the way."""
+    for segment in path[:-1]:
+        child = payload.get(segment)
+        if not isinstance(child, dict):
+            child = payload[segment] = {}
+        payload = child
+    payload[path[-1]] = value

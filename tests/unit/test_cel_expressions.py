@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.cel_reference import cel_true
+from tests.unit.cel_reference import cel_true, set_path
 from tether.projections.cel_expressions import (
     Equality,
     ExpressionEvaluationError,
@@ -267,15 +267,6 @@ def equality_source(draw: st.DrawFn) -> tuple[str, tuple[str, ...], JsonScalar]:
     left, right = (operand, literal) if draw(st.booleans()) else (literal, operand)
     text = f"{left} == {right}"
     return (f"({text})" if draw(st.integers(0, 3)) == 0 else text), path, value
-
-
-def set_path(payload: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for segment in path[:-1]:
-        child = payload.get(segment)
-        if not isinstance(child, dict):
-            child = payload[segment] = {}
-        payload = child
-    payload[path[-1]] = value
 
 
 random_payloads = st.recursive(

@@ -44,6 +44,24 @@ def wait_started(position: int = 0) -> ev.WaitStarted:
     )
 
 
+def conditions_wait(label: str, clauses: list[list[ev.ConditionSpec]]) -> ev.WaitStarted:
+    """``ctx.wait_for(label, ...)`` recorded at position 0 of run r1."""
+    return ev.WaitStarted(
+        run_id="r1",
+        at=1.0,
+        position=0,
+        wait_id="r1:0",
+        task="t",
+        event_key="k",
+        expression=None,
+        events_position=0,
+        timeout_at=None,
+        kind="conditions",
+        label=label,
+        clauses=clauses,
+    )
+
+
 def resolve(wait_id: str = "r1:0") -> ResolveWait:
     return ResolveWait(
         wait_id=wait_id,
@@ -94,20 +112,7 @@ def test_terminal_runs_take_no_commands() -> None:
 def test_and_of_two_conditions_needs_both() -> None:
     a = ev.ConditionSpec(id="c0.0", key="alice", kind="event", event_key="k")
     b = ev.ConditionSpec(id="c1.0", key="bob", kind="event", event_key="k")
-    started = ev.WaitStarted(
-        run_id="r1",
-        at=1.0,
-        position=0,
-        wait_id="r1:0",
-        task="t",
-        event_key="k",
-        expression=None,
-        events_position=0,
-        timeout_at=None,
-        kind="conditions",
-        label="two",
-        clauses=[[a], [b]],
-    )
+    started = conditions_wait("two", [[a], [b]])
     state = fold("r1", [(1, requested()), (2, started)])
     first = ResolveWait("r1:0", "c0.0", "alice", "k", 5, None, {"by": "alice"})
     [met] = decide(state, first, now=2.0)
@@ -124,20 +129,7 @@ def test_and_of_two_conditions_needs_both() -> None:
 def test_or_group_resolves_on_first_alternative() -> None:
     event = ev.ConditionSpec(id="c0.0", key="approval", kind="event", event_key="k")
     sleep = ev.ConditionSpec(id="c0.1", key="escalate", kind="sleep", due_at=50.0)
-    started = ev.WaitStarted(
-        run_id="r1",
-        at=1.0,
-        position=0,
-        wait_id="r1:0",
-        task="t",
-        event_key="k",
-        expression=None,
-        events_position=0,
-        timeout_at=None,
-        kind="conditions",
-        label="x",
-        clauses=[[event, sleep]],
-    )
+    started = conditions_wait("x", [[event, sleep]])
     state = fold("r1", [(1, requested()), (2, started)])
     [done] = decide(state, ResolveWait("r1:0", "c0.1", "escalate"), now=51.0)
     assert isinstance(done, ev.WaitSatisfied) and done.fired == ["escalate"]

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.cel_reference import cel_true
+from tests.unit.cel_reference import cel_true, set_path
 from tether.projections.cel_expressions import (
     Equality,
     ExpressionShape,
@@ -170,15 +170,6 @@ def cel_equal(value: Any) -> list[Any]:
     if isinstance(value, float) and value == 0:
         return [0.0, -0.0]
     return [value]
-
-
-def set_path(payload: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for segment in path[:-1]:
-        child = payload.get(segment)
-        if not isinstance(child, dict):
-            child = payload[segment] = {}
-        payload = child
-    payload[path[-1]] = value
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
