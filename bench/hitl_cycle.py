@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import signal
@@ -38,6 +37,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel
+from reporting import load_before_start, write_results
 
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
@@ -107,6 +107,26 @@ def spawn_ready(
             return proc
     proc.kill()
     raise RuntimeError(f"{what} not ready within {timeout}s")
+
+
+def start_serve(nats_url: str, namespace: str, *, tracing: bool = False) -> subprocess.Popen[str]:
+    """``tether serve`` in its own process, once it is running."""
+    cmd = [sys.executable, "-m", "tether.cli", "serve"]
+    if tracing:  # the same TetherServer, given a tracer provider
+        cmd = [sys.executable, __file__, "--role", "serve", "--tracing"]
+    return spawn_ready(
+        [*cmd, "--nats-url", nats_url, "--namespace", namespace], "running", "tether serve"
+    )
+
+
+def start_worker(
+    nats_url: str, namespace: str, slots: int, wait_timeout_s: float, *, tracing: bool = False
+) -> subprocess.Popen[str]:
+    """A worker process for this benchmark's task, once it is pulling."""
+    cmd = [sys.executable, __file__, "--role", "worker", "--nats-url", nats_url]
+    cmd += ["--namespace", namespace, "--slots", str(slots)]
+    cmd += ["--wait-timeout-s", str(wait_timeout_s), *(["--tracing"] if tracing else [])]
+    return spawn_ready(cmd, "worker ready", "worker")
 
 
 def stop_child(proc: subprocess.Popen[str] | None) -> None:
@@ -567,13 +587,7 @@ def main() -> None:
         asyncio.run(serve_main(args))
         return
     args.namespace = args.namespace or f"bench{uuid.uuid4().hex[:8]}"
-    load_start = os.getloadavg()
-    if load_start[0] > 0.5:
-        print(
-            f"note: load average {load_start[0]:.2f} before starting: other work on this "
-            "machine will lower the figures",
-            flush=True,
-        )
+    load_start = load_before_start()
     server: NatsServer | None = None
     serve = worker = None
     pids: dict[str, int] = {}
@@ -591,33 +605,10 @@ def main() -> None:
             f"namespace {args.namespace}",
             flush=True,
         )
-        serve_cmd = [sys.executable, "-m", "tether.cli", "serve"]
-        if args.tracing:  # the same TetherServer, given a tracer provider
-            serve_cmd = [sys.executable, __file__, "--role", "serve", "--tracing"]
-        serve = spawn_ready(
-            [*serve_cmd, "--nats-url", nats_url, "--namespace", args.namespace],
-            "running",
-            "tether serve",
-        )
+        serve = start_serve(nats_url, args.namespace, tracing=args.tracing)
         pids["serve"] = serve.pid
-        worker = spawn_ready(
-            [
-                sys.executable,
-                __file__,
-                "--role",
-                "worker",
-                "--nats-url",
-                nats_url,
-                "--namespace",
-                args.namespace,
-                "--slots",
-                str(args.slots),
-                "--wait-timeout-s",
-                str(args.wait_timeout_s),
-                *(["--tracing"] if args.tracing else []),
-            ],
-            "worker ready",
-            "worker",
+        worker = start_worker(
+            nats_url, args.namespace, args.slots, args.wait_timeout_s, tracing=args.tracing
         )
         pids["worker"] = worker.pid
         layout = (
@@ -635,7 +626,7 @@ def main() -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "layout": layout,
         "cores": os.cpu_count(),
-        "load_avg_1m_start": load_start[0],
+        "load_avg_1m_start": load_start,
         "load_avg_1m_end": os.getloadavg()[0],
         "python": platform.python_version(),
         "runs": args.runs,
@@ -654,10 +645,7 @@ def main() -> None:
     }
     report(results, config)
     name = "hitl_cycle_tracing.json" if args.tracing else "hitl_cycle.json"
-    out = Path(args.out or RESULTS / name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "results": results}, indent=2))
-    print(f"\nwritten: {out}")
+    write_results(Path(args.out or RESULTS / name), config, results)
 
 
 if __name__ == "__main__":

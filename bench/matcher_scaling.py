@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import platform
 import time
@@ -41,6 +40,7 @@ import orjson
 # The sibling module (its directory is on sys.path when run as a script).
 from fake_msg import FakeMsg, fake_msg
 from nats.aio.msg import Msg
+from reporting import load_before_start, write_results
 
 from tether.engine import events as ev
 from tether.engine.config import Settings
@@ -531,19 +531,13 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(RESULTS / "matcher_scaling.json"))
     args = parser.parse_args()
-    load_start = os.getloadavg()
-    if load_start[0] > 0.5:
-        print(
-            f"note: load average {load_start[0]:.2f} before starting: other work on this "
-            "machine will lower the figures",
-            flush=True,
-        )
+    load_start = load_before_start()
     results = asyncio.run(run(args))
     report(results)
     config = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),
-        "load_avg_1m_start": load_start[0],
+        "load_avg_1m_start": load_start,
         "load_avg_1m_end": os.getloadavg()[0],
         "python": platform.python_version(),
         "expression": "input.runId == '<run id>' on key approval:decision",
@@ -551,10 +545,7 @@ def main() -> None:
         "e2e_sizes": parse_sizes(args.e2e_sizes),
         "sync_always": args.sync_always if not args.nats_url else None,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "results": results}, indent=2))
-    print(f"\nwritten: {out}")
+    write_results(Path(args.out), config, results)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import platform
-import sys
 import time
 import tracemalloc
 import uuid
@@ -50,10 +48,12 @@ from hitl_cycle import (
     define_task,
     gather_chunks,
     rss_bytes,
-    spawn_ready,
+    start_serve,
+    start_worker,
     stop_child,
     until,
 )
+from reporting import load_before_start, write_results
 
 from tether import Tether
 from tether.engine.config import Settings
@@ -65,7 +65,6 @@ from tether.projections.timer import TimerProjection
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_BYTES_PER_WAIT = 2048
-HITL = str(Path(__file__).resolve().parent / "hitl_cycle.py")
 
 
 async def settled_rss(
@@ -293,13 +292,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "wait_memory.json"))
     args = parser.parse_args()
     args.namespace = args.namespace or f"bench{uuid.uuid4().hex[:8]}"
-    load_start = os.getloadavg()
-    if load_start[0] > 0.5:
-        print(
-            f"note: load average {load_start[0]:.2f} before starting: other work on this "
-            "machine will lower the figures",
-            flush=True,
-        )
+    load_start = load_before_start()
 
     server: NatsServer | None = None
     serve = worker = None
@@ -310,38 +303,8 @@ def main() -> None:
             server = NatsServer(sync_always=args.sync_always).start()
             nats_url = server.url
         print(f"nats-server: {nats_url}; namespace {args.namespace}", flush=True)
-        serve = spawn_ready(
-            [
-                sys.executable,
-                "-m",
-                "tether.cli",
-                "serve",
-                "--nats-url",
-                nats_url,
-                "--namespace",
-                args.namespace,
-            ],
-            "running",
-            "tether serve",
-        )
-        worker = spawn_ready(
-            [
-                sys.executable,
-                HITL,
-                "--role",
-                "worker",
-                "--nats-url",
-                nats_url,
-                "--namespace",
-                args.namespace,
-                "--slots",
-                str(args.slots),
-                "--wait-timeout-s",
-                str(args.wait_timeout_s),
-            ],
-            "worker ready",
-            "worker",
-        )
+        serve = start_serve(nats_url, args.namespace)
+        worker = start_worker(nats_url, args.namespace, args.slots, args.wait_timeout_s)
         print(
             f"layout: nats-server | tether serve pid {serve.pid} | worker pid {worker.pid} "
             f"({args.slots} slots) | client pid {os.getpid()}",
@@ -386,7 +349,7 @@ def main() -> None:
     config = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "cores": os.cpu_count(),
-        "load_avg_1m_start": load_start[0],
+        "load_avg_1m_start": load_start,
         "load_avg_1m_end": os.getloadavg()[0],
         "python": platform.python_version(),
         "waits": args.waits,
@@ -396,10 +359,7 @@ def main() -> None:
         "sync_always": args.sync_always if not args.nats_url else None,
         "target_bytes_per_wait": TARGET_BYTES_PER_WAIT,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"config": config, "results": results}, indent=2))
-    print(f"\nwritten: {out}")
+    write_results(Path(args.out), config, results)
 
 
 if __name__ == "__main__":
