@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 from pydantic import BaseModel
-from reporting import load_before_start, write_results
+from reporting import load_before_start, machine, write_results
 
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
@@ -623,12 +622,8 @@ def main() -> None:
         if server is not None:
             server.cleanup()
     config = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        **machine(load_start),
         "layout": layout,
-        "cores": os.cpu_count(),
-        "load_avg_1m_start": load_start,
-        "load_avg_1m_end": os.getloadavg()[0],
-        "python": platform.python_version(),
         "runs": args.runs,
         "slots": args.slots,
         "trigger_chunk": args.chunk,

@@ -25,11 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import platform
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,7 +37,7 @@ import orjson
 # The sibling module (its directory is on sys.path when run as a script).
 from fake_msg import FakeMsg, fake_msg
 from nats.aio.msg import Msg
-from reporting import load_before_start, write_results
+from reporting import load_before_start, machine, write_results
 
 from tether.engine import events as ev
 from tether.engine.config import Settings
@@ -535,11 +532,7 @@ def main() -> None:
     results = asyncio.run(run(args))
     report(results)
     config = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "cores": os.cpu_count(),
-        "load_avg_1m_start": load_start,
-        "load_avg_1m_end": os.getloadavg()[0],
-        "python": platform.python_version(),
+        **machine(load_start),
         "expression": "input.runId == '<run id>' on key approval:decision",
         "sizes": parse_sizes(args.sizes),
         "e2e_sizes": parse_sizes(args.e2e_sizes),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,17 @@ def load_before_start() -> float:
             flush=True,
         )
     return load
+
+
+def machine(load_start: float) -> dict[str, Any]:
+    """The conditions every result file records: when, on how many cores, how busy."""
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "cores": os.cpu_count(),
+        "load_avg_1m_start": load_start,
+        "load_avg_1m_end": os.getloadavg()[0],
+        "python": platform.python_version(),
+    }
 
 
 def write_results(out: Path, config: dict[str, Any], results: dict[str, Any]) -> None:

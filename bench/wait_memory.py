@@ -27,11 +27,9 @@ import argparse
 import asyncio
 import gc
 import os
-import platform
 import time
 import tracemalloc
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -53,7 +51,7 @@ from hitl_cycle import (
     stop_child,
     until,
 )
-from reporting import load_before_start, write_results
+from reporting import load_before_start, machine, write_results
 
 from tether import Tether
 from tether.engine.config import Settings
@@ -347,11 +345,7 @@ def main() -> None:
         f"{parts['timer_bytes_per_wait']:,.0f} B/wait"
     )
     config = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "cores": os.cpu_count(),
-        "load_avg_1m_start": load_start,
-        "load_avg_1m_end": os.getloadavg()[0],
-        "python": platform.python_version(),
+        **machine(load_start),
         "waits": args.waits,
         "slots": args.slots,
         "warmup_cycles": args.warmup,
