@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -10,6 +11,11 @@ from tether.engine.subjects import Names
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=24)
+# nats-py's own default. Replies (PubAcks, JetStream API answers, pulled and pushed
+# deliveries) arrive on subjects under the prefix, so NATS permissions that give each user
+# only its own prefix (`_INBOX_alice.>`) keep one identity from reading another's replies.
+DEFAULT_INBOX_PREFIX = "_INBOX"
+_INBOX_PREFIX_OK = re.compile(r"^[A-Za-z0-9_\-:]+(\.[A-Za-z0-9_\-:]+)*$")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -39,10 +45,18 @@ class Settings:
     # any lookback and than any outage of `tether serve` (its matcher replays the events
     # stored since the oldest open wait began).
     events_max_age_s: float = 0.0
+    # Subject prefix of this process's reply inboxes (TETHER_INBOX_PREFIX).
+    inbox_prefix: str = DEFAULT_INBOX_PREFIX
     names: Names = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", Names(self.namespace))
+        if not _INBOX_PREFIX_OK.match(self.inbox_prefix):
+            raise ValueError(
+                f"invalid inbox prefix {self.inbox_prefix!r} (TETHER_INBOX_PREFIX): use "
+                "subject tokens of letters, digits, '_', '-' or ':' separated by dots, with no "
+                "wildcards, e.g. _INBOX_alice"
+            )
 
     @classmethod
     def from_env(cls, nats_url: str | None = None, namespace: str | None = None) -> Settings:
@@ -54,4 +68,5 @@ class Settings:
             task_ack_wait_s=float(_env_int("TETHER_TASK_ACK_WAIT_S", 30)),
             engine_ack_wait_s=float(_env_int("TETHER_ENGINE_ACK_WAIT_S", 10)),
             events_max_age_s=float(_env_int("TETHER_EVENTS_MAX_AGE_S", 0)),
+            inbox_prefix=os.environ.get("TETHER_INBOX_PREFIX") or DEFAULT_INBOX_PREFIX,
         )

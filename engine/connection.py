@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -10,16 +12,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats
+import nats.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from opentelemetry.trace import TracerProvider
 
+from tether.engine import codec
 from tether.engine.config import Settings
+from tether.engine.event_reads import read_key_events
 from tether.engine.jetstream_store import JetStreamEventStore
 from tether.engine.nats_io import DirectReader
-from tether.engine.provision import ensure_streams
+from tether.engine.provision import PermissionWatch, ensure_streams
 from tether.engine.tracing import Tracing
 
 log = logging.getLogger("tether.connection")
@@ -54,6 +59,9 @@ class Connection:
 
     reconnect_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tracing: Tracing = field(default_factory=Tracing)
+    # The server's permission errors on this connection: ``permissions.guard(subject, req)``
+    # fails a denied request at once instead of after the client timeout.
+    permissions: PermissionWatch = field(default_factory=PermissionWatch)
 
     def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` after every reconnect (pull requests made before it are gone)."""
@@ -71,6 +79,20 @@ class Connection:
         """Connect and make sure the streams exist; ``manage_streams`` (the engine service)
         also brings existing streams to these settings."""
         hooks: list[Callable[[], Awaitable[None]]] = []
+        watch = PermissionWatch(settings.inbox_prefix)
+        # nats-py retries a refused login forever (it reconnects without limit): stop at once.
+        credentials_refused = asyncio.Event()
+
+        async def on_error(exc: Exception) -> None:
+            # (at login nats-py reports it as a plain Error with the server's text)
+            refused_login = "authorization violation" in str(exc).lower()
+            if isinstance(exc, nats.errors.AuthorizationError) or refused_login:
+                credentials_refused.set()
+            if watch.on_error(exc):
+                # The server names the subject; the user's permissions do not allow it.
+                log.error("NATS refused an operation (permissions)", extra={"error": str(exc)})
+            else:
+                log.error("NATS error", extra={"error": repr(exc)})
 
         async def reconnected() -> None:
             log.info("reconnected to NATS", extra={"nats_url": redact(settings.nats_url)})
@@ -80,27 +102,63 @@ class Connection:
                 except Exception:
                     log.exception("reconnect hook failed")
 
+        options: dict[str, Any] = {  # (nats-py's annotations say int; it sleeps a float)
+            "name": name,
+            "reconnected_cb": reconnected,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+            "allow_reconnect": True,
+            "error_cb": on_error,
+            # Replies come to this prefix: permissions can confine each user to its own.
+            "inbox_prefix": settings.inbox_prefix,
+        }
+        nc = NATS()
+        connecting = asyncio.ensure_future(nc.connect(server_urls(settings.nats_url), **options))
+        refused = asyncio.ensure_future(credentials_refused.wait())
         try:
-            nc = await nats.connect(
-                server_urls(settings.nats_url),
-                name=name,
-                reconnected_cb=reconnected,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                connect_timeout=5,
-                allow_reconnect=True,
+            await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the caller gave up: so does the connection attempt
+            connecting.cancel()
+            raise
+        finally:
+            refused.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await connecting
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise NatsUnavailableError(
+                f"NATS at {redact(settings.nats_url)} refused the credentials (authorization "
+                "failed): check the user and password in TETHER_NATS_URL"
             )
+        try:
+            connecting.result()
         except Exception as exc:
             raise NatsUnavailableError(
                 f"cannot connect to NATS at {redact(settings.nats_url)} ({exc}); start a "
                 "server with JetStream enabled (`tether dev` runs one) or set TETHER_NATS_URL"
             ) from exc
         js = nc.jetstream(timeout=10)
-        await ensure_streams(js, settings, update=manage_streams)
+        try:
+            deadlines = await ensure_streams(js, settings, update=manage_streams, watch=watch)
+        except BaseException:
+            await nc.close()
+            raise
         reader = DirectReader(nc)
         store = JetStreamEventStore(nc, js, settings.names, reader)
-        deadlines = await js.key_value(settings.names.deadlines_bucket)
-        return cls(settings, nc, js, reader, store, deadlines, hooks, Tracing(tracer_provider))
+        return cls(
+            settings,
+            nc,
+            js,
+            reader,
+            store,
+            deadlines,
+            hooks,
+            Tracing(tracer_provider),
+            permissions=watch,
+        )
 
     async def events_position(self) -> int:
         """The last sequence of the events stream: waits match events after it."""
@@ -117,23 +175,19 @@ class Connection:
         self, key: str, since: float, until_seq: int
     ) -> list[tuple[int, dict[str, Any], str | None]]:
         """Events on ``key`` stored at or after ``since`` (epoch seconds) and at or before
-        ``until_seq``, as (seq, payload, event id); payloads that are not objects are skipped."""
+        ``until_seq``, as (seq, payload, event id); payloads that are not usable JSON objects
+        are skipped."""
         start = datetime.fromtimestamp(since, tz=UTC).isoformat().replace("+00:00", "Z")
-        stored = await self.reader.read_subject(
-            self.settings.names.events_stream,
-            self.settings.names.event_subject(key),
-            start_time=start,
-        )
+        stored = await read_key_events(self.reader, self.settings.names, key, start_time=start)
         out: list[tuple[int, dict[str, Any], str | None]] = []
         for message in stored:
             if message.seq > until_seq:
                 break
-            try:
-                payload = orjson.loads(message.data)
-            except orjson.JSONDecodeError:
+            try:  # the matcher rejects (and records) the ones that fail this
+                payload = codec.loads_object(message.data, "payload")
+            except codec.InvalidJsonError:
                 continue
-            if isinstance(payload, dict):
-                out.append((message.seq, payload, message.headers.get("Nats-Msg-Id")))
+            out.append((message.seq, payload, message.headers.get("Nats-Msg-Id")))
         return out
 
     async def close(self) -> None:

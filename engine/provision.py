@@ -1,10 +1,24 @@
-"""Create the streams, bucket and durable consumers Tether needs; safe to run at every start."""
+"""Create the streams, bucket and durable consumers Tether needs; safe to run at every start.
+
+Each one is looked up first and created only when it is missing, so a process whose NATS
+user may only read stream metadata (a worker, an approver) connects to what the engine
+provisioned without needing the right to create or change streams. Only the engine service
+(``update=True``) changes an existing stream, and only when it differs from its settings.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
-from typing import Any
+import re
+from collections import deque
+from collections.abc import Awaitable
+from enum import Enum
+from typing import Any, TypeVar
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -16,14 +30,106 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 
 from tether.engine.config import Settings
 
 log = logging.getLogger("tether.provision")
 
+T = TypeVar("T")
+
 _STREAM_NAME_IN_USE = 10058
 _CONSUMER_EXISTS = 10148
+# "permissions violation for publish to "<subject>"" (nats-py lowercases the server's text)
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
+
+
+class ProvisionError(RuntimeError):
+    """A stream, bucket or consumer Tether needs is missing or unusable, and why."""
+
+
+class NatsPermissionError(PermissionError):
+    """The NATS server refused a publish (a request) to ``subject`` for this user, or
+    (``inbox``) the subscription to the reply inbox its answer would come to."""
+
+    def __init__(self, subject: str, *, inbox: str | None = None) -> None:
+        if inbox is None:
+            message = f"the NATS user may not publish to {subject}"
+        else:
+            message = (
+                f"the NATS user may not receive replies on {inbox} (subscription refused), so "
+                f"no request can be answered: set TETHER_INBOX_PREFIX to the inbox prefix "
+                "its permissions allow (for example _INBOX_alice)"
+            )
+        super().__init__(message)
+        self.subject = subject
+        self.inbox = inbox
+
+
+class PermissionWatch:
+    """The permission errors the server reported on one connection.
+
+    NATS refuses a publish the user may not make with an asynchronous ``-ERR``, never with a
+    reply, so a denied JetStream request would just time out. ``guard`` races a request
+    against its refusal and fails at once, naming the subject. A refused subscription
+    under ``inbox_prefix`` (where replies arrive) fails every request.
+    """
+
+    def __init__(self, inbox_prefix: str | None = None) -> None:
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
+        self._inbox_prefix = inbox_prefix
+        self.denied: deque[str] = deque(maxlen=100)  # recently refused subjects, lowercase
+        self.inbox_denied: str | None = None
+
+    def on_error(self, error: BaseException) -> bool:
+        """Record ``error`` if it is a permission violation; returns whether it was one."""
+        match = _VIOLATION.search(str(error))
+        if match is None:
+            return False
+        subject = match.group(2).lower()
+        self.denied.append(subject)
+        refused = self._waiting.pop(subject, [])
+        inbox, subscribing = self._inbox_prefix, match.group(1).lower() == "subscription"
+        if subscribing and inbox and subject.startswith(f"{inbox.lower()}."):
+            self.inbox_denied = f"{inbox}.>"
+            refused = [w for waiters in self._waiting.values() for w in waiters]
+        for waiter in refused:
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    async def guard(self, subject: str, operation: Awaitable[T]) -> T:
+        """Await ``operation``, a request published to ``subject``; raise
+        ``NatsPermissionError`` as soon as the server refuses that publish."""
+        if self.inbox_denied is not None:
+            if inspect.iscoroutine(operation):
+                operation.close()  # never sent
+            raise NatsPermissionError(subject, inbox=self.inbox_denied)
+        key = subject.lower()
+        refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(refused)  # before the request goes out
+        task = asyncio.ensure_future(operation)
+        try:
+            either: set[asyncio.Future[Any]] = {task, refused}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            raise NatsPermissionError(subject, inbox=self.inbox_denied)
+        finally:
+            if not task.done():
+                task.cancel()  # refused, or the caller gave up: no one wants the answer
+            waiters = self._waiting.get(key)
+            if waiters is not None and refused in waiters:
+                waiters.remove(refused)
+                if not waiters:
+                    del self._waiting[key]
+
+
+async def _guarded(watch: PermissionWatch | None, subject: str, operation: Awaitable[T]) -> T:
+    if watch is None:
+        return await operation
+    return await watch.guard(subject, operation)
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
@@ -42,11 +148,12 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_msg_size=max(settings.max_event_bytes * 2, 1024 * 1024),
             **common,
         ),
-        # Pushed events; their sequence is the position waits match from. Kept forever
+        # Pushed events: anonymous ones and those of approver identities, each identity on
+        # its own subjects; their sequence is the position waits match from. Kept forever
         # unless TETHER_EVENTS_MAX_AGE_S says otherwise (the duplicate window must fit).
         StreamConfig(
             name=names.events_stream,
-            subjects=[names.events_all],
+            subjects=[names.events_all, names.from_all],
             retention=RetentionPolicy.LIMITS,
             allow_direct=True,
             duplicate_window=min(120.0, settings.events_max_age_s or 120.0),
@@ -82,32 +189,170 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings, *, update: bool) -> None:
-    """Create what is missing. Only the engine service (``update=True``) changes existing
-    streams; a worker or client whose settings differ leaves them alone, so one
-    misconfigured process cannot, say, drop a cluster's streams to one replica."""
-    for config in stream_configs(settings):
-        try:
-            await js.add_stream(config)
-        except APIError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
-            if update:
-                await js.update_stream(config)
-            else:
-                log.warning(
-                    "stream exists with other settings; leaving it as it is",
-                    extra={"stream": config.name},
-                )
-    await js.create_key_value(
-        KeyValueConfig(
-            bucket=settings.names.deadlines_bucket,
-            history=1,
-            storage=StorageType.FILE,
-            replicas=settings.replicas,
-            direct=True,
+_STREAM_FIELDS = (
+    "subjects",
+    "retention",
+    "storage",
+    "num_replicas",
+    "deny_delete",
+    "deny_purge",
+    "allow_direct",
+    "duplicate_window",
+    "max_age",
+    "max_msg_size",
+    "discard",
+)
+_CONSUMER_FIELDS = (
+    "ack_policy",
+    "deliver_policy",
+    "ack_wait",
+    "max_ack_pending",
+    "max_waiting",
+)
+
+
+# Fields whose unset value (None) is itself the setting, so it is compared too: an age limit
+# dropped from the settings must be dropped from the stream.
+_CLEARABLE = ("max_age",)
+
+
+def _norm(value: Any) -> Any:
+    """Compare what was asked with what the server reports: unset, zero and -1 (the
+    server's "no limit") alike, lists as sets, enums by value, durations to the ms."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list):
+        return tuple(sorted(value)) or None
+    if isinstance(value, float):
+        value = round(value, 3)
+    return None if value in (-1, 0, False) else value
+
+
+def _differences(wanted: Any, actual: Any, fields: tuple[str, ...]) -> list[str]:
+    """The fields this process sets whose value on the server differs."""
+    out = []
+    for name in fields:
+        if getattr(wanted, name) is None and name not in _CLEARABLE:
+            continue  # left to the server's default
+        want, have = _norm(getattr(wanted, name)), _norm(getattr(actual, name))
+        if want != have:
+            out.append(f"{name} {have!r} -> {want!r}")
+    return out
+
+
+async def _stream_info(
+    js: JetStreamContext, name: str, watch: PermissionWatch | None
+) -> StreamConfig | None:
+    """The stream's configuration, or None when it does not exist."""
+    try:
+        info = await _guarded(watch, f"$JS.API.STREAM.INFO.{name}", js.stream_info(name))
+    except NotFoundError:
+        return None
+    except NatsPermissionError as exc:
+        if exc.inbox is not None:
+            raise ProvisionError(str(exc)) from None
+        raise ProvisionError(
+            f"these NATS credentials may not look up stream {name} "
+            f"($JS.API.STREAM.INFO.{name} is denied): every Tether process needs it at "
+            "connect; check the user's permissions and TETHER_NAMESPACE (docs/security.md)"
+        ) from None
+    except nats.errors.NoRespondersError:
+        raise ProvisionError(
+            f"no JetStream answered for stream {name}: enable JetStream on the server "
+            "(nats-server -js) and for this user's account"
+        ) from None
+    except TimeoutError:
+        raise ProvisionError(
+            f"JetStream did not answer a lookup of stream {name}: either these NATS "
+            f"credentials lack permission for $JS.API.STREAM.INFO.{name} (check the user's "
+            "permissions, docs/security.md), or JetStream is unavailable (no leader yet)"
+        ) from None
+    return info.config
+
+
+async def _create(
+    js: JetStreamContext, name: str, operation: Awaitable[T], watch: PermissionWatch | None
+) -> T | None:
+    """Create a missing stream; None if another process created it meanwhile."""
+    try:
+        return await _guarded(watch, f"$JS.API.STREAM.CREATE.{name}", operation)
+    except APIError as exc:
+        if exc.err_code == _STREAM_NAME_IN_USE:
+            return None
+        raise
+    except (NatsPermissionError, TimeoutError):
+        raise ProvisionError(
+            f"stream {name} does not exist and these NATS credentials may not create it: "
+            "start `tether serve` (the engine user) first so that it provisions the streams, "
+            "and check that every process uses the same TETHER_NAMESPACE"
+        ) from None
+
+
+async def _ensure_stream(
+    js: JetStreamContext, config: StreamConfig, update: bool, watch: PermissionWatch | None
+) -> None:
+    name = str(config.name)
+    actual = await _stream_info(js, name, watch)
+    if actual is None:
+        await _create(js, name, js.add_stream(config), watch)
+        return
+    differences = _differences(config, actual, _STREAM_FIELDS)
+    if not differences:
+        return
+    if not update:
+        log.warning(
+            "stream exists with other settings; leaving it as it is (tether serve updates it)",
+            extra={"stream": name, "differences": differences},
         )
-    )
+        return
+    try:
+        await _guarded(watch, f"$JS.API.STREAM.UPDATE.{name}", js.update_stream(config))
+    except (NatsPermissionError, TimeoutError):
+        raise ProvisionError(
+            f"stream {name} differs from these settings ({'; '.join(differences)}) and these "
+            "NATS credentials may not update it: apply the change once with the operator's "
+            "credentials (`tether serve` as tether-operator), or align the settings"
+        ) from None
+    log.info("stream updated", extra={"stream": name, "differences": differences})
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    settings: Settings,
+    *,
+    update: bool,
+    watch: PermissionWatch | None = None,
+) -> KeyValue:
+    """Create what is missing and return the deadlines bucket. Only the engine service
+    (``update=True``) changes existing streams; a worker or client whose settings differ
+    leaves them alone, so one misconfigured process cannot, say, drop a cluster's streams
+    to one replica. ``watch`` turns a denied request into an immediate, named error."""
+    for config in stream_configs(settings):
+        await _ensure_stream(js, config, update, watch)
+    bucket = settings.names.deadlines_bucket
+    stream = f"KV_{bucket}"
+    actual = await _stream_info(js, stream, watch)
+    if actual is None:
+        created = await _create(
+            js,
+            stream,
+            js.create_key_value(
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=1,
+                    storage=StorageType.FILE,
+                    replicas=settings.replicas,
+                    direct=True,
+                )
+            ),
+            watch,
+        )
+        if created is not None:
+            return created
+        actual = await _stream_info(js, stream, watch)
+    # Built from the lookup instead of js.key_value(), which would ask for it again.
+    direct = bool(actual.allow_direct) if actual is not None else True
+    return KeyValue(name=bucket, stream=stream, pre=f"$KV.{bucket}.", js=js, direct=direct)
 
 
 async def ensure_pull_consumer(
@@ -118,8 +363,12 @@ async def ensure_pull_consumer(
     filter_subjects: list[str],
     ack_wait_s: float = 30.0,
     max_ack_pending: int = 20_000,
+    watch: PermissionWatch | None = None,
 ) -> None:
-    """Create a durable pull consumer, or bring an existing one to this configuration."""
+    """Create a durable pull consumer, or bring an existing one to this configuration.
+
+    An existing consumer that already matches is only looked up, so a worker whose user may
+    read its consumer's info but not change it starts as well."""
     config = ConsumerConfig(
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
@@ -130,10 +379,26 @@ async def ensure_pull_consumer(
         filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
         filter_subjects=filter_subjects if len(filter_subjects) > 1 else None,
     )
+    info_subject = f"$JS.API.CONSUMER.INFO.{stream}.{durable}"
+    with contextlib.suppress(NotFoundError, NatsPermissionError, TimeoutError):
+        actual = (await _guarded(watch, info_subject, js.consumer_info(stream, durable))).config
+        have = actual.filter_subjects or ([actual.filter_subject] if actual.filter_subject else [])
+        if sorted(have) == sorted(filter_subjects) and not _differences(
+            config, actual, _CONSUMER_FIELDS
+        ):
+            return
+    create_subject = f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}"
     try:
-        await js.add_consumer(stream, config)
-    except BadRequestError as exc:
-        if exc.err_code != _CONSUMER_EXISTS:
-            raise
-        log.info("updating consumer", extra={"stream": stream, "consumer": durable})
-        await js.add_consumer(stream, config)
+        try:
+            await _guarded(watch, create_subject, js.add_consumer(stream, config))
+        except BadRequestError as exc:
+            if exc.err_code != _CONSUMER_EXISTS:
+                raise
+            log.info("updating consumer", extra={"stream": stream, "consumer": durable})
+            await _guarded(watch, create_subject, js.add_consumer(stream, config))
+    except (NatsPermissionError, TimeoutError):
+        raise ProvisionError(
+            f"consumer {durable} on stream {stream} is missing or differs from these settings, "
+            f"and these NATS credentials may not create or update it ({create_subject}): check "
+            "the user's permissions (a worker user may manage only its own tasks' consumers)"
+        ) from None

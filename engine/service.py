@@ -281,8 +281,37 @@ class EngineService:
             log.error("undecodable run event skipped", extra={"subject": msg.subject, "seq": seq})
             await msg.term()
             return
-        await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT))
+        reason = await self._refused(event, seq, msg)
+        if reason is not None:
+            log.warning(
+                "run event not booked: the run's state machine ignores it",
+                extra={"run_id": event.run_id, "seq": seq, "type": event.type, "reason": reason},
+            )
+        else:
+            await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT))
         await msg.ack()
+
+    async def _refused(self, event: ev.RunEvent, seq: int, msg: Msg) -> str | None:
+        """Why the fold ignores this event, or None when it applied: a write the run does not
+        take (from a stolen worker credential, say) must not dispatch, move deadlines or
+        tell a parent. Anyone may put any body on a subject they may publish to, so the body
+        must also match its subject (the run, and the event type the permissions allow)."""
+        names = self._conn.settings.names
+        if msg.subject != names.run_subject(event.run_id, ev.subject_token(event)):
+            return f"a {event.type} for run {event.run_id} stored on {msg.subject}"
+        headers = msg.headers or {}
+        if (
+            isinstance(event, ev.RunRequested)
+            and headers.get("Nats-Expected-Last-Subject-Sequence") == "0"
+            and headers.get("Nats-Expected-Last-Subject-Sequence-Subject")
+            == names.run_filter(event.run_id)
+        ):
+            return None  # the server stored it only because the run's log was empty
+        state = await self._state(event.run_id)
+        if state.last_seq < seq:  # a replica behind: fail, so the message comes back
+            raise RuntimeError(f"run {event.run_id} read up to seq {state.last_seq}, not {seq}")
+        entry = next((e for e in state.ignored if e["seq"] == seq), None)
+        return None if entry is None else str(entry["reason"])
 
     async def _book(self, event: ev.RunEvent, seq: int, traceparent: str | None) -> None:
         """Keep dispatches and deadlines in step with one run-log event."""

@@ -29,6 +29,20 @@ from tether.engine.events import (
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "timed_out", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timed_out", "cancelled"})
 
+# Events only the attempt that is running writes: its steps, waits and outcome. The NATS
+# permissions of a worker cannot tell one run from another, so the fold is what keeps a
+# worker credential from moving a run no attempt of it is running (a waiting or finished
+# run): outside an attempt these are ignored.
+ATTEMPT_EVENTS = (
+    StepRecorded,
+    WaitStarted,
+    TimeoutRefreshed,
+    EventRejected,
+    AttemptFailed,
+    RunCompleted,
+    RunFailed,
+)
+
 
 @dataclass(slots=True)
 class StepRecord:
@@ -112,10 +126,18 @@ class RunState:
     schedule_timeout_s: float | None = None
     parent_run_id: str | None = None
     rejected: list[dict[str, Any]] = field(default_factory=list)  # events a wait's model refused
+    # An attempt is running and may write (see ATTEMPT_EVENTS): from run.started until it
+    # suspends on a wait, fails or ends. A wait it resolves itself (lookback, a zero sleep)
+    # does not end it.
+    in_attempt: bool = False
+    # Events in the log that did not apply (late, out of place, or for another run):
+    # {"seq", "type", "status" (the run's status then), "reason"}.
+    ignored: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exists(self) -> bool:
-        return self.last_seq > 0
+        """The run was requested (its log may hold ignored events before that)."""
+        return self.runnable_since_seq > 0
 
     @property
     def is_terminal(self) -> bool:
@@ -138,12 +160,67 @@ class RunState:
                 return record
         return None
 
+    def was_ignored(self, seq: int) -> bool:
+        """Did the event stored at ``seq`` leave the run unchanged (see ``ignored``)?"""
+        return any(entry["seq"] == seq for entry in self.ignored)
+
+
+def refusal(state: RunState, event: RunEvent) -> str | None:
+    """Why ``event`` cannot apply to the run as it stands, or None when it can."""
+    if event.run_id != state.run_id:
+        return f"written for run {event.run_id}"
+    if isinstance(event, RunRequested):
+        return "the run was requested already" if state.exists else None
+    if not state.exists:
+        return "the run was never requested"
+    if state.is_terminal:
+        return f"the run already ended {state.status}"
+    if isinstance(event, AttemptStarted):
+        # a worker may take over a running attempt whose worker went silent, never a wait
+        return None if state.status in ("queued", "running") else "the run is waiting"
+    if isinstance(event, ATTEMPT_EVENTS):
+        # A run no attempt has started yet takes them too: whoever may write them may also
+        # write run.started first, so refusing would protect nothing (and the state
+        # machine's own tests fold such short histories).
+        if state.in_attempt or (state.status == "queued" and state.attempt == 0):
+            return None
+        return f"no attempt is running (the run is {state.status})"
+    if isinstance(event, WaitSatisfied | WaitTimedOut | WaitConditionMet):
+        record = state.wait(event.wait_id)
+        if record is None or record.outcome != "open":
+            return f"wait {event.wait_id} is not open"
+    return None
+
+
+def _resolved_within_attempt(state: RunState, record: WaitRecord, event: WaitSatisfied) -> bool:
+    """Did the attempt that registered the wait resolve it itself and carry on? Only it
+    matches events stored before the wait (lookback) or fires a zero-length sleep; the
+    matcher and the timer resolve waits after the attempt has suspended."""
+    if record.started_seq < state.started_seq:
+        return False  # registered by an earlier attempt
+    if event.event_seq is not None:
+        return event.event_seq <= record.events_position
+    last = event.fired[-1] if event.fired else None
+    return any(
+        spec.kind == "sleep" and spec.key == last and (spec.due_at or 0.0) <= record.started_at
+        for clause in record.clauses
+        for spec in clause
+    )
+
 
 def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
-    """Apply one event (stored at ``seq``) to ``state`` in place and return it."""
+    """Apply one event (stored at ``seq``) to ``state`` in place and return it. An event
+    that cannot apply (see ``refusal``) only moves ``last_seq`` and is noted in
+    ``ignored``: nothing changes a finished run, and no one but the running attempt moves
+    a run through its steps and waits."""
+    reason = refusal(state, event)
+    if reason is not None:
+        state.ignored.append(
+            {"seq": seq, "type": event.type, "status": state.status, "reason": reason}
+        )
+        state.last_seq = seq
+        return state
     state.last_seq = seq
-    if state.is_terminal:
-        return state  # nothing changes a finished run; late writes are ignored
     match event:
         case RunRequested():
             state.task = event.task
@@ -160,7 +237,9 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.started_seq = seq
             state.status = "running"
             state.retry_at = None
+            state.in_attempt = True
         case AttemptFailed():
+            state.in_attempt = False
             state.failures += 1
             state.retry_at = event.retry_at
             state.status = "queued"
@@ -190,6 +269,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             else:
                 state.records.append(record)
             state.status = "waiting"
+            state.in_attempt = False  # the attempt suspends, unless it resolves the wait
         case WaitConditionMet():
             met = state.wait(event.wait_id)
             if met is not None and met.outcome == "open":
@@ -197,6 +277,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
         case WaitSatisfied():
             satisfied = state.wait(event.wait_id)
             if satisfied is not None and satisfied.outcome == "open":
+                state.in_attempt = _resolved_within_attempt(state, satisfied, event)
                 satisfied.outcome = "satisfied"
                 satisfied.payload = event.payload
                 satisfied.fired = list(event.fired)
@@ -213,6 +294,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
         case WaitTimedOut():
             expired = state.wait(event.wait_id)
             if expired is not None and expired.outcome == "open":
+                state.in_attempt = False
                 expired.outcome = "timed_out"
                 expired.resolved_at = event.at
                 expired.resolved_seq = seq

@@ -24,6 +24,10 @@ def check_token(kind: str, value: str) -> str:
 
 
 _RUN_ID_OK = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
+# A subject must fit in one NATS control line (4 KB by default, shared with the reply
+# subject and headers' length): a longer key made the server drop the connection.
+MAX_EVENT_KEY_LENGTH = 256
+MAX_IDENTITY_LENGTH = 64
 
 
 def check_run_id(run_id: str) -> str:
@@ -35,12 +39,27 @@ def check_run_id(run_id: str) -> str:
 
 def check_event_key(key: str) -> str:
     """Event keys may contain dots (they become several subject tokens), never wildcards."""
+    if len(key) > MAX_EVENT_KEY_LENGTH:
+        raise ValueError(
+            f"invalid event key {key[:40]!r}...: {len(key)} characters, over the limit of "
+            f"{MAX_EVENT_KEY_LENGTH}; use a short key and put details in the payload"
+        )
     if not _KEY_OK.match(key):
         raise ValueError(
             f"invalid event key {key!r}: use letters, digits, '_', '-', ':' and '.' "
             "(no spaces, wildcards or empty tokens)"
         )
     return key
+
+
+def check_identity(identity: str) -> str:
+    """An approver identity names its own subject space (``<ns>.from.<identity>.<key>``),
+    so it is one subject token of bounded length."""
+    if len(identity) > MAX_IDENTITY_LENGTH:
+        raise ValueError(
+            f"invalid approver identity {identity[:40]!r}: over {MAX_IDENTITY_LENGTH} characters"
+        )
+    return check_token("approver identity", identity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +120,31 @@ class Names:
     @property
     def events_prefix(self) -> str:
         return f"{self.namespace}.events."
+
+    def from_subject(self, identity: str, key: str) -> str:
+        """Where ``identity`` pushes events on ``key``. NATS permissions give each approver
+        identity only its own ``<ns>.from.<identity>.>``, so the matcher can record the
+        identity from the subject: a pusher cannot claim to be someone else."""
+        return f"{self.namespace}.from.{identity}.{key}"
+
+    @property
+    def from_all(self) -> str:
+        return f"{self.namespace}.from.>"
+
+    @property
+    def from_prefix(self) -> str:
+        return f"{self.namespace}.from."
+
+    def event_key_filters(self, key: str) -> list[str]:
+        """Subject filters holding every event pushed on ``key``, by anyone."""
+        return [self.event_subject(key), f"{self.from_prefix}*.{key}"]
+
+    def parse_event_subject(self, subject: str) -> tuple[str, str | None]:
+        """(event key, pushing identity or None) of a subject in the events stream."""
+        if subject.startswith(self.from_prefix):
+            identity, _, key = subject[len(self.from_prefix) :].partition(".")
+            return key, identity
+        return subject[len(self.events_prefix) :], None
 
     @property
     def rejected_stream(self) -> str:

@@ -170,7 +170,34 @@ def _env() -> celpy.Environment:
     return celpy.Environment()
 
 
+# Bounds on an expression, checked before and after parsing. A wait condition is a short
+# test over a payload; without bounds a 100 KB expression took seconds to parse (in the
+# worker and again in the matcher's callback, stalling every other approval), and one
+# nested deeper than cel-python's recursive evaluator can go could never match at all.
+MAX_EXPRESSION_LENGTH = 2048
+MAX_EXPRESSION_DEPTH = 200  # of the parse tree; 60 nested parentheses already reach 600
+
+
+def _check_length(source: str) -> None:
+    if len(source) > MAX_EXPRESSION_LENGTH:
+        raise InvalidExpressionError(
+            f"invalid CEL expression {_show(source)}: {len(source)} characters, over the limit "
+            f"of {MAX_EXPRESSION_LENGTH}; match on a few fields and keep data in the payload"
+        )
+
+
+def _tree_depth(tree: lark.Tree[Any]) -> int:
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, lark.Tree):
+            stack.extend((child, depth + 1) for child in node.children)
+    return deepest
+
+
 def _parse(source: str) -> lark.Tree[Any]:
+    _check_length(source)
     try:
         tree: lark.Tree[Any] = _env().compile(source)
     except CELParseError as exc:
@@ -183,6 +210,12 @@ def _parse(source: str) -> lark.Tree[Any]:
         raise InvalidExpressionError(
             f"invalid CEL expression {_show(source)}: nested too deeply; {_HINT}"
         ) from exc
+    if _tree_depth(tree) > MAX_EXPRESSION_DEPTH:
+        raise InvalidExpressionError(
+            f"invalid CEL expression {_show(source)}: nested too deeply to evaluate (parse "
+            f"tree deeper than {MAX_EXPRESSION_DEPTH}); use fewer nested parentheses, "
+            "operators or terms"
+        )
     return tree
 
 
@@ -196,8 +229,10 @@ def validate(source: str | None) -> None:
     cel-python resolves names only at evaluation time, so a reference to a variable
     other than ``input`` cannot be detected here; it fails at match time instead.
     """
-    if source is not None and source.strip() and _simple_equality(source) is None:
-        compile_program(source)
+    if source is not None and source.strip():
+        _check_length(source)
+        if _simple_equality(source) is None:
+            compile_program(source)
 
 
 # The common wait, ``input.<field> == '<plain text>'``, recognised without the CEL parser: a
@@ -266,6 +301,7 @@ def analyze(source: str | None) -> ExpressionShape:
     """Extract the top-level equalities; raises :class:`InvalidExpressionError`."""
     if source is None or _is_empty(source):
         return ExpressionShape(source or "", (), True)
+    _check_length(source)
     simple = _simple_equality(source)
     if simple is not None:
         return simple

@@ -25,11 +25,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from opentelemetry.trace import SpanKind
 
-from tether.engine.commands import CommandMessage
+from tether.engine import codec
+from tether.engine.commands import CommandMessage, encode
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
+from tether.engine.event_reads import read_key_events
 from tether.engine.events import TERMINAL_TOKENS
 from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
+from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
 from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.cel_expressions import (
     ExpressionEvaluationError,
@@ -44,7 +47,8 @@ from tether.projections.wait_index import WaitIndex
 
 log = logging.getLogger("tether.matcher")
 
-METADATA_HEADER = "Tether-Metadata"
+# Rejections of events whose key is too long to repeat in a subject are recorded here.
+OVERLONG_KEY = "tether:overlong-key"
 # A resume command that cannot be published (NATS down, a stream without a leader) is
 # retried from this delay, doubling up to the cap, for as long as it takes.
 PUBLISH_RETRY_FIRST_S = 0.2
@@ -156,7 +160,9 @@ class Matcher:
         self._complete_after = start - 1
         self._subs.append(
             await self._js.subscribe(
-                self._names.events_all,
+                # every subject of the stream: anonymous pushes and approvers' own spaces
+                f"{self._names.namespace}.>",
+                stream=self._names.events_stream,
                 cb=self._on_event_async,
                 ordered_consumer=True,
                 idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
@@ -283,20 +289,19 @@ class Matcher:
 
     def _on_event_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        key = msg.subject[len(self._names.events_prefix) :]
+        key, identity = self._names.parse_event_subject(msg.subject)
         self.events_cursor = seq
         headers = msg.headers or {}
+        if len(key) > MAX_EVENT_KEY_LENGTH:  # pushed by a client that skipped the check
+            reason = f"event key of {len(key)} characters, over the limit of {MAX_EVENT_KEY_LENGTH}"
+            self._reject(seq, OVERLONG_KEY, reason, msg.data)
+            return
         try:
-            payload = orjson.loads(msg.data)
-        except orjson.JSONDecodeError as exc:
-            self._reject(seq, key, f"payload is not valid JSON: {exc}", msg.data)
+            payload = codec.loads_object(msg.data, "payload")
+            metadata = _metadata(headers, identity)
+        except codec.InvalidJsonError as exc:
+            self._reject(seq, key, str(exc), msg.data)
             return
-        if not isinstance(payload, dict):
-            self._reject(
-                seq, key, f"payload must be a JSON object, got {type(payload).__name__}", msg.data
-            )
-            return
-        metadata = _metadata(headers)
         event = PushedEvent(
             seq,
             key,
@@ -351,6 +356,13 @@ class Matcher:
             payload=event.payload,
             metadata=event.metadata,
         )
+        try:
+            encode(command)
+        except codec.EncodingError as exc:
+            # Checked before the wait is closed: an event that cannot reach the run must
+            # leave the wait open for one that can, not hang it.
+            self._reject(event.seq, event.key, f"cannot pass the event to the run: {exc}", b"")
+            return
         self._clause_met(wait, condition.condition_id)
         tracing = self._conn.tracing
         template = self._names.event_subject("{event_key}")
@@ -434,26 +446,27 @@ class Matcher:
 
     async def _catch_up_from_stream(self, wait: OpenWait, until: int) -> None:
         for condition in wait.open_conditions():
-            stored = await self._conn.reader.read_subject(
-                self._names.events_stream,
-                self._names.event_subject(condition.event_key),
+            stored = await read_key_events(
+                self._conn.reader,
+                self._names,
+                condition.event_key,
                 start_seq=wait.events_position + 1,
             )
             for message in stored:
                 if message.seq > until or wait.wait_id not in self.waits:
                     break
+                _, identity = self._names.parse_event_subject(message.subject)
                 try:
-                    payload = orjson.loads(message.data)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(payload, dict):
-                    continue
+                    payload = codec.loads_object(message.data, "payload")
+                    metadata = _metadata(message.headers, identity)
+                except codec.InvalidJsonError:
+                    continue  # rejected when the live matcher first saw it
                 event = PushedEvent(
                     message.seq,
                     condition.event_key,
                     payload,
                     message.headers.get("Nats-Msg-Id"),
-                    _metadata(message.headers),
+                    metadata,
                     time.time(),
                     message.headers.get(TRACEPARENT),
                 )
@@ -462,12 +475,22 @@ class Matcher:
                     break
 
 
-def _metadata(headers: dict[str, str]) -> dict[str, Any]:
-    """The pusher's metadata (e.g. the approver), carried in a header beside the payload."""
-    raw = headers.get(METADATA_HEADER)
+def _metadata(headers: dict[str, str], identity: str | None) -> dict[str, Any]:
+    """The pusher's metadata, carried in a header beside the payload. The approver is the
+    identity of the subject the event was pushed to (``<ns>.from.<identity>.<key>``), which
+    NATS permissions tie to the pusher's credentials; one claimed in the header is dropped."""
+    metadata: dict[str, Any] = {}
+    raw = headers.get(codec.METADATA_HEADER)
     if raw:
-        with contextlib.suppress(orjson.JSONDecodeError):
-            loaded = orjson.loads(raw)
-            if isinstance(loaded, dict):
-                return loaded
-    return {}
+        if len(raw) > codec.MAX_METADATA_BYTES:
+            raise codec.InvalidJsonError(
+                f"the {codec.METADATA_HEADER} header is {len(raw)} bytes, "
+                f"over {codec.MAX_METADATA_BYTES}"
+            )
+        metadata = codec.loads_object(
+            raw.encode(), f"the {codec.METADATA_HEADER} header", max_depth=codec.MAX_METADATA_DEPTH
+        )
+        metadata.pop("approver", None)
+    if identity is not None:
+        metadata["approver"] = identity
+    return metadata

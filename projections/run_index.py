@@ -322,6 +322,11 @@ class RunIndex:
             },
         )
 
+    @property
+    def connection_closed(self) -> bool:
+        """NATS closed this index's connection for good: it follows nothing any more."""
+        return self._conn.nc.is_closed
+
     async def stop(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):

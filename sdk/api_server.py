@@ -9,6 +9,7 @@ from aiohttp import web
 from tether.app import Tether
 from tether.auth import AuthConfigError, TokenAuth
 from tether.engine.config import Settings
+from tether.engine.reconnect import ClosedConnectionWatch
 from tether.http_api import ApiContext, build_app
 from tether.projections.run_index import RunIndex
 
@@ -49,7 +50,9 @@ class ApiServer:
         self._own_tether = tether is None
         self.tether = tether or Tether(settings=settings)
         self.index: RunIndex | None = None
+        self._context: ApiContext | None = None
         self._runner: web.AppRunner | None = None
+        self._watch: ClosedConnectionWatch | None = None
 
     @property
     def url(self) -> str:
@@ -79,6 +82,7 @@ class ApiServer:
         self.index = RunIndex(conn)
         await self.index.start()
         context = ApiContext(tether=self.tether, index=self.index, auth=self.auth)
+        self._context = context
         app = build_app(context, max_body_bytes=self.settings.max_event_bytes + 64 * 1024)
         self._runner = web.AppRunner(app, shutdown_timeout=3.0)
         await self._runner.setup()
@@ -94,8 +98,26 @@ class ApiServer:
             if isinstance(address, tuple) and len(address) >= 2:
                 self.port = int(address[1])
                 break
+        self._watch = ClosedConnectionWatch("http-api", self._index_closed, self._new_index)
+        self._watch.start()
+
+    def _index_closed(self) -> bool:
+        return self.index is not None and self.index.connection_closed
+
+    async def _new_index(self) -> None:
+        """Rebuild the run index on a new connection (the app reopens its own on use)."""
+        index = RunIndex(await self.tether.connection())
+        await index.start()
+        old, self.index = self.index, index
+        if self._context is not None:
+            self._context.index = index
+        if old is not None:
+            await old.stop()
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -39,13 +39,25 @@ class Tether:
         self._lock = asyncio.Lock()
 
     async def connection(self) -> Connection:
-        if self._conn is None:
+        """The app's connection, opened on first use, and opened anew if NATS closed it for
+        good (some protocol errors do; ordinary outages are ridden out by reconnecting)."""
+        if self._conn is None or self._conn.nc.is_closed:
             async with self._lock:
-                if self._conn is None:
+                if self._conn is None or self._conn.nc.is_closed:
                     self._conn = await Connection.open(
                         self.settings, name="tether-sdk", tracer_provider=self.tracer_provider
                     )
         return self._conn
+
+    def connection_state(self) -> str:
+        """``connected``, ``reconnecting``, ``closed`` (for good: the next use opens a new
+        one) or ``not opened``; no I/O."""
+        if self._conn is None:
+            return "not opened"
+        nc = self._conn.nc
+        if nc.is_connected:
+            return "connected"
+        return "reconnecting" if nc.is_reconnecting else "closed"
 
     def durable_task(
         self,

@@ -9,8 +9,10 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import nats.errors
+import nats.js.errors
 from opentelemetry.trace import SpanKind
 
 from tether.engine import codec
@@ -24,18 +26,28 @@ from tether.engine.events import (
     RunTimedOut,
     subject_token,
 )
+from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
 from tether.engine.state import RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError, EventStore
 from tether.engine.tracing import Tracing
-from tether.errors import NonRetryableError, _Abandon, _Suspend
+from tether.errors import NonRetryableError, _Abandon, _Interrupted, _Suspend
 
 if TYPE_CHECKING:
     from tether.task import DurableTask
 
 log = logging.getLogger("tether.worker")
+T = TypeVar("T")
 
 Outcome = Literal[
-    "completed", "failed", "retrying", "timed_out", "suspended", "skipped", "abandoned", "behind"
+    "completed",
+    "failed",
+    "retrying",
+    "timed_out",
+    "suspended",
+    "skipped",
+    "abandoned",
+    "behind",
+    "interrupted",
 ]
 # (key, since epoch seconds, up to events-stream seq) -> [(seq, payload, event id)]
 EventReader = Callable[[str, float, int], Awaitable[list[tuple[int, dict[str, Any], str | None]]]]
@@ -69,8 +81,8 @@ class Attempt:
         self.previous_started_seq = state.started_seq  # the last attempt before this one
         self.state = state
         self.number = number
-        self.events_position = events_position
-        self.read_events = read_events
+        self._events_position = events_position
+        self._read_events = read_events
         self.clock = clock
         self._token = uuid.uuid4().hex[:12]
         self._timeout: asyncio.Timeout | None = None
@@ -86,14 +98,56 @@ class Attempt:
             )
         except ConcurrencyConflictError:
             raise _Abandon() from None
+        except INTERRUPTING_ERRORS as exc:
+            raise _interrupted("append", exc) from exc
         self.state.last_seq = seq
         return seq
+
+    async def events_position(self) -> int:
+        try:
+            return await self._events_position()
+        except INTERRUPTING_ERRORS as exc:
+            raise _interrupted("read the events stream position", exc) from exc
+
+    async def read_events(
+        self, key: str, since: float, until_seq: int
+    ) -> list[tuple[int, dict[str, Any], str | None]]:
+        try:
+            return await self._read_events(key, since, until_seq)
+        except INTERRUPTING_ERRORS as exc:
+            raise _interrupted(f"read events on {key!r}", exc) from exc
+
+    async def call_nats(self, what: str, operation: Awaitable[T]) -> T:
+        """Await an operation of Tether's own inside the task (not the user's code): a
+        failure interrupts the attempt instead of counting as the task's error."""
+        try:
+            return await operation
+        except INTERRUPTING_ERRORS as exc:
+            raise _interrupted(what, exc) from exc
 
     def extend_deadline(self, deadline: float) -> None:
         """Move the running attempt's execution deadline (after ``refresh_timeout``)."""
         if self._timeout is not None:
             loop = asyncio.get_running_loop()
             self._timeout.reschedule(loop.time() + max(0.0, deadline - self.clock()))
+
+
+# Failures of NATS itself, which pass: the attempt is interrupted and replayed later. Any
+# other error from a durable call (a write refused as too large, say) is definite and
+# reaches the task as before.
+INTERRUPTING_ERRORS: tuple[type[Exception], ...] = (
+    *TRANSIENT_NATS_ERRORS,
+    nats.errors.ConnectionClosedError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionDrainingError,
+    nats.js.errors.ServiceUnavailableError,
+    ConnectionError,
+)
+
+
+def _interrupted(what: str, exc: Exception) -> _Interrupted:
+    return _Interrupted(f"could not {what}: {type(exc).__name__}: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,18 +253,21 @@ async def _run(
         ctx = DurableContext(attempt)
         token = current_context.set(ctx)
         try:
-            async with asyncio.timeout(state.deadline - clock()) as timeout:
-                attempt._timeout = timeout
+            timeout = asyncio.timeout(state.deadline - clock())
+            attempt._timeout = timeout
+            async with timeout:
                 output = await task.invoke(state.input, ctx)
-        except TimeoutError:
+        except (_Suspend, _Abandon, _Interrupted, asyncio.CancelledError):
+            raise
+        except TimeoutError as exc:
+            if not timeout.expired():  # the task's own TimeoutError: an ordinary failure
+                return await _record_failure(task, attempt, exc, clock)
             await attempt.append(
                 RunTimedOut(
                     run_id=run_id, at=clock(), reason=_timeout_reason(state), parent_run_id=parent
                 )
             )
             return AttemptResult("timed_out")
-        except (_Suspend, _Abandon, asyncio.CancelledError):
-            raise
         except Exception as exc:
             return await _record_failure(task, attempt, exc, clock)
         finally:
@@ -228,8 +285,24 @@ async def _run(
         return AttemptResult("completed")
     except _Suspend:
         return AttemptResult("suspended")
+    except _Interrupted as exc:
+        return AttemptResult("interrupted", str(exc))
     except _Abandon:
-        return AttemptResult("abandoned", "the run changed under this attempt")
+        return await _after_conflict(store, run_id, attempt.number)
+
+
+async def _after_conflict(store: EventStore, run_id: str, number: int) -> AttemptResult:
+    """Someone else wrote to the run under this attempt. If the run is over, waiting, or in
+    another attempt's hands, this one is simply done; if it is still running on this
+    attempt (our own write landed late, after a NATS outage), nobody else will carry it on,
+    so the dispatch is handed back and a new attempt replays what was recorded."""
+    try:
+        state = fold(run_id, await store.read(run_id))
+    except Exception as exc:
+        return AttemptResult("interrupted", f"could not re-read the run: {exc!r}")
+    if state.status == "running" and state.attempt == number:
+        return AttemptResult("interrupted", "the run is still on this attempt; handed back")
+    return AttemptResult("abandoned", f"the run changed under this attempt (now {state.status})")
 
 
 async def _record_failure(

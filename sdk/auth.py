@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tether.engine.subjects import check_identity
+
 TOKENS_ENV = "TETHER_API_TOKENS"
 TOKENS_FILE_ENV = "TETHER_API_TOKENS_FILE"
 MIN_TOKEN_LENGTH = 16
@@ -91,6 +93,10 @@ class TokenAuth:
             name = entry.get("name")
             if not isinstance(name, str) or not name.strip():
                 raise AuthConfigError(f"{where}: 'name' must be a non-empty string")
+            try:  # the name becomes the subject space its decisions are pushed to
+                check_identity(name.strip())
+            except ValueError as exc:
+                raise AuthConfigError(f"{where}: 'name': {exc}") from None
             keys = entry.get("keys", [])
             if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
                 raise AuthConfigError(

@@ -10,7 +10,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
@@ -22,7 +21,7 @@ from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
 from tether.engine.state import CancelRun, RunState, decide, evolve, fold
 from tether.engine.store import ConcurrencyConflictError
-from tether.engine.subjects import check_event_key, check_run_id
+from tether.engine.subjects import check_event_key, check_identity, check_run_id
 from tether.engine.tracing import messaging
 from tether.errors import (
     RunAlreadyFinishedError,
@@ -36,8 +35,6 @@ from tether.errors import (
 if TYPE_CHECKING:
     from tether.app import Tether
     from tether.task import DurableTask
-
-METADATA_HEADER = "Tether-Metadata"
 
 log = logging.getLogger("tether.client")
 
@@ -335,6 +332,12 @@ class EventsClient:
     ) -> PushResult:
         """Publish an event to ``tether.events.<key>`` with a JetStream ack.
 
+        ``metadata={"approver": name}`` pushes as that approver instead, to
+        ``tether.from.<name>.<key>``: the run records the approver from the subject, and NATS
+        permissions decide which credentials may push as whom (docs/security.md).
+        Payloads nest at most 64 levels and hold integers within 64 bits; metadata is a
+        JSON object of at most 4 KB and 8 levels.
+
         Idempotent by ``id``: pushing the same id again (within the stream's duplicate window,
         2 minutes) stores nothing new and returns ``duplicate=True``.
         """
@@ -344,12 +347,24 @@ class EventsClient:
                 f"event payload must be a JSON object (dict), got {type(payload).__name__}; "
                 "wrap the value, e.g. {'value': ...}"
             )
-        conn = await self._app.connection()
+        codec.check_json_value(payload, "event payload")
         data = codec.dumps(payload)
+        metadata = dict(metadata or {})
+        approver = metadata.pop("approver", None)
+        if approver is not None:
+            check_identity(str(approver))
         event_id = id or uuid.uuid4().hex
         headers = {"Nats-Msg-Id": event_id}
         if metadata:
-            headers[METADATA_HEADER] = orjson.dumps(codec.to_json_value(metadata)).decode()
+            codec.check_json_value(metadata, "event metadata", max_depth=codec.MAX_METADATA_DEPTH)
+            encoded = codec.dumps(metadata).decode()
+            if len(encoded) > codec.MAX_METADATA_BYTES:
+                raise ValueError(
+                    f"event metadata is {len(encoded)} bytes encoded, over the "
+                    f"{codec.MAX_METADATA_BYTES}-byte limit; keep it to a few short fields"
+                )
+            headers[codec.METADATA_HEADER] = encoded
+        conn = await self._app.connection()
         limit = conn.settings.max_event_bytes
         # The server's limit (the events stream's max_msg_size) counts headers too.
         header_bytes = _header_block_size(headers)
@@ -359,8 +374,15 @@ class EventsClient:
                 f"metadata headers), over the {limit}-byte limit (TETHER_MAX_EVENT_BYTES); "
                 "store large data elsewhere and push a reference"
             )
-        subject = conn.settings.names.event_subject(key)
-        template = conn.settings.names.event_subject("{event_key}")
+        names = conn.settings.names
+        # An approver pushes into its own subject space, which NATS permissions tie to its
+        # credentials; the matcher records the approver from the subject. Either way the
+        # span is named for the logical destination, the events of the key.
+        if approver is not None:
+            subject = names.from_subject(str(approver), key)
+        else:
+            subject = names.event_subject(key)
+        template = names.event_subject("{event_key}")
         with conn.tracing.span(
             f"publish {template}",
             kind=SpanKind.PRODUCER,
@@ -368,7 +390,7 @@ class EventsClient:
                 **messaging("publish", "send", subject, template),
                 "tether.event_key": key,
                 "tether.event_id": event_id,
-                "tether.approver": (metadata or {}).get("approver"),
+                "tether.approver": approver,
             },
         ) as span:
             ack = await conn.js.publish(subject, data, headers=conn.tracing.inject(headers))

@@ -391,13 +391,16 @@ class DurableContext:
 
         async def start_child() -> dict[str, Any]:
             events_position = await self._attempt.events_position()
-            await task.app.runs.trigger(
-                task,
-                input,
-                metadata=metadata,
-                run_id=child_id,
-                parent_run_id=self.run_id,
-                exist_ok=True,
+            await self._attempt.call_nats(
+                f"start child run {child_id}",
+                task.app.runs.trigger(
+                    task,
+                    input,
+                    metadata=metadata,
+                    run_id=child_id,
+                    parent_run_id=self.run_id,
+                    exist_ok=True,
+                ),
             )
             return {"run_id": child_id, "events_position": events_position}
 

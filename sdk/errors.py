@@ -72,3 +72,11 @@ class _Suspend(BaseException):
 
 class _Abandon(BaseException):
     """Another writer changed the run under this attempt; stop without writing."""
+
+
+class _Interrupted(BaseException):
+    """Tether-internal: the attempt lost its connection to NATS in a durable call (the write
+    may or may not have landed). It unwinds the task like a suspension, past any user
+    ``except Exception``, and the worker hands the dispatch back, so a later attempt replays
+    from what was recorded instead of the run failing for an outage. Seen outside Tether's
+    worker it means an attempt was cut short; it is not an error in the task."""

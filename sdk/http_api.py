@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from tether.app import Tether
 from tether.auth import Identity, TokenAuth
 from tether.decisions import ActionRefusedError, Decision, cancel, decide, push_event
+from tether.engine import codec
 from tether.engine.subjects import check_event_key, check_run_id
 from tether.errors import RunAlreadyFinishedError, RunNotFoundError
 from tether.openapi import STATUSES, CancelBody, DecisionBody, PushBody, document
@@ -134,14 +135,10 @@ async def _body(request: web.Request, model: type[M], *, required: bool = True) 
         if required:
             raise ApiError(422, f"request body is empty; send a JSON object ({_shape(model)})")
         raw = b"{}"
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(422, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(
-            422, f"request body must be a JSON object ({_shape(model)}), got {type(data).__name__}"
-        )
+    try:  # the body wraps event data one level down, so one more level is allowed
+        data = codec.loads_object(raw, "request body", max_depth=codec.MAX_JSON_DEPTH + 1)
+    except codec.InvalidJsonError as exc:
+        raise ApiError(422, f"{exc} ({_shape(model)})") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -267,6 +264,8 @@ async def push(request: web.Request) -> web.Response:
         result = await push_event(
             _ctx(request).tether, key, body.data, identity=_identity(request), event_id=body.id
         )
+    except codec.InvalidJsonError as exc:  # too deep, integers beyond 64 bits
+        raise ApiError(422, str(exc)) from None
     except ValueError as exc:  # over the size limit
         raise ApiError(413, str(exc)) from None
     return _json(
@@ -328,8 +327,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    index = _ctx(request).index
-    return _json({"ok": True, "runs_cursor": index.cursor})
+    """200 while the API can reach NATS; 503 (with the connection's state) while it cannot,
+    so a load balancer or supervisor sees an API that would answer every action with 5xx."""
+    ctx = _ctx(request)
+    nats_state = "closed" if ctx.index.connection_closed else ctx.tether.connection_state()
+    ok = nats_state == "connected"
+    body = {"ok": ok, "nats": nats_state, "runs_cursor": ctx.index.cursor}
+    return _json(body, 200 if ok else 503)
 
 
 def _page(name: str) -> Handler:

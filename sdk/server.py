@@ -9,6 +9,7 @@ from opentelemetry.trace import TracerProvider
 
 from tether.engine.config import Settings
 from tether.engine.connection import Connection, redact
+from tether.engine.reconnect import ClosedConnectionWatch
 from tether.engine.service import EngineService
 from tether.projections.matcher import Matcher
 from tether.projections.timer import TimerProjection
@@ -43,6 +44,7 @@ class TetherServer:
         self.engine: EngineService | None = None
         self.matcher: Matcher | None = None
         self.timer: TimerProjection | None = None
+        self._watch: ClosedConnectionWatch | None = None
 
     async def start(self) -> None:
         api: ApiServer | None = None
@@ -52,18 +54,9 @@ class TetherServer:
 
             api = ApiServer(self.settings, self._auth or TokenAuth({}), address=self._http)
             api.check_config()
-        self.conn = await Connection.open(
-            self.settings,
-            name="tether-serve",
-            tracer_provider=self._tracer_provider,
-            manage_streams=True,
-        )
-        self.engine = EngineService(self.conn)
-        self.matcher = Matcher(self.conn, window_s=self._matcher_window_s)
-        self.timer = TimerProjection(self.conn)
-        await self.engine.start()
-        await self.matcher.start()
-        await self.timer.start()
+        await self._start_parts()
+        self._watch = ClosedConnectionWatch("serve", self._connection_closed, self._restart_parts)
+        self._watch.start()
         if api is not None:
             try:
                 await api.start()
@@ -79,16 +72,45 @@ class TetherServer:
             },
         )
 
-    async def stop(self) -> None:
-        if self.api is not None:
-            await self.api.stop()
-            self.api = None
+    async def _start_parts(self) -> None:
+        self.conn = await Connection.open(
+            self.settings,
+            name="tether-serve",
+            tracer_provider=self._tracer_provider,
+            manage_streams=True,
+        )
+        self.engine = EngineService(self.conn)
+        self.matcher = Matcher(self.conn, window_s=self._matcher_window_s)
+        self.timer = TimerProjection(self.conn)
+        await self.engine.start()
+        await self.matcher.start()
+        await self.timer.start()
+
+    async def _stop_parts(self) -> None:
         for part in (self.timer, self.matcher, self.engine):
             if part is not None:
                 await part.stop()
         if self.conn is not None:
             await self.conn.close()
             self.conn = None
+
+    def _connection_closed(self) -> bool:
+        return self.conn is not None and self.conn.nc.is_closed
+
+    async def _restart_parts(self) -> None:
+        """NATS closed the connection for good: rebuild engine, matcher and timer on a new
+        one. Their state is in JetStream, so they pick up where the stream says."""
+        await self._stop_parts()
+        await self._start_parts()
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
+        await self._stop_parts()
         log.info("tether serve stopped")
 
     async def __aenter__(self) -> TetherServer:

@@ -13,11 +13,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from tether.attempt import run_attempt
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
+from tether.engine.reconnect import ClosedConnectionWatch
 
 if TYPE_CHECKING:
     from tether.app import Tether
@@ -28,6 +30,8 @@ log = logging.getLogger("tether.worker")
 # A read behind its dispatch (a lagging replica) is retried this often, this far apart.
 BEHIND_RETRIES = 20
 BEHIND_RETRY_DELAY_S = 0.25
+# An interrupted attempt's dispatch comes back after 1 s, doubling up to this.
+INTERRUPTED_RETRY_MAX_S = 15.0
 
 
 class Worker:
@@ -48,6 +52,8 @@ class Worker:
         self.worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._budget = SlotBudget(slots)
         self._pullers: list[SlotPuller] = []
+        self._nc: NATS | None = None
+        self._watch: ClosedConnectionWatch | None = None
         self._stopped = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
         self.completed_attempts = 0
@@ -58,7 +64,24 @@ class Worker:
         return self._budget.active
 
     async def _open(self) -> None:
+        await self._start_pullers()
+        self._watch = ClosedConnectionWatch(
+            f"worker {self.name}", self._connection_closed, self._restart_pullers
+        )
+        self._watch.start()
+
+    def _connection_closed(self) -> bool:
+        return self._nc is not None and self._nc.is_closed
+
+    async def _restart_pullers(self) -> None:
+        """NATS closed the connection for good: pull again on the app's new connection.
+        Attempts that were running lost their messages, which NATS redelivers."""
+        await self._stop_pullers()
+        await self._start_pullers()
+
+    async def _start_pullers(self) -> None:
         conn = await self.app.connection()
+        self._nc = conn.nc
         names = conn.settings.names
         for task in self.tasks.values():
             consumer = names.task_consumer(task.name)
@@ -124,6 +147,17 @@ class Worker:
             return
         finally:
             heartbeat.cancel()
+        if result.outcome == "interrupted":
+            # NATS trouble mid-attempt, or a late write that left the run on this attempt:
+            # hand the dispatch back so a new attempt replays what was recorded.
+            delay = min(INTERRUPTED_RETRY_MAX_S, 2.0 ** min(msg.metadata.num_delivered, 5) / 2)
+            log.warning(
+                "attempt interrupted; handing the run back",
+                extra={"run_id": run_id, "detail": result.detail, "retry_in_s": delay},
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+            return
         if result.outcome == "behind" and msg.metadata.num_delivered < BEHIND_RETRIES:
             log.info("run log not caught up yet; retrying", extra={"run_id": run_id})
             await msg.nak(delay=BEHIND_RETRY_DELAY_S)
@@ -159,10 +193,17 @@ class Worker:
                 await self._background
             self._background = None
 
-    async def _close(self) -> None:
+    async def _stop_pullers(self) -> None:
         for puller in self._pullers:
             await puller.stop()
         self._pullers.clear()
+        self._budget.pullers.clear()
+
+    async def _close(self) -> None:
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
+        await self._stop_pullers()
         log.info("worker stopped", extra={"worker": self.worker_id})
 
     async def __aenter__(self) -> Worker:

@@ -10,7 +10,9 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import nats
 import pytest
+from nats.aio.client import Client as NATS
 
 from tether import Tether
 from tether.engine.config import Settings
@@ -43,6 +45,14 @@ def nats_url() -> Iterator[str]:
         return
     yield server.url
     server.cleanup()
+
+
+@pytest.fixture
+async def plain_nc(nats_url: str) -> AsyncIterator[NATS]:
+    """A plain nats-py client, as another service would use."""
+    nc = await nats.connect(nats_url)
+    yield nc
+    await nc.close()
 
 
 @pytest.fixture

@@ -7,11 +7,9 @@ resumes normally afterwards.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-import nats
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
@@ -39,14 +37,6 @@ def define(app: Tether) -> DurableTask[Any, Any]:
         return {"decision": decision}
 
     return approval
-
-
-@pytest.fixture
-async def plain_nc(nats_url: str) -> AsyncIterator[NATS]:
-    """A plain nats-py client, as another service would use."""
-    nc = await nats.connect(nats_url)
-    yield nc
-    await nc.close()
 
 
 async def start_waiting(app: Tether, task: DurableTask[Any, Any], **input: Any) -> RunRef:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,42 +15,10 @@ import aiohttp
 import pytest
 
 from tests.helpers import wait_for_status, wait_until
+from tests.integration.conftest import ALICE, BOB, READER, bearer
 from tether import DurableContext, Tether
-from tether.auth import AuthConfigError, TokenAuth, load_token_auth
-from tether.engine.config import Settings
+from tether.auth import AuthConfigError, load_token_auth
 from tether.server import TetherServer
-
-ALICE = "alice-token-0123456789"  # may decide approval:* and cancel
-BOB = "bob-token-0123456789ab"  # may only push payments:*
-READER = "reader-token-012345678"  # read-only
-
-AUTH = TokenAuth.parse(
-    {
-        ALICE: {"name": "alice", "keys": ["approval:*"], "cancel": True},
-        BOB: {"name": "bob", "keys": ["payments:*"]},
-        READER: {"name": "auditor"},
-    },
-    source="test",
-)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-async def api_server(settings: Settings) -> AsyncIterator[TetherServer]:
-    srv = TetherServer(settings, http="127.0.0.1:0", auth=AUTH)
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def http(api_server: TetherServer) -> AsyncIterator[aiohttp.ClientSession]:
-    assert api_server.api is not None
-    async with aiohttp.ClientSession(api_server.api.url) as session:
-        yield session
 
 
 def define(app: Tether) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -305,3 +306,164 @@ def test_public_exports_are_pinned() -> None:
     }
     for name in tether.__all__:
         assert hasattr(tether, name), name
+
+
+# -- events the run does not take: only the running attempt moves a run ---------------------
+
+
+def started(attempt: int = 1) -> ev.AttemptStarted:
+    return ev.AttemptStarted(run_id="r1", at=100.5, attempt=attempt, worker="w")
+
+
+def waiting_run() -> RunState:
+    """Run r1 requested, started, and suspended on wait r1:0 (seq 3)."""
+    return fold("r1", [(1, requested()), (2, started()), (3, wait_started())])
+
+
+def forged() -> list[ev.RunEvent]:
+    """Worker-kind events a credential holder might append to someone else's run."""
+    return [
+        ev.RunCompleted(run_id="r1", at=200.0, output="forged"),
+        ev.RunFailed(run_id="r1", at=200.0, error=ev.ErrorInfo(type="X", message="forged")),
+        ev.StepRecorded(run_id="r1", at=200.0, position=5, name="forged", output=1),
+        wait_started(position=7),
+        ev.TimeoutRefreshed(run_id="r1", at=200.0, execution_timeout_s=1e9),
+        ev.AttemptFailed(
+            run_id="r1", at=200.0, attempt=9, error=ev.ErrorInfo(type="X", message="m"), retry_at=1
+        ),
+        ev.EventRejected(run_id="r1", at=200.0, wait_id="r1:0", event_seq=1, payload={}, error="e"),
+    ]
+
+
+def test_worker_events_do_not_move_a_waiting_run() -> None:
+    state = waiting_run()
+    seq = state.last_seq
+    for event in [*forged(), started(attempt=2)]:
+        seq += 1
+        evolve(state, event, seq)
+        assert state.status == "waiting", event.type
+    assert state.last_seq == seq  # the log position still moves: appends stay in step (OCC)
+    assert [e["seq"] for e in state.ignored] == list(range(4, seq + 1))
+    assert {e["status"] for e in state.ignored} == {"waiting"}
+    assert state.was_ignored(4) and not state.was_ignored(3)
+    assert state.execution_timeout_s == 60.0 and state.output is None and state.rejected == []
+    wait = state.open_wait()
+    assert wait is not None and wait.wait_id == "r1:0" and len(state.records) == 1
+    # the real decision still resolves the real wait, and the next attempt completes the run
+    [satisfied] = decide(state, resolve(), now=300.0)
+    evolve(state, satisfied, seq + 1)
+    evolve(state, started(attempt=2), seq + 2)
+    evolve(state, ev.RunCompleted(run_id="r1", at=301.0, output="real"), seq + 3)
+    assert state.status == "completed" and state.output == "real"
+
+
+def test_worker_events_wait_for_the_next_attempt_after_a_resolution() -> None:
+    """Queued again (its wait resolved, or a retry pending): nothing but run.started moves
+    the run until a new attempt starts."""
+    state = waiting_run()
+    [satisfied] = decide(state, resolve(), now=300.0)
+    evolve(state, satisfied, 4)
+    evolve(state, ev.RunCompleted(run_id="r1", at=301.0, output="early"), 5)
+    assert state.status == "queued" and state.ignored[0]["reason"].startswith("no attempt")
+    evolve(state, started(attempt=2), 6)
+    evolve(state, ev.RunCompleted(run_id="r1", at=302.0, output="real"), 7)
+    assert (state.status, state.output) == ("completed", "real")
+
+    retrying = fold("r1", [(1, requested()), (2, started())])
+    error = ev.ErrorInfo(type="X", message="m")
+    evolve(retrying, ev.AttemptFailed(run_id="r1", at=1, attempt=1, error=error, retry_at=9), 3)
+    evolve(retrying, ev.RunFailed(run_id="r1", at=2, error=error), 4)
+    assert retrying.status == "queued" and retrying.was_ignored(4)
+
+
+def test_finished_runs_record_late_writes_as_ignored() -> None:
+    state = fold(
+        "r1", [(1, requested()), (2, started()), (3, ev.RunCompleted(run_id="r1", at=5, output=1))]
+    )
+    late: list[ev.RunEvent] = [ev.RunCancelled(run_id="r1", at=6, reason="x"), started(2)]
+    for seq, event in enumerate(late, 4):
+        evolve(state, event, seq)
+    assert state.status == "completed" and state.output == 1
+    assert [(e["seq"], e["reason"]) for e in state.ignored] == [
+        (4, "the run already ended completed"),
+        (5, "the run already ended completed"),
+    ]
+
+
+def test_a_second_request_or_another_runs_event_is_ignored() -> None:
+    state = fold("r1", [(1, requested()), (2, started())])
+    again = ev.RunRequested(run_id="r1", at=1.0, task="other", input="x", execution_timeout_s=1e9)
+    evolve(state, again, 3)
+    evolve(state, ev.RunCompleted(run_id="r2", at=5, output="not r1's"), 4)
+    assert (state.task, state.input, state.status, state.execution_timeout_s) == (
+        "t",
+        {"x": 1},
+        "running",
+        60.0,
+    )
+    assert [e["seq"] for e in state.ignored] == [3, 4]
+    # a log that does not start with run.requested takes nothing
+    orphan = fold("r9", [(1, ev.RunCompleted(run_id="r9", at=5, output=1))])
+    assert orphan.was_ignored(1) and orphan.output is None and not orphan.exists
+    assert decide(orphan, CancelRun("x"), now=6.0) == []
+    evolve(orphan, ev.RunRequested(run_id="r9", at=6, task="t", input=2, execution_timeout_s=9), 2)
+    assert orphan.exists and orphan.task == "t" and orphan.status == "queued"
+
+
+def test_resolutions_of_a_wait_that_is_not_open_are_ignored() -> None:
+    state = waiting_run()
+    [satisfied] = decide(state, resolve(), now=300.0)
+    evolve(state, satisfied, 4)
+    evolve(state, ev.WaitTimedOut(run_id="r1", at=301.0, wait_id="r1:0"), 5)
+    evolve(state, ev.WaitTimedOut(run_id="r1", at=301.0, wait_id="r1:nope"), 6)
+    assert state.status == "queued" and state.records[0].outcome == "satisfied"  # type: ignore[union-attr]
+    assert [e["seq"] for e in state.ignored] == [5, 6]
+
+
+async def test_lookback_resolved_by_the_attempt_itself_keeps_it_running() -> None:
+    """A wait the registering attempt resolves from events stored before it (lookback) or
+    a zero sleep: the attempt carries on and its later events count."""
+    app = Tether(nats_url="nats://unused:4222")
+
+    @app.durable_task(name="t")
+    async def flow(input: Any, ctx: DurableContext) -> Any:
+        await ctx.sleep_for(timedelta(0))
+        decision = await ctx.wait_for_event("k", lookback=timedelta(minutes=5))
+        return await ctx.step("after", lambda: decision)
+
+    async def read_events(key: str, since: float, until_seq: int) -> Any:
+        return [(40, {"ok": True}, "e40")]  # stored before the wait's position (42)
+
+    store = InMemoryEventStore()
+    await store.append(requested(at=1e12), expected_last_seq=0, msg_id="req")
+    result = await run_attempt(
+        flow,
+        store,
+        "r1",
+        worker_id="w",
+        events_position=_position,
+        read_events=read_events,
+        clock=lambda: 1e12,
+    )
+    assert result.outcome == "completed"
+    final = fold("r1", await store.read("r1"))
+    assert (final.status, final.output, final.attempt, final.ignored) == (
+        "completed",
+        {"ok": True},
+        1,
+        [],
+    )
+
+
+def test_a_wait_resolved_after_the_attempt_suspended_needs_a_new_attempt() -> None:
+    """The same resolution written by the engine (an event after the wait's position)
+    leaves no attempt running."""
+    state = waiting_run()
+    late = ResolveWait("r1:0", "c0.0", "k", "k", 8, "e8", {"ok": True})  # 8 > position 7
+    [satisfied] = decide(state, late, now=300.0)
+    evolve(state, satisfied, 4)
+    assert not state.in_attempt
+    early = fold("r1", [(1, requested()), (2, started()), (3, wait_started())])
+    [resolved] = decide(early, ResolveWait("r1:0", "c0.0", "k", "k", 7, "e7", {}), now=1.0)
+    evolve(early, resolved, 4)
+    assert early.in_attempt  # seq 7 <= position 7: only the attempt's own lookback sees it
