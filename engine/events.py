@@ -96,6 +96,8 @@ class WaitConditionMet(_Event):
     event_id: str | None = None
     payload: dict[str, Any] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # recorded by the attempt that registered the wait (see WaitSatisfied)
+    within_attempt: bool = False
 
 
 class EventRejected(_Event):
@@ -135,6 +137,10 @@ class WaitSatisfied(_Event):
     metadata: dict[str, Any] = Field(default_factory=dict)
     fired: list[str] = Field(default_factory=list)
     payloads: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Recorded by the attempt that registered the wait, which matched it at once (lookback,
+    # a zero sleep). Such resolutions have subject tokens of their own, so NATS permissions
+    # can let workers write them and not the engine's resolutions of a suspended run.
+    within_attempt: bool = False
 
 
 class WaitTimedOut(_Event):
@@ -166,6 +172,17 @@ class RunCancelled(_Terminal):
     reason: str
 
 
+class UnusableEntry(_Event):
+    """Stands for a message in a run's log that is no usable event: bytes that do not
+    decode, or a body whose type or run does not match the subject it was written to. Never
+    written, only read: it keeps the log's sequence numbers (optimistic concurrency counts
+    every message) while the state machine ignores it."""
+
+    type: Literal["run.unusable_entry.v1"] = "run.unusable_entry.v1"
+    subject: str
+    reason: str
+
+
 RunEvent = Annotated[
     RunRequested
     | AttemptStarted
@@ -180,7 +197,8 @@ RunEvent = Annotated[
     | RunCompleted
     | RunFailed
     | RunTimedOut
-    | RunCancelled,
+    | RunCancelled
+    | UnusableEntry,
     Field(discriminator="type"),
 ]
 
@@ -202,6 +220,12 @@ SUBJECT_TOKENS: dict[str, str] = {
     "run.failed.v1": "failed",
     "run.timed_out.v1": "timed_out",
     "run.cancelled.v1": "cancelled",
+    "run.unusable_entry.v1": "unusable_entry",
+}
+# Resolutions an attempt records itself (``within_attempt``): tokens of their own.
+IN_ATTEMPT_TOKENS: dict[str, str] = {
+    "run.wait_satisfied.v1": "wait_satisfied_in_attempt",
+    "run.wait_condition_met.v1": "condition_met_in_attempt",
 }
 TERMINAL_TOKENS = ("completed", "failed", "timed_out", "cancelled")
 
@@ -211,7 +235,23 @@ class EventDecodeError(ValueError):
 
 
 def subject_token(event: RunEvent) -> str:
+    if isinstance(event, WaitSatisfied | WaitConditionMet) and event.within_attempt:
+        return IN_ATTEMPT_TOKENS[event.type]
     return SUBJECT_TOKENS[event.type]
+
+
+def decode_stored(subject: str, data: bytes) -> RunEvent:
+    """Decode a message of a run's log (``<ns>.runs.<run_id>.<token>``); what does not
+    decode, or does not belong on its subject, comes back as an :class:`UnusableEntry`."""
+    *_, run_id, token = subject.split(".")
+    try:
+        event = decode(data)
+    except EventDecodeError as exc:
+        return UnusableEntry(run_id=run_id, at=0.0, subject=subject, reason=str(exc)[:500])
+    if event.run_id != run_id or subject_token(event) != token:
+        reason = f"a {event.type} body of run {event.run_id} on subject token {token!r}"
+        return UnusableEntry(run_id=run_id, at=event.at, subject=subject, reason=reason)
+    return event
 
 
 def encode(event: RunEvent) -> bytes:

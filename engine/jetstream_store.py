@@ -68,11 +68,11 @@ class JetStreamEventStore:
         stored = await self._reader.read_subjects(
             self._names.runs_stream, self._names.run_filter(run_id)
         )
-        return [(m.seq, ev.decode(m.data)) for m in stored]
+        return [(m.seq, ev.decode_stored(m.subject, m.data)) for m in stored]
 
     async def read_raw(self, run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
         """Events with their stored headers (trace context, message ids)."""
         stored = await self._reader.read_subjects(
             self._names.runs_stream, self._names.run_filter(run_id)
         )
-        return [(m.seq, ev.decode(m.data), m.headers) for m in stored]
+        return [(m.seq, ev.decode_stored(m.subject, m.data), m.headers) for m in stored]

@@ -20,6 +20,7 @@ from tether.engine.events import (
     RunTimedOut,
     StepRecorded,
     TimeoutRefreshed,
+    UnusableEntry,
     WaitConditionMet,
     WaitSatisfied,
     WaitStarted,
@@ -167,6 +168,8 @@ class RunState:
 
 def refusal(state: RunState, event: RunEvent) -> str | None:
     """Why ``event`` cannot apply to the run as it stands, or None when it can."""
+    if isinstance(event, UnusableEntry):
+        return f"not a usable event: {event.reason}"
     if event.run_id != state.run_id:
         return f"written for run {event.run_id}"
     if isinstance(event, RunRequested):
@@ -189,10 +192,20 @@ def refusal(state: RunState, event: RunEvent) -> str | None:
         record = state.wait(event.wait_id)
         if record is None or record.outcome != "open":
             return f"wait {event.wait_id} is not open"
+        if (
+            isinstance(event, WaitSatisfied | WaitConditionMet)
+            and event.within_attempt
+            and not _resolved_within_attempt(state, record, event)
+        ):
+            # the attempt's own resolutions (workers may write them) are only lookback
+            # matches and zero sleeps of the wait it just registered
+            return "an attempt resolves only its own wait, by lookback or a zero sleep"
     return None
 
 
-def _resolved_within_attempt(state: RunState, record: WaitRecord, event: WaitSatisfied) -> bool:
+def _resolved_within_attempt(
+    state: RunState, record: WaitRecord, event: WaitSatisfied | WaitConditionMet
+) -> bool:
     """Did the attempt that registered the wait resolve it itself and carry on? Only it
     matches events stored before the wait (lookback) or fires a zero-length sleep; the
     matcher and the timer resolve waits after the attempt has suspended."""
@@ -200,9 +213,14 @@ def _resolved_within_attempt(state: RunState, record: WaitRecord, event: WaitSat
         return False  # registered by an earlier attempt
     if event.event_seq is not None:
         return event.event_seq <= record.events_position
-    last = event.fired[-1] if event.fired else None
+
+    def fired(spec: ConditionSpec) -> bool:
+        if isinstance(event, WaitConditionMet):
+            return spec.id == event.condition_id
+        return bool(event.fired) and spec.key == event.fired[-1]
+
     return any(
-        spec.kind == "sleep" and spec.key == last and (spec.due_at or 0.0) <= record.started_at
+        spec.kind == "sleep" and fired(spec) and (spec.due_at or 0.0) <= record.started_at
         for clause in record.clauses
         for spec in clause
     )

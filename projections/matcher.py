@@ -30,7 +30,7 @@ from tether.engine.commands import CommandMessage, encode
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
 from tether.engine.event_reads import read_key_events
-from tether.engine.events import TERMINAL_TOKENS
+from tether.engine.events import IN_ATTEMPT_TOKENS, SUBJECT_TOKENS
 from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
 from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
 from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
@@ -47,6 +47,18 @@ from tether.projections.wait_index import WaitIndex
 
 log = logging.getLogger("tether.matcher")
 
+MATCHER_TOKENS = frozenset(
+    {
+        "wait_started",
+        "wait_satisfied",
+        "wait_satisfied_in_attempt",
+        "wait_timed_out",
+        "condition_met",
+        "condition_met_in_attempt",
+        "timed_out",
+        "cancelled",
+    }
+)
 # Rejections of events whose key is too long to repeat in a subject are recorded here.
 OVERLONG_KEY = "tether:overlong-key"
 # A resume command that cannot be published (NATS down, a stream without a leader) is
@@ -190,36 +202,51 @@ class Matcher:
     # -- the run log: waits opening and closing ------------------------------------------------
 
     def _on_run_msg(self, msg: Msg) -> None:
-        token = msg.subject.rsplit(".", 1)[-1]
-        if token == "wait_started":
-            self._on_wait_started(msg)
-        elif token in ("wait_satisfied", "wait_timed_out"):
-            with contextlib.suppress(Exception):
-                self._close_wait(str(orjson.loads(msg.data)["wait_id"]))
-        elif token == "condition_met":
-            with contextlib.suppress(Exception):
-                body = orjson.loads(msg.data)
-                wait = self.waits.get(str(body["wait_id"]))
-                if wait is not None:
-                    self._clause_met(wait, str(body["condition_id"]))
-        elif token in TERMINAL_TOKENS:
-            run_id = msg.subject.split(".")[-2]
-            wait_id = self._open_by_run.get(run_id)
-            if wait_id is not None:
-                self._close_wait(wait_id)
-
-    def _on_wait_started(self, msg: Msg) -> None:
+        *_, run_id, token = msg.subject.split(".")
+        expected_type = _RUN_TOKEN_TYPES.get(token)
+        if expected_type is None:
+            return
         try:
-            wait = self._parse_wait(orjson.loads(msg.data), msg.metadata.sequence.stream)
+            body = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            body = None
+        # The run's state machine ignores a body that does not belong on its subject; so
+        # does the matcher (a worker credential may write some tokens, not others).
+        if not isinstance(body, dict) or body.get("type") != expected_type:
+            log.warning("run log message ignored", extra={"subject": msg.subject})
+            return
+        if body.get("run_id") != run_id:
+            log.warning("run log message for another run ignored", extra={"subject": msg.subject})
+            return
+        open_wait = self.waits.get(self._open_by_run.get(run_id, ""))
+        if token == "wait_started":
+            if open_wait is not None:  # only a running attempt registers waits
+                log.warning("wait registered on a waiting run ignored", extra={"run_id": run_id})
+                return
+            self._on_wait_started(msg, body)
+        elif open_wait is None or body.get("wait_id", open_wait.wait_id) != open_wait.wait_id:
+            return  # nothing open here (a terminal event, or a resolution already seen)
+        elif token.endswith("_in_attempt") and not _attempt_may_resolve(open_wait, body):
+            log.warning("in-attempt resolution ignored", extra={"subject": msg.subject})
+        elif token in ("wait_satisfied", "wait_satisfied_in_attempt", "wait_timed_out"):
+            self._close_wait(open_wait.wait_id)
+        elif token in ("condition_met", "condition_met_in_attempt"):
+            self._clause_met(open_wait, str(body.get("condition_id", "")))
+        elif token in ("timed_out", "cancelled"):
+            # (completed and failed end only a running attempt: a waiting run ignores them)
+            self._close_wait(open_wait.wait_id)
+
+    def _on_wait_started(self, msg: Msg, body: dict[str, Any]) -> None:
+        try:
+            wait = self._parse_wait(body, msg.metadata.sequence.stream)
             wait.traceparent = (msg.headers or {}).get(TRACEPARENT)
         except InvalidExpressionError as exc:
             # Workers validate before recording, so this means a foreign writer; skip it.
             log.error("wait with an invalid expression ignored", extra={"error": str(exc)})
             return
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             log.error("malformed wait_started skipped", extra={"error": repr(exc)})
             return
-        self._close_wait(wait.wait_id)  # registered again (after a rejected event)
         self.waits[wait.wait_id] = wait
         self._open_by_run[wait.run_id] = wait.wait_id
         for condition in wait.conditions:
@@ -473,6 +500,22 @@ class Matcher:
                 if self._matches(wait, condition, event):
                     self._resolve(wait, condition, event)
                     break
+
+
+# The run-log subject tokens the matcher follows, with the event type each must carry.
+_RUN_TOKEN_TYPES: dict[str, str] = {
+    token: event_type
+    for table in (SUBJECT_TOKENS, IN_ATTEMPT_TOKENS)
+    for event_type, token in table.items()
+    if token in MATCHER_TOKENS
+}
+
+
+def _attempt_may_resolve(wait: OpenWait, body: dict[str, Any]) -> bool:
+    """An attempt resolves its own wait only from events stored before it (lookback) or a
+    zero sleep (no event), as the run's state machine checks too."""
+    event_seq = body.get("event_seq")
+    return event_seq is None or (isinstance(event_seq, int) and event_seq <= wait.events_position)
 
 
 def _metadata(headers: dict[str, str], identity: str | None) -> dict[str, Any]:

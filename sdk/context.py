@@ -21,8 +21,11 @@ from tether.engine import codec
 from tether.engine.events import (
     ConditionSpec,
     EventRejected,
+    RunEvent,
     StepRecorded,
     TimeoutRefreshed,
+    WaitConditionMet,
+    WaitSatisfied,
     WaitStarted,
 )
 from tether.engine.state import ResolveWait, StepRecord, WaitRecord, decide, evolve
@@ -363,7 +366,8 @@ class DurableContext:
                 )
                 # the state machine decides, as in the engine: condition met, wait satisfied,
                 # or nothing (its clause, or the whole wait, is already satisfied)
-                for event in decide(state, command, attempt.clock()):
+                for decided in decide(state, command, attempt.clock()):
+                    event = _within_attempt(decided)
                     evolve(state, event, await attempt.append(event))
 
     async def _already_satisfied(
@@ -458,6 +462,14 @@ def _spec(condition_id: str, condition: Condition, now: float) -> ConditionSpec:
         event_key=condition.event_key,
         expression=expression or None,
     )
+
+
+def _within_attempt(event: RunEvent) -> RunEvent:
+    """Mark a resolution this attempt records itself (lookback, a zero sleep): it goes to
+    subjects of its own, which a worker may write while the engine's are closed to it."""
+    if isinstance(event, WaitSatisfied | WaitConditionMet):
+        return event.model_copy(update={"within_attempt": True})
+    return event
 
 
 def _matches(expression: str | None, payload: dict[str, Any]) -> bool:

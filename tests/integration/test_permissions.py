@@ -8,7 +8,6 @@ server's refusal (``PermissionWatch``) instead of waiting for client timeouts.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import subprocess
@@ -21,7 +20,7 @@ import orjson
 import pytest
 from nats.js.api import ConsumerConfig, StreamConfig
 
-from tests.helpers import wait_for_status
+from tests.helpers import wait_for_status, wait_until
 from tests.integration.secured import (
     OPS,
     PASSWORDS,
@@ -180,11 +179,6 @@ async def test_lookback_reads_pushed_events_as_a_worker(
     assert any(payload.get("runId") == "lookback-read" for _, payload, _ in found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a wait resolved by lookback is resolved by the worker, which appends "
-    "run.wait_satisfied.v1 itself (sdk/context.py `_register`); the worker user may not",
-)
 async def test_lookback_resolves_a_wait_as_a_worker(
     server: SecuredNats, engine: TetherServer, payments: tuple[Tether, DurableTask[Any, Any]]
 ) -> None:
@@ -253,17 +247,17 @@ async def test_a_worker_cannot_decide_or_end_a_waiting_run(
     state, _ = await app.runs.state(run_id)
     assert state.status == "waiting" and state.was_ignored(seq)
     assert (await app.runs.get(run_id)).status == "waiting"
-    await asyncio.sleep(0.5)  # the bookkeeper has seen the event by now
     assert engine.conn is not None
+    conn, names = engine.conn, engine.conn.settings.names
+
+    async def booked() -> bool:  # the bookkeeper has handled the forged event
+        info = await conn.js.consumer_info(names.runs_stream, names.bookkeeper_consumer)
+        return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
+
+    await wait_until(booked, message="the bookkeeper to handle the forged event")
     assert (await engine.conn.deadlines.get(f"{run_id}.run")).value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the matcher closes a run's open wait on any terminal-token event, even one the "
-    "run's state machine ignores (projections/matcher.py `_on_run_msg`), so the decision "
-    "never resumes the run",
-)
 async def test_a_forged_completion_does_not_block_the_decision(
     server: SecuredNats,
     engine: TetherServer,
@@ -279,12 +273,6 @@ async def test_a_forged_completion_does_not_block_the_decision(
     assert (await app.runs.result(run_id, timeout=6))["decision"] == "approve"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the run log is read without checking that each message's subject token matches "
-    "its event type (engine/jetstream_store.py read/read_raw), so a body of another type "
-    "on a token the worker may write still applies",
-)
 async def test_a_worker_cannot_disguise_a_decision_as_a_step(
     server: SecuredNats, payments: tuple[Tether, DurableTask[Any, Any]]
 ) -> None:
