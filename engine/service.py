@@ -74,6 +74,7 @@ class EngineService:
             names.engine_consumer,
             filter_subjects=[names.commands_all],
             ack_wait_s=ack_wait,
+            watch=conn.permissions,
         )
         bookkeeping = [
             names.runs_token_filter(token)
@@ -91,6 +92,7 @@ class EngineService:
             names.bookkeeper_consumer,
             filter_subjects=bookkeeping,
             ack_wait_s=ack_wait,
+            watch=conn.permissions,
         )
         self._pullers = [
             SlotPuller(

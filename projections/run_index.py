@@ -294,7 +294,7 @@ class RunIndex:
         self.runs: dict[str, RunView] = {}
         self.cursor = 0  # the last run-log sequence applied
         self.version = 0  # bumped on every applied event
-        self.skipped = 0  # undecodable messages
+        self.skipped = 0  # messages that are no usable event
         self._changes = _Changes()
         self._changed = asyncio.Event()
         self._advanced = asyncio.Event()
@@ -352,15 +352,16 @@ class RunIndex:
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         self.cursor = seq
-        try:
-            event = ev.decode(msg.data)
-        except ev.EventDecodeError as exc:
+        # the run is the one the subject names; a body that does not fit it is folded as an
+        # unusable entry, which the run's state machine ignores
+        event = ev.decode_stored(msg.subject, msg.data)
+        if isinstance(event, ev.UnusableEntry):
             self.skipped += 1
             log.error(
-                "undecodable run event skipped",
-                extra={"subject": msg.subject, "seq": seq, "error": str(exc)[:200]},
+                "unusable run log message",
+                extra={"subject": msg.subject, "seq": seq, "reason": event.reason[:200]},
             )
-        else:
+        if event.run_id in self.runs or not isinstance(event, ev.UnusableEntry):
             self.apply(seq, event)
         self._advanced.set()
 

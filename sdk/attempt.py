@@ -293,15 +293,17 @@ async def _run(
 
 async def _after_conflict(store: EventStore, run_id: str, number: int) -> AttemptResult:
     """Someone else wrote to the run under this attempt. If the run is over, waiting, or in
-    another attempt's hands, this one is simply done; if it is still running on this
-    attempt (our own write landed late, after a NATS outage), nobody else will carry it on,
-    so the dispatch is handed back and a new attempt replays what was recorded."""
+    a newer attempt's hands, this one is simply done; if it is still running on this
+    attempt or an older one (a write that landed late, after a NATS outage), nobody else
+    will carry it on, so the dispatch is handed back and a new attempt replays it."""
     try:
         state = fold(run_id, await store.read(run_id))
     except Exception as exc:
         return AttemptResult("interrupted", f"could not re-read the run: {exc!r}")
-    if state.status == "running" and state.attempt == number:
-        return AttemptResult("interrupted", "the run is still on this attempt; handed back")
+    # (an earlier attempt's write landing late, after this attempt read the log, also
+    # leaves the run running on a number at or below ours)
+    if state.status == "running" and state.attempt <= number:
+        return AttemptResult("interrupted", "no newer attempt holds the run; handed back")
     return AttemptResult("abandoned", f"the run changed under this attempt (now {state.status})")
 
 

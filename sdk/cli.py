@@ -17,6 +17,7 @@ from tether.auth import TokenAuth, dev_token, load_token_auth
 from tether.engine.config import Settings
 from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
+from tether.engine.provision import NatsPermissionError
 from tether.engine.tracing import configure_from_env
 from tether.errors import TetherError
 from tether.logs import configure
@@ -118,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _run(fn: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
     try:
         fn(args)
-    except (NatsUnavailableError, NatsServerError, ValueError) as exc:
+    except (NatsUnavailableError, NatsServerError, NatsPermissionError, ValueError) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 2
     except TetherError as exc:  # refused: unknown run, nothing to decide, not allowed, ...

@@ -393,7 +393,10 @@ class EventsClient:
                 "tether.approver": approver,
             },
         ) as span:
-            ack = await conn.js.publish(subject, data, headers=conn.tracing.inject(headers))
+            # A subject this user may not publish to fails at once, not after the timeout.
+            ack = await conn.permissions.guard(
+                subject, conn.js.publish(subject, data, headers=conn.tracing.inject(headers))
+            )
             span.set_attribute("tether.event_seq", int(ack.seq))
         return PushResult(id=event_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))
 

@@ -365,7 +365,7 @@ def build_app(context: ApiContext, *, max_body_bytes: int) -> web.Application:
     r.add_post("/api/events/{key}", push)
     r.add_get("/api/overview", overview)
     r.add_get("/api/me", me)
-    r.add_get("/api/stream", stream)
+    r.add_get("/api/stream", stream, allow_head=False)  # a HEAD must not get the stream
     r.add_get("/openapi.json", openapi)
     r.add_get("/healthz", health)
     r.add_get("/", _page("inbox.html"))

@@ -91,6 +91,7 @@ class Worker:
                 consumer,
                 filter_subjects=[names.task_subject(task.name)],
                 ack_wait_s=conn.settings.task_ack_wait_s,
+                watch=conn.permissions,
             )
             puller = SlotPuller(
                 conn.nc,

@@ -252,6 +252,12 @@ async def test_the_api_refuses_bad_events_and_comes_back_after_nats_closes_its_c
             assert response.status == 422
             assert "64-bit" in (await response.json())["error"]["message"]
 
+        # a HEAD of the live stream gets no endless body, and the connection stays usable
+        async with http.head("/api/stream") as response:
+            assert response.status == 405
+        async with http.get("/api/me") as response:
+            assert response.status == 200
+
         # NATS drops the API's connection for good (as it does after a protocol error)
         await (await api.tether.connection()).nc.close()
 

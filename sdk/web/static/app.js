@@ -425,15 +425,34 @@ function schedule(delay = 150) {
 
 function setLive(text) { $("live").textContent = text; }
 
-async function follow() {
+// The open /api/stream request, aborted on pagehide: a page kept in the back/forward cache
+// would otherwise hold its connection, and after a few page changes Chromium's six
+// connections per host are all taken by cached pages and nothing loads.
+let stream = null;
+let poll = null;
+
+function stopPolling() { if (poll) { clearInterval(poll); poll = null; } }
+
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const timeout = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(timeout); resolve(); }, { once: true });
+  });
+}
+
+async function follow(controller) {
   // Read /api/stream with fetch so the token goes in a header; poll while it is down.
-  let poll = null;
-  for (;;) {
+  const signal = controller.signal;
+  while (!signal.aborted) {
     try {
-      const response = await fetch("/api/stream", { headers: { Authorization: `Bearer ${token()}` } });
-      if (response.status === 401) { showSignIn("token refused"); return; }
+      const response = await fetch("/api/stream", { headers: { Authorization: `Bearer ${token()}` }, signal });
+      if (response.status === 401) {
+        if (stream === controller) stream = null; // a new sign-in opens it again
+        showSignIn("token refused");
+        return;
+      }
       if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
-      if (poll) { clearInterval(poll); poll = null; }
+      stopPolling();
       setLive("live");
       schedule(0);
       const reader = response.body.getReader();
@@ -451,13 +470,32 @@ async function follow() {
         }
       }
     } catch (_) {
-      // fall through to polling and retry
+      // aborted on pagehide, or the stream broke: fall through to polling and retry
     }
+    if (signal.aborted) return;
     setLive("reconnecting… (polling)");
     if (!poll) poll = setInterval(() => schedule(0), 1000);
-    await new Promise((resolve) => setTimeout(resolve, 3000));
+    await pause(3000, signal);
   }
 }
+
+function openStream() {
+  if (stream) return;
+  stream = new AbortController();
+  follow(stream);
+}
+
+function closeStream() {
+  if (stream) { stream.abort(); stream = null; }
+  stopPolling();
+  setLive("connecting…");
+}
+
+window.addEventListener("pagehide", closeStream);
+window.addEventListener("pageshow", (event) => {
+  // Restored from the back/forward cache: reconnect and reload what may have changed.
+  if (event.persisted && started && token()) { openStream(); schedule(0); }
+});
 
 let started = false;
 
@@ -478,9 +516,9 @@ async function start() {
   if (!started) {
     started = true;
     view.init();
-    follow();
     setInterval(refreshTimes, 15000);
   }
+  openStream();
   schedule(0);
 }
 
