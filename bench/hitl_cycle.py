@@ -41,7 +41,7 @@ from reporting import load_before_start, machine, write_results
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASK_NAME = "bench-approval"
@@ -110,7 +110,7 @@ def spawn_ready(
 
 def start_serve(nats_url: str, namespace: str, *, tracing: bool = False) -> subprocess.Popen[str]:
     """``tether serve`` in its own process, once it is running."""
-    cmd = [sys.executable, "-m", "tether.cli", "serve"]
+    cmd = [sys.executable, "-m", "tether.cli.main", "serve"]
     if tracing:  # the same TetherServer, given a tracer provider
         cmd = [sys.executable, __file__, "--role", "serve", "--tracing"]
     return spawn_ready(

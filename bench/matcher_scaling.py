@@ -42,9 +42,9 @@ from reporting import load_before_start, machine, write_results
 from tether.engine import events as ev
 from tether.engine.config import Settings
 from tether.engine.connection import Connection
+from tether.engine.expressions import analyze, compile_program
 from tether.engine.nats_server import NatsServer
 from tether.engine.tracing import Tracing
-from tether.projections.cel_expressions import analyze, compile_program
 from tether.projections.matcher import Matcher
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -55,9 +55,9 @@ from reporting import load_before_start, machine, write_results
 
 from tether import Tether
 from tether.engine.config import Settings
+from tether.engine.expressions import analyze
 from tether.engine.nats_server import NatsServer
 from tether.engine.tracing import Tracing
-from tether.projections.cel_expressions import analyze
 from tether.projections.matcher import Matcher
 from tether.projections.timer import TimerProjection
 

@@ -196,3 +196,8 @@ class Connection:
             await self.nc.drain()
         except Exception:
             log.debug("error while closing the NATS connection", exc_info=True)
+
+
+# How the SDK's clients and workers get their connection: the app opens it on first use
+# (and again if NATS closed it for good), so they hold this instead of the app.
+ConnectionFactory = Callable[[], Awaitable[Connection]]

@@ -31,10 +31,7 @@ from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
 from tether.engine.event_reads import read_key_events
 from tether.engine.events import IN_ATTEMPT_TOKENS, SUBJECT_TOKENS
-from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
-from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
-from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
-from tether.projections.cel_expressions import (
+from tether.engine.expressions import (
     ExpressionEvaluationError,
     ExpressionShape,
     InvalidExpressionError,
@@ -42,6 +39,9 @@ from tether.projections.cel_expressions import (
     compile_program,
     equalities_hold,
 )
+from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
+from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
+from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.rejections import record_rejection
 from tether.projections.wait_index import WaitIndex
 

@@ -8,7 +8,7 @@ repo=$(pwd)
 view=$(mktemp -d)
 trap 'rm -rf "$view"' EXIT
 mkdir -p "$view/tether"
-for f in sdk/*.py sdk/py.typed; do ln -s "$repo/$f" "$view/tether/"; done
+for f in sdk/*; do ln -s "$repo/$f" "$view/tether/"; done
 ln -s "$repo/engine" "$view/tether/engine"
 ln -s "$repo/projections" "$view/tether/projections"
 .venv/bin/ruff check .

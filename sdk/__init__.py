@@ -3,7 +3,7 @@
 from tether.app import Tether
 from tether.client import PushResult, RunEventView, RunInfo, RunRef
 from tether.conditions import SleepCondition, UserEventCondition, WaitResult, or_
-from tether.context import ChildRunRef, DurableContext
+from tether.engine.expressions import InvalidExpressionError
 from tether.errors import (
     NonDeterminismError,
     NonRetryableError,
@@ -16,7 +16,7 @@ from tether.errors import (
     TetherError,
     WaitTimeoutError,
 )
-from tether.projections.cel_expressions import InvalidExpressionError
+from tether.runtime.context import ChildRunRef, DurableContext
 from tether.task import DurableTask
 
 __all__ = [

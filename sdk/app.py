@@ -13,8 +13,8 @@ from opentelemetry.trace import TracerProvider
 from tether.client import EventsClient, RunsClient
 from tether.engine.config import DEFAULT_EXECUTION_TIMEOUT, Settings
 from tether.engine.connection import Connection
+from tether.runtime.worker import Worker
 from tether.task import DurableTask, TaskFunction
-from tether.worker import Worker
 
 
 class Tether:
@@ -33,8 +33,8 @@ class Tether:
         self.settings = settings or Settings.from_env(nats_url=nats_url, namespace=namespace)
         self.tracer_provider = tracer_provider
         self.tasks: dict[str, DurableTask[Any, Any]] = {}
-        self.runs = RunsClient(self)
-        self.events = EventsClient(self)
+        self.runs = RunsClient(self.connection)
+        self.events = EventsClient(self.connection)
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
 
@@ -81,7 +81,7 @@ class Tether:
 
         def register(fn: TaskFunction[Any, Any]) -> DurableTask[Any, Any]:
             task = DurableTask(
-                self,
+                self.runs,
                 fn,
                 name=name or fn.__name__,
                 execution_timeout=execution_timeout,
@@ -107,7 +107,11 @@ class Tether:
     ) -> Worker:
         """A worker that runs ``tasks`` (default: every registered task), ``slots`` at once."""
         return Worker(
-            self, name, list(tasks) if tasks is not None else list(self.tasks.values()), slots=slots
+            self.connection,
+            name,
+            list(tasks) if tasks is not None else list(self.tasks.values()),
+            slots=slots,
+            trigger_child=self.runs.trigger,
         )
 
     async def close(self) -> None:

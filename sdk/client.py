@@ -8,7 +8,8 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import Any, Protocol
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -16,25 +17,37 @@ from opentelemetry.trace import SpanKind
 
 from tether.engine import codec
 from tether.engine import events as ev
-from tether.engine.connection import Connection
+from tether.engine.connection import Connection, ConnectionFactory
 from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
-from tether.engine.state import CancelRun, RunState, decide, evolve, fold
+from tether.engine.state import TERMINAL_STATUSES, CancelRun, RunState, decide, evolve, fold
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import check_event_key, check_identity, check_run_id
 from tether.engine.tracing import messaging
 from tether.errors import (
     RunAlreadyFinishedError,
-    RunCancelledError,
-    RunError,
-    RunFailedError,
     RunNotFoundError,
-    RunTimeoutError,
+    raise_for_outcome,
 )
 
-if TYPE_CHECKING:
-    from tether.app import Tether
-    from tether.task import DurableTask
+
+class TaskDefinition(Protocol):
+    """What triggering needs of a task (``DurableTask`` is one)."""
+
+    name: str
+    execution_timeout: timedelta
+    schedule_timeout: timedelta | None
+
+    def encode_input(self, value: Any) -> Any: ...
+
+
+class ResultRef(Protocol):
+    """A run started from somewhere: ``RunRef`` here, a child run's reference in a task."""
+
+    run_id: str
+
+    async def result(self, timeout: float | None = None) -> Any: ...
+
 
 log = logging.getLogger("tether.client")
 
@@ -62,19 +75,7 @@ class RunInfo:
 
     @property
     def is_terminal(self) -> bool:
-        return self.status in ("completed", "failed", "timed_out", "cancelled")
-
-
-def raise_for_outcome(run_id: str, status: str, output: Any, error: Any) -> Any:
-    """The output of a completed run, else the RunError that matches its status."""
-    if status == "completed":
-        return output
-    error_cls: type[RunError] = {
-        "failed": RunFailedError,
-        "timed_out": RunTimeoutError,
-        "cancelled": RunCancelledError,
-    }.get(status, RunFailedError)
-    raise error_cls(run_id, status, error if isinstance(error, dict) else None)
+        return self.status in TERMINAL_STATUSES
 
 
 def _raise_for(info: RunInfo) -> Any:
@@ -149,14 +150,16 @@ MAX_RECHECK_S = 5.0
 
 
 class RunsClient:
-    def __init__(self, app: Tether) -> None:
-        self._app = app
+    """Trigger runs, wait for their results, read and cancel them."""
+
+    def __init__(self, connect: ConnectionFactory) -> None:
+        self._connect = connect
         self._watcher: _TerminalWatcher | None = None
         self._watcher_lock = asyncio.Lock()
 
     async def trigger(
         self,
-        task: DurableTask[Any, Any],
+        task: TaskDefinition,
         input: Any,
         *,
         metadata: dict[str, Any] | None = None,
@@ -165,7 +168,7 @@ class RunsClient:
         exist_ok: bool = False,
     ) -> RunRef:
         """Append ``run.requested``; with ``exist_ok`` an existing run of that id is kept."""
-        conn = await self._app.connection()
+        conn = await self._connect()
         run_id = check_run_id(run_id) if run_id else uuid.uuid4().hex
         event = RunRequested(
             run_id=run_id,
@@ -213,7 +216,7 @@ class RunsClient:
         return RunRef(self, run_id)
 
     async def state(self, run_id: str) -> tuple[RunState, list[RunEventView]]:
-        conn = await self._app.connection()
+        conn = await self._connect()
         state = RunState(run_id=run_id)
         views: list[RunEventView] = []
         for seq, event in await conn.store.read(run_id):
@@ -242,7 +245,7 @@ class RunsClient:
     async def _ensure_watcher(self) -> _TerminalWatcher:
         async with self._watcher_lock:
             if self._watcher is None:
-                watcher = _TerminalWatcher(await self._app.connection())
+                watcher = _TerminalWatcher(await self._connect())
                 await watcher.start()
                 self._watcher = watcher
             return self._watcher
@@ -287,7 +290,7 @@ class RunsClient:
         its next durable call (its write is refused). Raises ``RunNotFoundError`` for an
         unknown run and ``RunAlreadyFinishedError`` for one that has already ended.
         """
-        conn = await self._app.connection()
+        conn = await self._connect()
         for _ in range(10):
             raw = await conn.store.read_raw(run_id)
             state = fold(run_id, [(seq, event) for seq, event, _ in raw])
@@ -319,8 +322,10 @@ class PushResult:
 
 
 class EventsClient:
-    def __init__(self, app: Tether) -> None:
-        self._app = app
+    """Push events (decisions) that waits match."""
+
+    def __init__(self, connect: ConnectionFactory) -> None:
+        self._connect = connect
 
     async def push(
         self,
@@ -364,7 +369,7 @@ class EventsClient:
                     f"{codec.MAX_METADATA_BYTES}-byte limit; keep it to a few short fields"
                 )
             headers[codec.METADATA_HEADER] = encoded
-        conn = await self._app.connection()
+        conn = await self._connect()
         limit = conn.settings.max_event_bytes
         # The server's limit (the events stream's max_msg_size) counts headers too.
         header_bytes = _header_block_size(headers)

@@ -65,6 +65,18 @@ class RunCancelledError(RunError):
     """The run was cancelled."""
 
 
+def raise_for_outcome(run_id: str, status: str, output: Any, error: Any) -> Any:
+    """The output of a completed run, else the RunError that matches its status."""
+    if status == "completed":
+        return output
+    error_cls: type[RunError] = {
+        "failed": RunFailedError,
+        "timed_out": RunTimeoutError,
+        "cancelled": RunCancelledError,
+    }.get(status, RunFailedError)
+    raise error_cls(run_id, status, error if isinstance(error, dict) else None)
+
+
 class _Suspend(BaseException):
     """Unwinds a task function when it reaches an unresolved wait. BaseException so that a
     user's ``except Exception`` cannot swallow it."""

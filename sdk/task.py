@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from tether.client import ResultRef, RunsClient
 from tether.engine import codec
 from tether.engine.subjects import check_token
+from tether.runtime.current import current_context
 
 if TYPE_CHECKING:
-    from tether.app import Tether
-    from tether.client import RunRef
-    from tether.context import ChildRunRef, DurableContext
+    from tether.runtime.context import DurableContext
 
 I = TypeVar("I")  # noqa: E741 - input type
 O = TypeVar("O")  # noqa: E741 - output type
@@ -29,7 +29,7 @@ class DurableTask(Generic[I, O]):
 
     def __init__(
         self,
-        app: Tether,
+        runs: RunsClient,
         fn: TaskFunction[I, O],
         *,
         name: str,
@@ -44,7 +44,7 @@ class DurableTask(Generic[I, O]):
             raise TypeError(f"durable task {name!r} must be an async function")
         if execution_timeout.total_seconds() <= 0:
             raise ValueError(f"durable task {name!r}: execution_timeout must be positive")
-        self.app = app
+        self._runs = runs
         self.fn = fn
         self.name = check_token("task name", name)
         if retries < 0:
@@ -83,18 +83,16 @@ class DurableTask(Generic[I, O]):
 
     async def run_no_wait(
         self, input: I, *, metadata: dict[str, Any] | None = None, run_id: str | None = None
-    ) -> RunRef | ChildRunRef:
+    ) -> ResultRef:
         """Record a new run of this task and return at once with its reference.
 
         Called inside a durable task, this starts a child run: the spawn is recorded once
         (replays do not start it again) and ``await ref.result()`` waits durably.
         """
-        from tether.context import current_context
-
         ctx = current_context.get()
         if ctx is not None:
             return await ctx.spawn(self, input, metadata)
-        return await self.app.runs.trigger(self, input, metadata=metadata, run_id=run_id)
+        return await self._runs.trigger(self, input, metadata=metadata, run_id=run_id)
 
     async def run(
         self, input: I, *, metadata: dict[str, Any] | None = None, timeout: float | None = None

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from tether import Tether
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer, NatsServerError
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 def _testcontainers_nats() -> tuple[str, Callable[[], None]]:

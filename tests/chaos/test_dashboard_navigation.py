@@ -21,7 +21,7 @@ from tests.helpers import wait_for_status
 from tests.integration.test_dashboard_browser import AUTH, TOKEN, define
 from tether import Tether
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 pytestmark = pytest.mark.chaos
 

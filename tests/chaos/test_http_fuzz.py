@@ -27,9 +27,9 @@ from tests.chaos.report import approved, emit, settle, tally
 from tests.helpers import wait_for_status
 from tests.integration.procs import APPROVAL_KEY, define_tasks, trigger_approvals
 from tether import Tether
-from tether.auth import TokenAuth
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.operator.auth import TokenAuth
+from tether.serve import TetherServer
 
 pytestmark = pytest.mark.chaos
 

@@ -18,7 +18,7 @@ from tether import DurableContext, DurableTask, Tether
 from tether.client import RunInfo
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 pytestmark = pytest.mark.chaos
 

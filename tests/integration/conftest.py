@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tether.auth import TokenAuth
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.operator.auth import TokenAuth
+from tether.serve import TetherServer
 
 ALICE = "alice-token-0123456789"  # may decide approval:* and cancel
 BOB = "bob-token-0123456789ab"  # may only push payments:*

@@ -160,7 +160,7 @@ async def cli(server: SecuredNats, user: str, *argv: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tether.cli",
+        "tether.cli.main",
         *argv,
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -19,7 +19,7 @@ from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, DurableTask, RunFailedError, RunNotFoundError, RunRef, Tether
 from tether.engine.commands import CommandMessage
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 KEY = "approval:decision"
 

@@ -11,7 +11,7 @@ import pytest
 from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, RunAlreadyFinishedError, RunCancelledError, Tether
 from tether.errors import RunNotFoundError
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 async def test_cancel_while_waiting_closes_wait_and_deadlines(

@@ -2,7 +2,7 @@
 ``waits list``, ``events push``, ``approve``, ``reject``, and the servers that carry the
 dashboard (``serve --http``, ``api``, ``dev``, ``demo --interactive``).
 
-Commands run in-process through ``tether.cli.main`` on a worker thread (each makes its own
+Commands run in-process through ``tether.cli.main.main`` on a worker thread (each makes its own
 event loop, while the test's loop keeps the engine and worker running); the long-running
 servers run as subprocesses.
 """
@@ -26,10 +26,10 @@ import pytest
 
 from tests.helpers import wait_for_status
 from tether import DurableContext, Tether
-from tether.cli import main
+from tether.cli.main import main
 from tether.engine.config import Settings
 from tether.engine.nats_server import free_port
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 TOKEN = "cli-test-token-0123456789"
 
@@ -216,7 +216,7 @@ async def _start(*argv: str, env: dict[str, str] | None = None) -> asyncio.subpr
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tether.cli",
+        "tether.cli.main",
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

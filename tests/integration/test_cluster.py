@@ -22,7 +22,7 @@ from tests.integration.procs import (
 )
 from tether import Tether
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 @pytest.fixture

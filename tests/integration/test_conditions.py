@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, SleepCondition, Tether, UserEventCondition, or_
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 def expr(ctx: DurableContext) -> str:

@@ -21,9 +21,9 @@ import pytest
 
 from tests.helpers import wait_for_status
 from tether import DurableContext, Tether
-from tether.auth import TokenAuth
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.operator.auth import TokenAuth
+from tether.serve import TetherServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

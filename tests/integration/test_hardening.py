@@ -26,7 +26,7 @@ from tests.integration.test_bad_input import (
 from tether import DurableContext, RunFailedError, Tether
 from tether.engine.config import Settings
 from tether.engine.events import RunEvent
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 DEEP = 300
 

@@ -17,8 +17,8 @@ import pytest
 from tests.helpers import wait_for_status, wait_until
 from tests.integration.conftest import ALICE, BOB, READER, bearer
 from tether import DurableContext, Tether
-from tether.auth import AuthConfigError, load_token_auth
-from tether.server import TetherServer
+from tether.operator.auth import AuthConfigError, load_token_auth
+from tether.serve import TetherServer
 
 
 def define(app: Tether) -> Any:
@@ -339,7 +339,7 @@ async def test_openapi_document_lists_every_route(
 def _api_routes(api_server: TetherServer) -> set[tuple[str, str]]:
     from aiohttp import web
 
-    from tether.http_api import CONTEXT
+    from tether.http.routes import CONTEXT
 
     assert api_server.api is not None and api_server.api._runner is not None
     app = api_server.api._runner.app

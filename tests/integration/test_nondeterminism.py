@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import wait_for_status
 from tether import DurableContext, RunFailedError, Tether
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 def version_one(app: Tether) -> Any:

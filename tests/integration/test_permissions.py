@@ -37,7 +37,7 @@ from tether.engine.config import Settings
 from tether.engine.connection import Connection, NatsUnavailableError
 from tether.engine.nats_server import find_binary
 from tether.engine.provision import NatsPermissionError, ProvisionError, ensure_pull_consumer
-from tether.server import TetherServer
+from tether.serve import TetherServer
 from tether.task import DurableTask
 
 KEY = "approval:decision"

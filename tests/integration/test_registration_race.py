@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, Tether
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 def define(app: Tether) -> Any:

@@ -2,7 +2,7 @@
 itself dies (SIGKILL) and comes back.
 
 Workers and ``tether serve`` run in their own interpreters (``tests/integration/procs.py``
-and ``python -m tether.cli serve``); the last test restarts a dedicated nats-server on the
+and ``python -m tether.cli.main serve``); the last test restarts a dedicated nats-server on the
 same port and store. Every child is killed in a fixture finaliser, and its stderr is part of
 any failure message.
 """
@@ -36,7 +36,7 @@ from tests.integration.procs import (
 from tether import DurableContext, RunRef, Tether, WaitTimeoutError
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 T = TypeVar("T")
 
@@ -159,7 +159,7 @@ class Children:
         child = await self.spawn(
             label,
             "-m",
-            "tether.cli",
+            "tether.cli.main",
             "serve",
             "--nats-url",
             nats_url,

@@ -19,7 +19,7 @@ from tether import (
     Tether,
 )
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 FAST = {"backoff_initial": timedelta(milliseconds=50), "backoff_factor": 2.0}
 

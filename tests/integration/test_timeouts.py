@@ -24,7 +24,7 @@ from tether import (
 )
 from tether.engine.commands import CommandMessage
 from tether.engine.dispatch import send_command
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 KEY = "approval:decision"
 RESOLUTIONS = ("run.wait_satisfied.v1", "run.wait_timed_out.v1")

@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind
 from tests.helpers import wait_for_status, wait_until
 from tether import DurableContext, Tether, WaitTimeoutError
 from tether.engine.config import Settings
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 @pytest.fixture

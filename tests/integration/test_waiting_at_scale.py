@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.helpers import wait_until
 from tether import DurableContext, Tether
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 WAITING = 1000
 

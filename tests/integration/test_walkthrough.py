@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from tests.helpers import wait_for_status
 from tether import DurableContext, RunFailedError, Tether, WaitTimeoutError
-from tether.server import TetherServer
+from tether.serve import TetherServer
 
 
 class Proposal(BaseModel):
@@ -115,7 +115,7 @@ async def test_decision_from_separate_process_without_tether(
         async with plain_app.worker("payments", slots=2):
             ref = await task.run_no_wait(Proposal(amount=9))
             await wait_for_status(plain_app, ref.run_id, "waiting")
-            script = Path(__file__).parents[2] / "sdk" / "plain_nats_decision.py"
+            script = Path(__file__).parents[2] / "sdk" / "cli" / "plain_nats_decision.py"
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-X",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tether.projections.cel_expressions import ExpressionEvaluationError, compile_program
+from tether.engine.expressions import ExpressionEvaluationError, compile_program
 
 compile_program("true")  # builds cel-python's environment (it raises the recursion limit)
 

@@ -3,9 +3,9 @@ on: the run ended, waits, or a newer attempt started. Pure, on the in-memory sto
 
 from __future__ import annotations
 
-from tether.attempt import _after_conflict
 from tether.engine.events import AttemptStarted, RunCompleted, RunEvent, RunRequested, StepRecorded
 from tether.engine.store import InMemoryEventStore
+from tether.runtime.executor import _after_conflict
 
 RUN = "r1"
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from tether import DurableContext, Tether
-from tether.attempt import run_attempt
 from tether.engine import events as ev
 from tether.engine.state import (
     CancelRun,
@@ -21,6 +20,7 @@ from tether.engine.state import (
     fold,
 )
 from tether.engine.store import ConcurrencyConflictError, InMemoryEventStore
+from tether.runtime.executor import run_attempt
 
 
 def requested(run_id: str = "r1", timeout: float = 60.0, at: float = 100.0) -> ev.RunRequested:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.cel_reference import cel_true, set_path
-from tether.projections.cel_expressions import (
+from tether.engine.expressions import (
     Equality,
     ExpressionShape,
     analyze,

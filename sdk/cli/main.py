@@ -11,17 +11,17 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tether import cli_runs
-from tether.api_server import DEFAULT_HTTP, ApiServer
-from tether.auth import TokenAuth, dev_token, load_token_auth
+from tether.cli import runs as cli_runs
 from tether.engine.config import Settings
 from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
 from tether.engine.provision import NatsPermissionError
 from tether.engine.tracing import configure_from_env
 from tether.errors import TetherError
+from tether.http.server import DEFAULT_HTTP, ApiServer
 from tether.logs import configure
-from tether.server import TetherServer
+from tether.operator.auth import TokenAuth, dev_token, load_token_auth
+from tether.serve import TetherServer
 
 
 async def _until_signalled() -> None:
@@ -106,10 +106,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from tether.demo import run_demo
+    from tether.cli.demo import run_demo
 
     if args.interactive:
-        from tether.demo import run_interactive_demo
+        from tether.cli.demo import run_interactive_demo
 
         asyncio.run(run_interactive_demo(args.nats_url, http=args.http))
         return

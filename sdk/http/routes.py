@@ -1,6 +1,6 @@
 """The HTTP API and the dashboard's pages, as one aiohttp application.
 
-Every ``/api`` route needs ``Authorization: Bearer <token>`` (see ``tether.auth``). Errors
+Every ``/api`` route needs ``Authorization: Bearer <token>`` (see ``tether.operator.auth``). Errors
 are JSON ``{"error": {"status", "message", "details"}}``; a refused request writes nothing.
 """
 
@@ -22,17 +22,17 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from tether.app import Tether
-from tether.auth import Identity, TokenAuth
-from tether.decisions import ActionRefusedError, Decision, cancel, decide, push_event
 from tether.engine import codec
 from tether.engine.subjects import check_event_key, check_run_id
 from tether.errors import RunAlreadyFinishedError, RunNotFoundError
-from tether.openapi import STATUSES, CancelBody, DecisionBody, PushBody, document
+from tether.http.openapi import STATUSES, CancelBody, DecisionBody, PushBody, document
+from tether.operator.auth import Identity, TokenAuth
+from tether.operator.decisions import ActionRefusedError, Decision, cancel, decide, push_event
 from tether.projections.run_index import RunIndex, fold_view
 
 log = logging.getLogger("tether.api")
 
-STATIC_DIR = Path(__file__).parent / "web" / "static"
+STATIC_DIR = Path(__file__).parent / "static"
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tether.app import Tether
-from tether.auth import Identity
 from tether.client import PushResult, RunInfo
-from tether.engine.subjects import check_event_key, check_run_id
-from tether.errors import RunNotFoundError, TetherError
-from tether.projections.cel_expressions import (
+from tether.engine.expressions import (
     ExpressionEvaluationError,
     InvalidExpressionError,
     compile_program,
 )
+from tether.engine.subjects import check_event_key, check_run_id
+from tether.errors import RunNotFoundError, TetherError
+from tether.operator.auth import Identity
 from tether.projections.run_index import PendingWait, RunView, fold_view
 
 log = logging.getLogger("tether.decisions")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from tether.client import TaskDefinition
 from tether.conditions import (
     Condition,
     OrGroup,
@@ -28,28 +28,19 @@ from tether.engine.events import (
     WaitSatisfied,
     WaitStarted,
 )
-from tether.engine.state import ResolveWait, StepRecord, WaitRecord, decide, evolve
-from tether.engine.subjects import check_event_key
-from tether.engine.tracing import EVENT_TRACEPARENT
-from tether.errors import NonDeterminismError, WaitTimeoutError, _Suspend
-from tether.projections.cel_expressions import (
+from tether.engine.expressions import (
     ExpressionEvaluationError,
     compile_program,
     validate,
 )
-
-if TYPE_CHECKING:
-    from tether.attempt import Attempt
-    from tether.task import DurableTask
+from tether.engine.state import ResolveWait, StepRecord, WaitRecord, decide, evolve
+from tether.engine.subjects import check_event_key
+from tether.engine.tracing import EVENT_TRACEPARENT
+from tether.errors import NonDeterminismError, WaitTimeoutError, _Suspend, raise_for_outcome
+from tether.runtime.session import Attempt
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
-
-# The context of the task running in this asyncio task, so that ``task.run()`` called inside
-# a durable task spawns a child run durably instead of a free-standing one.
-current_context: contextvars.ContextVar[DurableContext | None] = contextvars.ContextVar(
-    "tether_durable_context", default=None
-)
 
 CHILD_EVENT_PREFIX = "tether:run:"
 
@@ -387,7 +378,7 @@ class DurableContext:
     # -- child runs -----------------------------------------------------------------------------
 
     async def spawn(
-        self, task: DurableTask[Any, Any], input: Any, metadata: dict[str, Any] | None = None
+        self, task: TaskDefinition, input: Any, metadata: dict[str, Any] | None = None
     ) -> ChildRunRef:
         """Start a child run once (a replay returns the recorded child)."""
         position = self._position
@@ -397,7 +388,7 @@ class DurableContext:
             events_position = await self._attempt.events_position()
             await self._attempt.call_nats(
                 f"start child run {child_id}",
-                task.app.runs.trigger(
+                self._attempt.trigger_child(
                     task,
                     input,
                     metadata=metadata,
@@ -438,8 +429,6 @@ class ChildRunRef:
     async def result(self, timeout: float | None = None) -> Any:
         """The child's output; raises RunFailedError / RunTimeoutError / RunCancelledError.
         The parent suspends while the child runs, holding no slot."""
-        from tether.client import raise_for_outcome
-
         payload = await self._ctx._wait_for_child(self.run_id, self._events_position)
         return raise_for_outcome(
             self.run_id, str(payload.get("status")), payload.get("output"), payload.get("error")

@@ -15,15 +15,15 @@ from tether.projections.matcher import Matcher
 from tether.projections.timer import TimerProjection
 
 if TYPE_CHECKING:
-    from tether.api_server import ApiServer
-    from tether.auth import TokenAuth
+    from tether.http.server import ApiServer
+    from tether.operator.auth import TokenAuth
 
 log = logging.getLogger("tether.serve")
 
 
 class TetherServer:
     """Engine service, matcher and timer; with ``http`` (``HOST:PORT``) and ``auth`` also the
-    HTTP API and dashboard (see ``tether.api_server``)."""
+    HTTP API and dashboard (see ``tether.http.server``)."""
 
     def __init__(
         self,
@@ -49,8 +49,8 @@ class TetherServer:
     async def start(self) -> None:
         api: ApiServer | None = None
         if self._http is not None:  # check the API's configuration before starting anything
-            from tether.api_server import ApiServer
-            from tether.auth import TokenAuth
+            from tether.http.server import ApiServer
+            from tether.operator.auth import TokenAuth
 
             api = ApiServer(self.settings, self._auth or TokenAuth({}), address=self._http)
             api.check_config()

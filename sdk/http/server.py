@@ -7,10 +7,10 @@ import logging
 from aiohttp import web
 
 from tether.app import Tether
-from tether.auth import AuthConfigError, TokenAuth
 from tether.engine.config import Settings
 from tether.engine.reconnect import ClosedConnectionWatch
-from tether.http_api import ApiContext, build_app
+from tether.http.routes import ApiContext, build_app
+from tether.operator.auth import AuthConfigError, TokenAuth
 from tether.projections.run_index import RunIndex
 
 log = logging.getLogger("tether.api")

@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from tether.app import Tether
-from tether.auth import Identity
-from tether.decisions import Decision, cancel, decide, push_event, read_view
 from tether.engine.config import Settings
-from tether.openapi import STATUSES
+from tether.http.openapi import STATUSES
+from tether.operator.auth import Identity
+from tether.operator.decisions import Decision, cancel, decide, push_event, read_view
 from tether.projections.run_index import PendingWait, RunIndex
 
 MAX_CELL = 60

@@ -19,11 +19,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from tether.app import Tether
-from tether.auth import dev_token, load_token_auth
-from tether.context import DurableContext
 from tether.engine.nats_server import NatsServer
 from tether.errors import RunError, WaitTimeoutError
-from tether.server import TetherServer
+from tether.operator.auth import dev_token, load_token_auth
+from tether.runtime.context import DurableContext
+from tether.serve import TetherServer
 
 
 class Proposal(BaseModel):

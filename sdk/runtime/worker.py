@@ -16,13 +16,14 @@ import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from tether.attempt import run_attempt
+from tether.engine.connection import ConnectionFactory
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.reconnect import ClosedConnectionWatch
+from tether.runtime.executor import run_attempt
+from tether.runtime.session import ChildTrigger
 
 if TYPE_CHECKING:
-    from tether.app import Tether
     from tether.task import DurableTask
 
 log = logging.getLogger("tether.worker")
@@ -35,17 +36,22 @@ INTERRUPTED_RETRY_MAX_S = 15.0
 
 
 class Worker:
+    """Runs attempts of ``tasks``, ``slots`` at once. Made by ``app.worker(...)``, which gives
+    it the app's connection and the way to start child runs."""
+
     def __init__(
         self,
-        app: Tether,
+        connect: ConnectionFactory,
         name: str,
         tasks: Sequence[DurableTask[Any, Any]],
         *,
         slots: int = 10,
+        trigger_child: ChildTrigger,
     ) -> None:
         if not tasks:
             raise ValueError(f"worker {name!r} has no tasks to run")
-        self.app = app
+        self._connect = connect
+        self._trigger_child = trigger_child
         self.name = name
         self.tasks = {t.name: t for t in tasks}
         self.slots = slots
@@ -80,7 +86,7 @@ class Worker:
         await self._start_pullers()
 
     async def _start_pullers(self) -> None:
-        conn = await self.app.connection()
+        conn = await self._connect()
         self._nc = conn.nc
         names = conn.settings.names
         for task in self.tasks.values():
@@ -123,7 +129,7 @@ class Worker:
             log.error("malformed task message dropped", extra={"data": msg.data[:200]})
             await msg.term()
             return
-        conn = await self.app.connection()
+        conn = await self._connect()
         heartbeat = asyncio.create_task(self._keep_alive(msg, conn.settings.task_ack_wait_s))
         try:
             result = await run_attempt(
@@ -135,6 +141,7 @@ class Worker:
                 read_events=conn.read_events,
                 tracing=conn.tracing,
                 dispatched_seq=dispatched_seq,
+                trigger_child=self._trigger_child,
             )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):

@@ -1,0 +1,1 @@
+"""What people do to runs (decide, cancel, read), shared by the HTTP API and the CLI."""

@@ -1,0 +1,1 @@
+"""What runs inside a worker: the durable context, attempts and the worker loop."""
