@@ -49,6 +49,7 @@ __all__ = [
     "equalities_hold",
     "equality_key",
     "lookup_path",
+    "satisfies",
     "validate",
 ]
 
@@ -473,3 +474,14 @@ def equalities_hold(shape: ExpressionShape, payload: Mapping[str, Any]) -> bool:
         if key is None or key != equality_key(equality.value):
             return False
     return True
+
+
+def satisfies(expression: str | None, payload: Mapping[str, Any]) -> bool:
+    """Whether ``payload`` makes ``expression`` true; no expression means any payload, and
+    an expression that cannot be evaluated on it (or at all) is a non-match."""
+    if not expression or not expression.strip():
+        return True
+    try:
+        return compile_program(expression).matches(payload)
+    except (ExpressionEvaluationError, InvalidExpressionError):
+        return False

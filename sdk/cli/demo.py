@@ -35,7 +35,7 @@ def propose_payment(amount: int, payee: str) -> dict[str, Any]:
     return {"action": "pay", "amount": amount, "payee": payee}
 
 
-def build_app(nats_url: str) -> tuple[Tether, Any]:
+def define_demo(nats_url: str) -> tuple[Tether, Any]:
     app = Tether(nats_url=nats_url)
 
     @app.durable_task(name="payment-approval", execution_timeout=timedelta(hours=24))
@@ -78,7 +78,7 @@ async def run_demo(nats_url: str | None, *, decision: str = "approve") -> dict[s
         nats_url = embedded.url
     else:
         _say(f"1/6 using nats-server at {nats_url}")
-    app, payment_approval = build_app(nats_url)
+    app, payment_approval = define_demo(nats_url)
     server = TetherServer(app.settings)
     try:
         _say("2/6 starting tether serve (engine, matcher, timer) and a worker with 2 slots")
@@ -125,7 +125,7 @@ async def run_interactive_demo(nats_url: str | None, *, http: str) -> Any:
     if nats_url is None:
         embedded = NatsServer().start()
         nats_url = embedded.url
-    app, payment_approval = build_app(nats_url)
+    app, payment_approval = define_demo(nats_url)
     auth, token = load_token_auth(), None
     if not len(auth):
         token, auth = dev_token("reviewer")

@@ -21,7 +21,7 @@ from tether.app import Tether
 from tether.engine.config import Settings
 from tether.http.openapi import STATUSES
 from tether.operator.auth import Identity
-from tether.operator.decisions import Decision, cancel, decide, push_event, read_view
+from tether.operator.decisions import Decision, cancel, push_decision, push_event, read_view
 from tether.projections.run_index import PendingWait, RunIndex
 
 MAX_CELL = 60
@@ -309,7 +309,7 @@ async def events_push(app: Tether, args: argparse.Namespace) -> None:
 
 def _decision(decision: Decision) -> Callable[[Tether, argparse.Namespace], Awaitable[None]]:
     async def run(app: Tether, args: argparse.Namespace) -> None:
-        result = await decide(
+        result = await push_decision(
             app, args.run_id, decision, identity=_caller(args), reason=args.reason
         )
         verb = "approved" if decision == "approve" else "rejected"

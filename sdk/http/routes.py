@@ -27,7 +27,13 @@ from tether.engine.subjects import check_event_key, check_run_id
 from tether.errors import RunAlreadyFinishedError, RunNotFoundError
 from tether.http.openapi import STATUSES, CancelBody, DecisionBody, PushBody, document
 from tether.operator.auth import Identity, TokenAuth
-from tether.operator.decisions import ActionRefusedError, Decision, cancel, decide, push_event
+from tether.operator.decisions import (
+    ActionRefusedError,
+    Decision,
+    cancel,
+    push_decision,
+    push_event,
+)
 from tether.projections.run_index import RunIndex, fold_view
 
 log = logging.getLogger("tether.api")
@@ -231,7 +237,7 @@ async def list_waits(request: web.Request) -> web.Response:
 async def _decision(request: web.Request, decision: Decision) -> web.Response:
     run_id = _run_id(request)
     body = await _body(request, DecisionBody, required=False)
-    result = await decide(
+    result = await push_decision(
         _ctx(request).tether, run_id, decision, identity=_identity(request), reason=body.reason
     )
     return _json(result.to_json(), 202)

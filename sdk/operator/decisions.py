@@ -16,15 +16,11 @@ from typing import Any, Literal
 
 from tether.app import Tether
 from tether.client import PushResult, RunInfo
-from tether.engine.expressions import (
-    ExpressionEvaluationError,
-    InvalidExpressionError,
-    compile_program,
-)
+from tether.engine.expressions import satisfies
 from tether.engine.subjects import check_event_key, check_run_id
 from tether.errors import RunNotFoundError, TetherError
 from tether.operator.auth import Identity
-from tether.projections.run_index import PendingWait, RunView, fold_view
+from tether.projections.run_index import RunView, fold_view
 
 log = logging.getLogger("tether.decisions")
 
@@ -92,16 +88,7 @@ def decision_payload(run_id: str, decision: Decision, reason: str | None) -> dic
     return payload
 
 
-def _accepts(wait: PendingWait, payload: dict[str, Any]) -> bool:
-    if not wait.expression:
-        return True
-    try:
-        return compile_program(wait.expression).matches(payload)
-    except (ExpressionEvaluationError, InvalidExpressionError):
-        return False
-
-
-async def decide(
+async def push_decision(
     app: Tether,
     run_id: str,
     decision: Decision,
@@ -126,7 +113,7 @@ async def decide(
             f"(allowed keys: {', '.join(identity.keys) or 'none'})"
         )
     payload = decision_payload(run_id, decision, reason)
-    if not _accepts(wait, payload):
+    if not satisfies(wait.expression, payload):
         raise DecisionNotMatchedError(
             f"run {run_id} waits on {wait.event_key!r} for {wait.expression!r}, which the "
             f"{decision} payload {payload} does not satisfy; push an event that matches "

@@ -29,8 +29,7 @@ from tether.engine.events import (
     WaitStarted,
 )
 from tether.engine.expressions import (
-    ExpressionEvaluationError,
-    compile_program,
+    satisfies,
     validate,
 )
 from tether.engine.state import ResolveWait, StepRecord, WaitRecord, decide, evolve
@@ -371,7 +370,7 @@ class DurableContext:
         since = now - condition.lookback.total_seconds()
         events = await self._attempt.read_events(condition.event_key, since, events_position)
         for seq, payload, event_id in sorted(events, key=lambda e: e[0], reverse=True):
-            if _matches(condition.expression, payload):
+            if satisfies(condition.expression, payload):
                 return seq, payload, event_id
         return None
 
@@ -459,12 +458,3 @@ def _within_attempt(event: RunEvent) -> RunEvent:
     if isinstance(event, WaitSatisfied | WaitConditionMet):
         return event.model_copy(update={"within_attempt": True})
     return event
-
-
-def _matches(expression: str | None, payload: dict[str, Any]) -> bool:
-    if not expression or not expression.strip():
-        return True
-    try:
-        return compile_program(expression).matches(payload)
-    except ExpressionEvaluationError:
-        return False
