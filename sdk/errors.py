@@ -23,7 +23,23 @@ class NonRetryableError(TetherError):
 
 
 class NonDeterminismError(TetherError):
-    """Replay met a different sequence of durable calls than the run's history records."""
+    """Replay met a different sequence of durable calls than the run's history records.
+    ``position`` is the durable call's index in the run, ``recorded`` what the history holds
+    there and ``found`` what the code asked for now, each as ``(kind, name)``."""
+
+    def __init__(
+        self, run_id: str, position: int, recorded: tuple[str, str], found: tuple[str, str]
+    ) -> None:
+        super().__init__(
+            f"run {run_id}: durable call #{position} is {found[0]} {found[1]!r} now, but the "
+            f"history recorded {recorded[0]} {recorded[1]!r}. Durable calls must happen in the "
+            "same order on every replay; keep the old order for runs already in flight (or "
+            "branch on a recorded value), or cancel them."
+        )
+        self.run_id = run_id
+        self.position = position
+        self.recorded = recorded
+        self.found = found
 
 
 class RunNotFoundError(TetherError, LookupError):
@@ -77,18 +93,38 @@ def raise_for_outcome(run_id: str, status: str, output: Any, error: Any) -> Any:
     raise error_cls(run_id, status, error if isinstance(error, dict) else None)
 
 
-class _Suspend(BaseException):
-    """Unwinds a task function when it reaches an unresolved wait. BaseException so that a
-    user's ``except Exception`` cannot swallow it."""
+class _TetherInternal(BaseException):
+    """Base of the control flow Tether uses inside a running task. A BaseException, so a
+    user's ``except Exception`` cannot swallow it; its message says what it is, in case one
+    ever surfaces outside Tether's worker."""
+
+    meaning = "internal control flow of a Tether worker"
+
+    def __init__(self, detail: str = "") -> None:
+        text = f"{type(self).__name__} ({self.meaning})"
+        super().__init__(f"{text}: {detail}" if detail else text)
 
 
-class _Abandon(BaseException):
-    """Another writer changed the run under this attempt; stop without writing."""
+class _Suspend(_TetherInternal):
+    meaning = (
+        "Tether-internal: unwinds a task at a wait that is not resolved yet; the run resumes "
+        "when it is. Do not catch BaseException around durable calls"
+    )
 
 
-class _Interrupted(BaseException):
-    """Tether-internal: the attempt lost its connection to NATS in a durable call (the write
-    may or may not have landed). It unwinds the task like a suspension, past any user
-    ``except Exception``, and the worker hands the dispatch back, so a later attempt replays
-    from what was recorded instead of the run failing for an outage. Seen outside Tether's
-    worker it means an attempt was cut short; it is not an error in the task."""
+class _Abandon(_TetherInternal):
+    meaning = (
+        "Tether-internal: another writer changed the run under this attempt (a cancel, a "
+        "timeout, another worker), so the attempt stops without writing"
+    )
+
+
+class _Interrupted(_TetherInternal):
+    """The attempt lost its connection to NATS in a durable call (the write may or may not
+    have landed): the worker hands the dispatch back, and a later attempt replays from what
+    was recorded instead of the run failing for an outage."""
+
+    meaning = (
+        "Tether-internal: NATS failed during a durable call; the run is handed back and "
+        "replayed by a new attempt"
+    )

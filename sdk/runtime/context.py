@@ -78,10 +78,7 @@ class DurableContext:
         record = records[position]
         if record.kind != kind or record.name != name:
             raise NonDeterminismError(
-                f"run {self.run_id}: durable call #{position} is {kind} {name!r} now, but the "
-                f"history recorded {record.kind} {record.name!r}. Durable calls must happen "
-                "in the same order on every replay; keep the old order for runs already in "
-                "flight (or branch on a recorded value), or cancel them."
+                self.run_id, position, (record.kind, record.name), (kind, name)
             )
         return record
 
