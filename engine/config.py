@@ -45,6 +45,8 @@ class Settings:
     # any lookback and than any outage of `tether serve` (its matcher replays the events
     # stored since the oldest open wait began).
     events_max_age_s: float = 0.0
+    # How long a first connection to NATS is tried before giving up with a clear error.
+    connect_timeout_s: float = 5.0
     # Subject prefix of this process's reply inboxes (TETHER_INBOX_PREFIX).
     inbox_prefix: str = DEFAULT_INBOX_PREFIX
     names: Names = field(init=False)
@@ -69,4 +71,5 @@ class Settings:
             engine_ack_wait_s=float(_env_int("TETHER_ENGINE_ACK_WAIT_S", 10)),
             events_max_age_s=float(_env_int("TETHER_EVENTS_MAX_AGE_S", 0)),
             inbox_prefix=os.environ.get("TETHER_INBOX_PREFIX") or DEFAULT_INBOX_PREFIX,
+            connect_timeout_s=float(_env_int("TETHER_CONNECT_TIMEOUT_S", 5)),
         )

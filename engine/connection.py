@@ -82,6 +82,7 @@ class Connection:
         watch = PermissionWatch(settings.inbox_prefix)
         # nats-py retries a refused login forever (it reconnects without limit): stop at once.
         credentials_refused = asyncio.Event()
+        connecting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def on_error(exc: Exception) -> None:
             # (at login nats-py reports it as a plain Error with the server's text)
@@ -91,6 +92,9 @@ class Connection:
             if watch.on_error(exc):
                 # The server names the subject; the user's permissions do not allow it.
                 log.error("NATS refused an operation (permissions)", extra={"error": str(exc)})
+            elif not connecting.done():
+                # the first connection is still being tried: its outcome is reported once
+                log.debug("NATS not reachable yet", extra={"error": repr(exc)})
             else:
                 log.error("NATS error", extra={"error": repr(exc)})
 
@@ -117,7 +121,12 @@ class Connection:
         connecting = asyncio.ensure_future(nc.connect(server_urls(settings.nats_url), **options))
         refused = asyncio.ensure_future(credentials_refused.wait())
         try:
-            await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+            # nats-py retries a first connection forever too: give up after the timeout
+            await asyncio.wait(
+                {connecting, refused},
+                timeout=settings.connect_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         except BaseException:  # the caller gave up: so does the connection attempt
             connecting.cancel()
             raise
@@ -129,9 +138,16 @@ class Connection:
                 await connecting
             with contextlib.suppress(Exception):
                 await nc.close()
+            if credentials_refused.is_set():
+                raise NatsUnavailableError(
+                    f"NATS at {redact(settings.nats_url)} refused the credentials "
+                    "(authorization failed): check the user and password in TETHER_NATS_URL"
+                )
             raise NatsUnavailableError(
-                f"NATS at {redact(settings.nats_url)} refused the credentials (authorization "
-                "failed): check the user and password in TETHER_NATS_URL"
+                f"no NATS server answered at {redact(settings.nats_url)} within "
+                f"{settings.connect_timeout_s:g}s: check that nats-server is running there "
+                "with JetStream (`tether dev` runs one) and the URL (--nats-url or "
+                "TETHER_NATS_URL)"
             )
         try:
             connecting.result()

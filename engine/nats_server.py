@@ -43,13 +43,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def check_port_free(port: int) -> None:
+    """Raise NatsServerError if something already listens on ``port`` (another nats-server,
+    a second ``tether dev``): a server of ours that cannot bind would die, and the port
+    would still answer, from someone else's server."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise NatsServerError(
+                f"port {port} is already in use ({exc.strerror or exc}): another nats-server "
+                "or `tether dev` runs there; stop it, use its URL with `tether serve "
+                "--nats-url`, or pick another port with --port (0 picks a free one)"
+            ) from None
+
+
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise NatsServerError(f"nats-server exited with code {proc.returncode} at start")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
+            if proc.poll() is None:  # ours answers, not a server that was already there
+                return
         time.sleep(0.02)
     raise NatsServerError(f"nats-server did not listen on port {port} within {timeout}s")
 
@@ -76,6 +92,8 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+        else:
+            check_port_free(self.port)
         config = self.store_dir / "nats-server.conf"
         sync = "\n  sync_interval: always" if self.sync_always else ""
         config.write_text(

@@ -18,6 +18,7 @@ from tether.errors import (
 )
 from tether.runtime.context import ChildRunRef, DurableContext
 from tether.task import DurableTask
+from tether.version import __version__ as __version__
 
 __all__ = [
     "ChildRunRef",

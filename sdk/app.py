@@ -11,9 +11,11 @@ from typing import Any
 from opentelemetry.trace import TracerProvider
 
 from tether.client import EventsClient, RunsClient
+from tether.durations import Duration, optional_timedelta, to_timedelta
 from tether.engine.config import DEFAULT_EXECUTION_TIMEOUT, Settings
 from tether.engine.connection import Connection
 from tether.runtime.worker import Worker
+from tether.sync import SyncRunner
 from tether.task import DurableTask, TaskFunction
 
 
@@ -33,14 +35,23 @@ class Tether:
         self.settings = settings or Settings.from_env(nats_url=nats_url, namespace=namespace)
         self.tracer_provider = tracer_provider
         self.tasks: dict[str, DurableTask[Any, Any]] = {}
-        self.runs = RunsClient(self.connection)
-        self.events = EventsClient(self.connection)
+        self._sync = SyncRunner()
+        self.runs = RunsClient(self.connection, self._sync)
+        self.events = EventsClient(self.connection, self._sync)
         self._conn: Connection | None = None
-        self._lock = asyncio.Lock()
+        # the event loop the connection belongs to, and a lock of that loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
 
     async def connection(self) -> Connection:
-        """The app's connection, opened on first use, and opened anew if NATS closed it for
-        good (some protocol errors do; ordinary outages are ridden out by reconnecting)."""
+        """The app's connection, opened on first use. Opened anew if NATS closed it for good
+        (some protocol errors do; ordinary outages are ridden out by reconnecting), and on
+        another event loop than the one it was opened on: a sync web view that runs each
+        call in its own ``asyncio.run`` gets a connection of its own loop each time."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._conn, self._loop, self._lock = None, loop, asyncio.Lock()
+        assert self._lock is not None
         if self._conn is None or self._conn.nc.is_closed:
             async with self._lock:
                 if self._conn is None or self._conn.nc.is_closed:
@@ -63,12 +74,12 @@ class Tether:
         self,
         *,
         name: str | None = None,
-        execution_timeout: timedelta = DEFAULT_EXECUTION_TIMEOUT,
-        schedule_timeout: timedelta | None = None,
+        execution_timeout: Duration = DEFAULT_EXECUTION_TIMEOUT,
+        schedule_timeout: Duration | None = None,
         retries: int = 0,
         backoff_factor: float = 2.0,
-        backoff_max: timedelta = timedelta(minutes=5),
-        backoff_initial: timedelta = timedelta(seconds=1),
+        backoff_max: Duration = timedelta(minutes=5),
+        backoff_initial: Duration = timedelta(seconds=1),
     ) -> Callable[[TaskFunction[Any, Any]], DurableTask[Any, Any]]:
         """Declare a durable task.
 
@@ -79,17 +90,23 @@ class Tether:
         recorded steps and waits replay instantly; ``NonRetryableError`` fails at once.
         """
 
+        # checked here, so a bad duration fails where the task is declared
+        execution = to_timedelta(execution_timeout, "execution_timeout")
+        schedule = optional_timedelta(schedule_timeout, "schedule_timeout")
+        most = to_timedelta(backoff_max, "backoff_max")
+        first = to_timedelta(backoff_initial, "backoff_initial")
+
         def register(fn: TaskFunction[Any, Any]) -> DurableTask[Any, Any]:
             task = DurableTask(
                 self.runs,
                 fn,
                 name=name or fn.__name__,
-                execution_timeout=execution_timeout,
-                schedule_timeout=schedule_timeout,
+                execution_timeout=execution,
+                schedule_timeout=schedule,
                 retries=retries,
                 backoff_factor=backoff_factor,
-                backoff_max=backoff_max,
-                backoff_initial=backoff_initial,
+                backoff_max=most,
+                backoff_initial=first,
             )
             if task.name in self.tasks:
                 raise ValueError(f"a task named {task.name!r} is already registered")

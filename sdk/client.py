@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
+from tether.durations import Duration, optional_seconds
 from tether.engine import codec
 from tether.engine import events as ev
 from tether.engine.connection import Connection, ConnectionFactory
@@ -29,6 +30,7 @@ from tether.errors import (
     RunNotFoundError,
     raise_for_outcome,
 )
+from tether.sync import SyncRunner
 
 
 class TaskDefinition(Protocol):
@@ -46,7 +48,7 @@ class ResultRef(Protocol):
 
     run_id: str
 
-    async def result(self, timeout: float | None = None) -> Any: ...
+    async def result(self, timeout: Duration | None = None) -> Any: ...
 
 
 log = logging.getLogger("tether.client")
@@ -92,7 +94,11 @@ class RunRef:
     def __repr__(self) -> str:
         return f"RunRef({self.run_id!r})"
 
-    async def result(self, timeout: float | None = None) -> Any:
+    def result_sync(self, timeout: Duration | None = None) -> Any:
+        """``result`` for synchronous code: blocks the calling thread."""
+        return self._runs.sync.run(self.result(timeout))
+
+    async def result(self, timeout: Duration | None = None) -> Any:
         """Wait for the run to end; return its output or raise the matching RunError."""
         return await self._runs.result(self.run_id, timeout=timeout)
 
@@ -101,17 +107,17 @@ class _TerminalWatcher:
     """One set of subscriptions on terminal run subjects, shared by every waiting caller."""
 
     def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+        self.conn = conn
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._subs: list[Subscription] = []
 
     async def start(self) -> None:
-        names = self._conn.settings.names
+        names = self.conn.settings.names
         for token in ev.TERMINAL_TOKENS:
-            sub = await self._conn.nc.subscribe(names.runs_token_filter(token), cb=self._on_msg)
+            sub = await self.conn.nc.subscribe(names.runs_token_filter(token), cb=self._on_msg)
             self._subs.append(sub)
         # Notices published while the connection was down are gone: every waiter re-reads.
-        self._conn.on_reconnect(self.wake_all)
+        self.conn.on_reconnect(self.wake_all)
 
     async def _on_msg(self, msg: Msg) -> None:
         self._wake(msg.subject.split(".")[-2])
@@ -150,12 +156,13 @@ MAX_RECHECK_S = 5.0
 
 
 class RunsClient:
-    """Trigger runs, wait for their results, read and cancel them."""
+    """Trigger runs, wait for their results, read and cancel them. Each call has a
+    ``*_sync`` twin for synchronous code (see ``tether.sync``)."""
 
-    def __init__(self, connect: ConnectionFactory) -> None:
+    def __init__(self, connect: ConnectionFactory, sync: SyncRunner) -> None:
         self._connect = connect
+        self.sync = sync
         self._watcher: _TerminalWatcher | None = None
-        self._watcher_lock = asyncio.Lock()
 
     async def trigger(
         self,
@@ -243,14 +250,16 @@ class RunsClient:
         )
 
     async def _ensure_watcher(self) -> _TerminalWatcher:
-        async with self._watcher_lock:
-            if self._watcher is None:
-                watcher = _TerminalWatcher(await self._connect())
-                await watcher.start()
-                self._watcher = watcher
+        conn = await self._connect()
+        if self._watcher is not None and self._watcher.conn is conn:
             return self._watcher
+        # first use, or the app's connection changed (a new event loop, or NATS closed the
+        # old one): the old subscriptions are gone with it
+        self._watcher = watcher = _TerminalWatcher(conn)
+        await watcher.start()
+        return watcher
 
-    async def wait_terminal(self, run_id: str, timeout: float | None = None) -> RunInfo:
+    async def wait_terminal(self, run_id: str, timeout: Duration | None = None) -> RunInfo:
         """Wait until the run's log holds a terminal event.
 
         A notice on a terminal subject wakes the waiter at once, but it is only a hint: core
@@ -260,7 +269,7 @@ class RunsClient:
         notices, on a backoff from ``FIRST_RECHECK_S`` up to ``MAX_RECHECK_S``."""
         watcher = await self._ensure_watcher()
         recheck = FIRST_RECHECK_S
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(optional_seconds(timeout, "timeout")):
             while True:
                 fut = watcher.register(run_id)  # before reading, so no completion slips by
                 try:
@@ -280,7 +289,15 @@ class RunsClient:
                 finally:
                     watcher.discard(run_id, fut)
 
-    async def result(self, run_id: str, timeout: float | None = None) -> Any:
+    def get_sync(self, run_id: str) -> RunInfo:
+        """``get`` for synchronous code."""
+        return self.sync.run(self.get(run_id))
+
+    def cancel_sync(self, run_id: str, *, reason: str = "cancelled") -> RunInfo:
+        """``cancel`` for synchronous code."""
+        return self.sync.run(self.cancel(run_id, reason=reason))
+
+    async def result(self, run_id: str, timeout: Duration | None = None) -> Any:
         return _raise_for(await self.wait_terminal(run_id, timeout=timeout))
 
     async def cancel(self, run_id: str, *, reason: str = "cancelled") -> RunInfo:
@@ -324,8 +341,20 @@ class PushResult:
 class EventsClient:
     """Push events (decisions) that waits match."""
 
-    def __init__(self, connect: ConnectionFactory) -> None:
+    def __init__(self, connect: ConnectionFactory, sync: SyncRunner) -> None:
         self._connect = connect
+        self._sync = sync
+
+    def push_sync(
+        self,
+        key: str,
+        payload: dict[str, Any],
+        *,
+        id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> PushResult:
+        """``push`` for synchronous code."""
+        return self._sync.run(self.push(key, payload, id=id, metadata=metadata))
 
     async def push(
         self,

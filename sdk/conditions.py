@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from tether.durations import Duration, optional_timedelta, to_timedelta
 from tether.engine.subjects import check_event_key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class UserEventCondition:
     """Satisfied by an event on ``event_key`` whose payload makes ``expression`` true.
 
@@ -20,30 +21,45 @@ class UserEventCondition:
     """
 
     event_key: str
-    expression: str | None = None
-    key: str | None = None
-    lookback: timedelta | None = None
+    expression: str | None
+    key: str | None
+    lookback: timedelta | None
 
-    def __post_init__(self) -> None:
-        check_event_key(self.event_key)
-        if self.lookback is not None and self.lookback.total_seconds() <= 0:
+    def __init__(
+        self,
+        event_key: str,
+        expression: str | None = None,
+        *,
+        key: str | None = None,
+        lookback: Duration | None = None,
+    ) -> None:
+        check_event_key(event_key)
+        window = optional_timedelta(lookback, "lookback")
+        if window is not None and window.total_seconds() <= 0:
             raise ValueError("lookback must be positive")
+        object.__setattr__(self, "event_key", event_key)
+        object.__setattr__(self, "expression", expression)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "lookback", window)
 
     @property
     def result_key(self) -> str:
         return self.key or self.event_key
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SleepCondition:
     """Satisfied once ``duration`` has passed since the wait began (durably)."""
 
     duration: timedelta
-    key: str | None = None
+    key: str | None
 
-    def __post_init__(self) -> None:
-        if self.duration.total_seconds() < 0:
+    def __init__(self, duration: Duration, *, key: str | None = None) -> None:
+        delta = to_timedelta(duration, "duration")
+        if delta.total_seconds() < 0:
             raise ValueError("sleep duration must not be negative")
+        object.__setattr__(self, "duration", delta)
+        object.__setattr__(self, "key", key)
 
     @property
     def result_key(self) -> str:

@@ -27,6 +27,18 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def show_tether_logs(level: str = "INFO") -> None:
+    """Make Tether's log lines visible on stderr when the application configured no logging
+    (a worker script): a plain handler on the ``tether`` logger. Configured logging wins."""
+    tether_log = logging.getLogger("tether")
+    if logging.getLogger().handlers or tether_log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    tether_log.addHandler(handler)
+    tether_log.setLevel(level.upper())
+
+
 def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from tether.client import ResultRef, RunsClient
+from tether.client import ResultRef, RunRef, RunsClient
+from tether.durations import Duration
 from tether.engine import codec
 from tether.engine.subjects import check_token
 from tether.runtime.current import current_context
@@ -94,8 +95,22 @@ class DurableTask(Generic[I, O]):
             return await ctx.spawn(self, input, metadata)
         return await self._runs.trigger(self, input, metadata=metadata, run_id=run_id)
 
+    def run_no_wait_sync(
+        self, input: I, *, metadata: dict[str, Any] | None = None, run_id: str | None = None
+    ) -> RunRef:
+        """``run_no_wait`` for synchronous code (a web view); the reference has
+        ``result_sync``. Not for use inside a durable task, which awaits ``run_no_wait``."""
+        trigger = self._runs.trigger(self, input, metadata=metadata, run_id=run_id)
+        return self._runs.sync.run(trigger)
+
+    def run_sync(
+        self, input: I, *, metadata: dict[str, Any] | None = None, timeout: Duration | None = None
+    ) -> Any:
+        """``run`` for synchronous code: blocks until the run ends."""
+        return self._runs.sync.run(self.run(input, metadata=metadata, timeout=timeout))
+
     async def run(
-        self, input: I, *, metadata: dict[str, Any] | None = None, timeout: float | None = None
+        self, input: I, *, metadata: dict[str, Any] | None = None, timeout: Duration | None = None
     ) -> Any:
         """Trigger a run and wait for its output (raises RunFailedError / RunTimeoutError).
         Inside a durable task the parent suspends until the child ends, holding no slot."""

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tether.app import Tether
+from tether.engine import codec
 from tether.engine.nats_server import NatsServer
 from tether.errors import RunError, WaitTimeoutError
 from tether.operator.auth import dev_token, load_token_auth
@@ -58,6 +59,18 @@ def define_demo(nats_url: str) -> tuple[Tether, Any]:
     return app, payment_approval
 
 
+def _detail(data: dict[str, Any]) -> str:
+    """Who decided what, for a resolved wait; the step name for a step."""
+    if data.get("type") == "run.wait_satisfied.v1":
+        payload = data.get("payload") or {}
+        approver = (data.get("metadata") or {}).get("approver", "an anonymous client")
+        reason = f": {payload['reason']!r}" if payload.get("reason") else ""
+        return f"{payload.get('decision', 'decided')} by {approver}{reason}"
+    if data.get("type") == "run.step.v1":
+        return f"step {data.get('name')}"
+    return ""
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -90,13 +103,15 @@ async def run_demo(nats_url: str | None, *, decision: str = "approve") -> dict[s
             _say(f"4/6 run is waiting for a human; worker slots in use: {worker.active}/2")
             script = Path(__file__).with_name("plain_nats_decision.py")
             _say(f"5/6 a separate plain nats-py process pushes '{decision}':")
+            reason = "within budget" if decision == "approve" else "over budget"
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 str(script),
                 nats_url,
                 ref.run_id,
                 decision,
-                "demo reviewer",
+                reason,
+                "reviewer",
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
             )
@@ -105,12 +120,13 @@ async def run_demo(nats_url: str | None, *, decision: str = "approve") -> dict[s
             if proc.returncode != 0:
                 raise RuntimeError("the decision could not be pushed")
             result = await ref.result(timeout=30)
-            _say(f"6/6 run resumed and finished: {result}")
+            _say(f"6/6 run resumed and finished: {codec.dumps(result).decode()}")
             info = await app.runs.get(ref.run_id)
             _say("\nevent log:")
             start = info.events[0].at
-            for event in info.events:
-                _say(f"  #{event.seq:<4} +{(event.at - start) * 1000:8.1f} ms  {event.type}")
+            for number, event in enumerate(info.events, 1):
+                elapsed = f"+{(event.at - start) * 1000:.1f} ms"
+                _say(f"  {number:>2}  {elapsed:>11}  {event.type:<22} {_detail(event.data)}")
             return dict(result)
     finally:
         await server.stop()
@@ -145,13 +161,10 @@ async def run_interactive_demo(nats_url: str | None, *, http: str) -> Any:
             except RunError as exc:
                 _say(f"run ended without output: {exc}")
                 return None
-            _say(f"run resumed and finished: {result}")
+            _say(f"run resumed and finished: {codec.dumps(result).decode()}")
             info = await app.runs.get(ref.run_id)
-            for event in info.events:
-                approver = (event.data.get("metadata") or {}).get("approver")
-                decided = event.type == "run.wait_satisfied.v1" and approver
-                by = f"  by {approver}" if decided else ""
-                _say(f"  #{event.seq:<4} {event.type}{by}")
+            for number, event in enumerate(info.events, 1):
+                _say(f"  {number:>2}  {event.type:<22} {_detail(event.data)}")
             return result
     finally:
         await server.stop()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,19 +16,12 @@ from tether.engine.nats_server import NatsServer, NatsServerError
 from tether.engine.provision import NatsPermissionError
 from tether.engine.tracing import configure_from_env
 from tether.errors import TetherError
-from tether.http.server import DEFAULT_HTTP, ApiServer
+from tether.http.server import DEFAULT_HTTP, ApiServer, HttpAddressError, check_address_free
 from tether.logs import configure
 from tether.operator.auth import TokenAuth, dev_token, load_token_auth
+from tether.runtime.signals import until_signalled
 from tether.serve import TetherServer
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+from tether.version import __version__
 
 
 def _dashboard_line(url: str, token: str | None) -> str:
@@ -55,7 +46,7 @@ async def _serve(
     if server.api is not None:
         print(_dashboard_line(server.api.url, show_token), flush=True)
     try:
-        await _until_signalled()
+        await until_signalled()
     finally:
         await server.stop()
 
@@ -75,7 +66,7 @@ async def _api(settings: Settings, http: str, auth: TokenAuth) -> None:
     )
     print(_dashboard_line(api.url, None), flush=True)
     try:
-        await _until_signalled()
+        await until_signalled()
     finally:
         await api.stop()
 
@@ -87,6 +78,8 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 def cmd_dev(args: argparse.Namespace) -> None:
     store = Path(args.store_dir).resolve()
+    if args.http:  # refuse a busy dashboard port before starting anything
+        check_address_free(args.http)
     nats = NatsServer(store_dir=store, port=args.port, log_file=store / "nats-server.log")
     nats.start()
     print(f"tether dev: nats-server with JetStream at {nats.url} (store {store})", flush=True)
@@ -119,7 +112,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _run(fn: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
     try:
         fn(args)
-    except (NatsUnavailableError, NatsServerError, NatsPermissionError, ValueError) as exc:
+    except (NatsUnavailableError, NatsServerError, NatsPermissionError, HttpAddressError) as exc:
+        print(f"tether: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # a malformed argument
         print(f"tether: {exc}", file=sys.stderr)
         return 2
     except TetherError as exc:  # refused: unknown run, nothing to decide, not allowed, ...
@@ -131,8 +127,13 @@ def _run(fn: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("TETHER_LOG_LEVEL", "WARNING"))
+    parser = argparse.ArgumentParser(prog="tether", description=__doc__, allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("TETHER_LOG_LEVEL", "WARNING"),
+        help="DEBUG, INFO, WARNING (default, or $TETHER_LOG_LEVEL) or ERROR",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the engine service and projections")
@@ -164,8 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="embedded nats-server plus serve, for local work")
     dev.add_argument("--store-dir", default=".tether/nats", help="persistent JetStream store")
-    dev.add_argument("--port", type=int, default=4222)
-    dev.add_argument("--namespace", default=None)
+    dev.add_argument(
+        "--port", type=int, default=4222, help="nats-server port (default 4222; 0: a free one)"
+    )
+    dev.add_argument(
+        "--namespace", default=None, help="prefix of subjects and streams (default: tether)"
+    )
     dev.add_argument(
         "--http",
         default=DEFAULT_HTTP,

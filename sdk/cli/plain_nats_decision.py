@@ -1,6 +1,9 @@
 """Push an approval decision with plain nats-py: no Tether import, as any service would.
 
-Usage: python plain_nats_decision.py NATS_URL RUN_ID approve|reject [REASON]
+Usage: python plain_nats_decision.py NATS_URL RUN_ID approve|reject [REASON] [APPROVER]
+
+The decision goes to the approver's own subject space, ``tether.from.<approver>.<key>``, so
+the run records who decided (NATS permissions decide who may publish there).
 """
 
 import asyncio
@@ -11,7 +14,9 @@ import uuid
 import nats
 
 
-async def main(url: str, run_id: str, decision: str, reason: str | None) -> None:
+async def main(
+    url: str, run_id: str, decision: str, reason: str | None, approver: str = "reviewer"
+) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream()
     payload = {"runId": run_id, "decision": decision}
@@ -19,15 +24,13 @@ async def main(url: str, run_id: str, decision: str, reason: str | None) -> None
         payload["reason"] = reason
     # A JetStream publish gets an ack; Nats-Msg-Id makes a retry harmless.
     ack = await js.publish(
-        "tether.events.approval:decision",
+        f"tether.from.{approver}.approval:decision",
         json.dumps(payload).encode(),
         headers={"Nats-Msg-Id": f"decision-{run_id}-{uuid.uuid4().hex[:8]}"},
     )
-    print(f"pushed {decision} for run {run_id} (events stream seq {ack.seq})")
+    print(f"{approver} pushed {decision} for run {run_id}: {json.dumps(payload)} (seq {ack.seq})")
     await nc.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(
-        main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
-    )
+    asyncio.run(main(*sys.argv[1:4], *(sys.argv[4:6] or [None])))

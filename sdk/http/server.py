@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 from aiohttp import web
 
@@ -31,6 +32,22 @@ def parse_address(address: str) -> tuple[str, int]:
         )
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port_text)
+
+
+def check_address_free(address: str) -> None:
+    """Raise HttpAddressError if ``address`` (HOST:PORT) cannot be listened on now."""
+    host, port = parse_address(address)
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise HttpAddressError(
+                f"cannot listen on {address} ({exc.strerror or exc}): another process (a "
+                "second `tether dev`?) uses it; stop it or choose another with --http "
+                "HOST:PORT (port 0 picks a free one)"
+            ) from None
 
 
 class ApiServer:

@@ -17,6 +17,7 @@ from tether.conditions import (
     UserEventCondition,
     WaitResult,
 )
+from tether.durations import Duration, optional_timedelta, to_timedelta
 from tether.engine import codec
 from tether.engine.events import (
     ConditionSpec,
@@ -120,8 +121,9 @@ class DurableContext:
         value = await self.step("tether:now", self._attempt.clock)
         return datetime.fromtimestamp(float(value), tz=UTC)
 
-    async def refresh_timeout(self, extra: timedelta) -> datetime:
+    async def refresh_timeout(self, extra: Duration) -> datetime:
         """Extend this run's execution timeout by ``extra``; returns the new deadline."""
+        extra = to_timedelta(extra, "extra")
         if extra.total_seconds() <= 0:
             raise ValueError("refresh_timeout needs a positive duration")
         state = self._attempt.state
@@ -155,8 +157,8 @@ class DurableContext:
         key: str,
         expression: str | None = None,
         *,
-        timeout: timedelta | None = None,
-        lookback: timedelta | None = None,
+        timeout: Duration | None = None,
+        lookback: Duration | None = None,
         model: type[M] | None = None,
         description: str | None = None,
         details: dict[str, Any] | None = None,
@@ -179,7 +181,7 @@ class DurableContext:
                 kind="event",
                 label=None,
                 clauses=[[condition]],
-                timeout=timeout,
+                timeout=optional_timedelta(timeout, "timeout"),
                 description=description,
                 details=details,
             )
@@ -289,7 +291,7 @@ class DurableContext:
             raise WaitTimeoutError(label, record.wait_id)
         raise _Suspend()
 
-    async def sleep_for(self, duration: timedelta) -> None:
+    async def sleep_for(self, duration: Duration) -> None:
         """Sleep durably: the task suspends, holding no slot, and resumes after ``duration``
         (measured from the first call, not from each replay)."""
         await self.wait_for("tether:sleep", SleepCondition(duration))
@@ -422,7 +424,7 @@ class ChildRunRef:
         self.run_id = run_id
         self._events_position = events_position
 
-    async def result(self, timeout: float | None = None) -> Any:
+    async def result(self, timeout: Duration | None = None) -> Any:
         """The child's output; raises RunFailedError / RunTimeoutError / RunCancelledError.
         The parent suspends while the child runs, holding no slot."""
         payload = await self._ctx._wait_for_child(self.run_id, self._events_position)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -225,16 +224,7 @@ async def _record_failure(
 ) -> AttemptResult:
     """Retry with backoff while retries remain; fail at once on NonRetryableError."""
     state = attempt.state
-    log.info(
-        "attempt failed",
-        extra={
-            "run_id": state.run_id,
-            "task": state.task,
-            "attempt": attempt.number,
-            "error": repr(exc),
-            "trace": traceback.format_exc(limit=5),
-        },
-    )
+    fields = {"run_id": state.run_id, "task": state.task, "attempt": attempt.number}
     now = clock()
     retryable = not isinstance(exc, NonRetryableError)
     if retryable and state.failures < task.retries:
@@ -249,11 +239,24 @@ async def _record_failure(
                     retry_at=now + delay,
                 )
             )
+            # WARNING and ERROR reach stderr even where the application set up no logging
+            log.warning(
+                f"run {state.run_id} of {state.task}: attempt {attempt.number} failed with "
+                f"{type(exc).__name__}: {exc}; retrying in {delay:g}s",
+                exc_info=exc,
+                extra=fields,
+            )
             return AttemptResult("retrying", repr(exc))
     await attempt.append(
         RunFailed(
             run_id=state.run_id, at=now, error=_error_info(exc), parent_run_id=state.parent_run_id
         )
+    )
+    log.error(
+        f"run {state.run_id} of {state.task} failed in attempt {attempt.number}: "
+        f"{type(exc).__name__}: {exc}",
+        exc_info=exc,
+        extra=fields,
     )
     return AttemptResult("failed", repr(exc))
 

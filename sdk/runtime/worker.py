@@ -20,8 +20,10 @@ from tether.engine.connection import ConnectionFactory
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.reconnect import ClosedConnectionWatch
+from tether.logs import show_tether_logs
 from tether.runtime.executor import run_attempt
 from tether.runtime.session import ChildTrigger
+from tether.runtime.signals import until_signalled
 
 if TYPE_CHECKING:
     from tether.task import DurableTask
@@ -185,6 +187,33 @@ class Worker:
             await asyncio.sleep(max(ack_wait_s / 3, 0.5))
             with contextlib.suppress(Exception):
                 await msg.in_progress()
+
+    def run(self) -> None:
+        """Run the worker in this process until SIGINT (Ctrl-C) or SIGTERM, then stop
+        cleanly: running attempts get a grace period to finish, and what is not finished is
+        handed back to the queue for another worker. Logs one line when it is ready (on
+        stderr, if the application configured no logging). For a script's ``__main__``;
+        inside an event loop, use ``await worker.start()`` or ``async with worker:``."""
+        show_tether_logs()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self._run_until_signalled())
+            return
+        raise RuntimeError(
+            "worker.run() blocks and starts its own event loop; inside one, use "
+            "`await worker.start()` or `async with worker:`"
+        )
+
+    async def _run_until_signalled(self) -> None:
+        async with self:
+            log.info(
+                f"worker {self.name} ready: tasks {', '.join(sorted(self.tasks))}, "
+                f"{self.slots} slots; Ctrl-C or SIGTERM stops it",
+                extra={"worker": self.worker_id},
+            )
+            await until_signalled()
+            log.info(f"worker {self.name} stopping", extra={"worker": self.worker_id})
 
     async def start(self) -> None:
         """Run until ``stop()`` is called."""
