@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -38,27 +39,34 @@ class Tether:
         self._sync = SyncRunner()
         self.runs = RunsClient(self.connection, self._sync)
         self.events = EventsClient(self.connection, self._sync)
-        self._conn: Connection | None = None
-        # the event loop the connection belongs to, and a lock of that loop
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
+        # One connection per event loop: a worker's loop, the loop of the *_sync calls and
+        # each asyncio.run of a sync web view each get their own (a connection is bound to
+        # the loop it was opened on). Kept while the loop lives.
+        self._conns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Connection] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._conn: Connection | None = None  # the one used last, for connection_state()
 
     async def connection(self) -> Connection:
-        """The app's connection, opened on first use. Opened anew if NATS closed it for good
-        (some protocol errors do; ordinary outages are ridden out by reconnecting), and on
-        another event loop than the one it was opened on: a sync web view that runs each
-        call in its own ``asyncio.run`` gets a connection of its own loop each time."""
+        """The connection of the running event loop, opened on first use there, and opened
+        anew if NATS closed it for good (some protocol errors do; ordinary outages are
+        ridden out by reconnecting)."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            self._conn, self._loop, self._lock = None, loop, asyncio.Lock()
-        assert self._lock is not None
-        if self._conn is None or self._conn.nc.is_closed:
-            async with self._lock:
-                if self._conn is None or self._conn.nc.is_closed:
-                    self._conn = await Connection.open(
+        conn = self._conns.get(loop)
+        if conn is None or conn.nc.is_closed:
+            lock = self._locks.setdefault(loop, asyncio.Lock())
+            async with lock:
+                conn = self._conns.get(loop)
+                if conn is None or conn.nc.is_closed:
+                    conn = await Connection.open(
                         self.settings, name="tether-sdk", tracer_provider=self.tracer_provider
                     )
-        return self._conn
+                    self._conns[loop] = conn
+        self._conn = conn
+        return conn
 
     def connection_state(self) -> str:
         """``connected``, ``reconnecting``, ``closed`` (for good: the next use opens a new
@@ -132,9 +140,21 @@ class Tether:
         )
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        """Close the connections of this event loop and of the ``*_sync`` calls."""
+        loop = asyncio.get_running_loop()
+        conn = self._conns.pop(loop, None)
+        if conn is not None:
+            await conn.close()
+        sync_loop = self._sync.loop
+        sync_conn = self._conns.pop(sync_loop, None) if sync_loop is not None else None
+        if sync_conn is not None and sync_loop is not None and sync_loop is not loop:
+            closing = asyncio.run_coroutine_threadsafe(sync_conn.close(), sync_loop)
+            await asyncio.wrap_future(closing)
+        self._conn = None
+
+    def close_sync(self) -> None:
+        """``close`` for synchronous code (the app's ``*_sync`` calls opened a connection)."""
+        self._sync.run(self.close())
 
     async def __aenter__(self) -> Tether:
         await self.connection()

@@ -21,6 +21,11 @@ class SyncRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The background loop, once a call started it."""
+        return self._loop
+
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:

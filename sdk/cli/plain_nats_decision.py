@@ -33,4 +33,5 @@ async def main(
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4], *(sys.argv[4:6] or [None])))
+    url, run_id, decision, *rest = sys.argv[1:]
+    asyncio.run(main(url, run_id, decision, rest[0] if rest else None, *rest[1:2]))

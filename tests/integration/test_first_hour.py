@@ -167,6 +167,7 @@ async def test_an_app_serves_successive_event_loops_and_sync_callers(
         output = first.result_sync(timeout="15s")
         web.runs.cancel_sync(second.run_id, reason="withdrawn")
         third = task.run_no_wait_sync({})
+        web.close_sync()
         return output, second.run_id, third.run_id
 
     async with app.worker("w", tasks=[review], slots=2):
