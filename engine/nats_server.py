@@ -48,6 +48,8 @@ def check_port_free(port: int) -> None:
     a second ``tether dev``): a server of ours that cannot bind would die, and the port
     would still answer, from someone else's server."""
     with socket.socket() as sock:
+        # as the server will: a port left in TIME_WAIT by a stopped server is free to take
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:

@@ -72,9 +72,6 @@ class EventBrief:
     at: float
     note: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "type": self.type, "at": self.at, "note": self.note}
-
 
 @dataclass(frozen=True, slots=True)
 class PendingWait:
@@ -95,25 +92,6 @@ class PendingWait:
     description: str | None
     details: dict[str, Any] | None
     proposed_action: dict[str, Any] | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "task": self.task,
-            "wait_id": self.wait_id,
-            "started_seq": self.started_seq,
-            "event_key": self.event_key,
-            "expression": self.expression,
-            "conventional": self.conventional,
-            "other_conditions": self.other_conditions,
-            "label": self.label,
-            "since": self.since,
-            "deadline": self.deadline,
-            "run_deadline": self.run_deadline,
-            "description": self.description,
-            "details": self.details,
-            "proposed_action": self.proposed_action,
-        }
 
 
 @dataclass(slots=True)
@@ -237,22 +215,6 @@ class RunView:
             details=notes.details,
             proposed_action=_proposed_action(notes),
         )
-
-    def summary(self) -> dict[str, Any]:
-        state = self.state
-        return {
-            "run_id": self.run_id,
-            "task": state.task,
-            "status": state.status,
-            "attempt": state.attempt,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "ended_at": state.ended_at,
-            "deadline": state.deadline if not state.is_terminal else None,
-            "error": state.error,
-            "waiting_on": self.wait.event_key if self.wait else None,
-            "last_events": [e.to_json() for e in self.recent],
-        }
 
 
 def _proposed_action(notes: _WaitNotes) -> dict[str, Any] | None:

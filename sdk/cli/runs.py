@@ -17,12 +17,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from tether.app import Tether
+from tether.engine import events as ev
 from tether.engine.config import Settings
-from tether.http.openapi import STATUSES
+from tether.http import schemas
+from tether.operator import views
 from tether.operator.auth import Identity
-from tether.operator.decisions import Decision, cancel, push_decision, push_event, read_view
-from tether.projections.run_index import PendingWait, RunIndex
+from tether.operator.decisions import Decision, cancel, push_decision, push_event
+from tether.projections.run_index import RunIndex
 
 MAX_CELL = 60
 
@@ -79,20 +83,21 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(", ", ": "), ensure_ascii=False, default=str)
 
 
-def action_text(wait: PendingWait) -> str:
+def action_text(wait: schemas.Wait) -> str:
     action = wait.proposed_action
     if action is None:
         return "-"
-    if action["source"] == "wait":
-        parts = [str(action["description"])] if action.get("description") else []
-        if action.get("details") is not None:
-            parts.append(_compact(action["details"]))
+    if isinstance(action, schemas.WaitAction):
+        parts = [action.description] if action.description else []
+        if action.details is not None:
+            parts.append(_compact(action.details))
         return " ".join(parts)
-    return f"{action['step']}: {_compact(action['output'])}"
+    return f"{action.step}: {_compact(action.output)}"
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+def _print_json(body: BaseModel) -> None:
+    """The same JSON the HTTP API answers with, indented."""
+    print(body.model_dump_json(indent=2))
 
 
 # -- plumbing --------------------------------------------------------------------------------
@@ -141,85 +146,72 @@ async def _index(app: Tether) -> RunIndex:
 
 async def runs_list(app: Tether, args: argparse.Namespace) -> None:
     statuses = [s.strip() for s in (args.status or "").split(",") if s.strip()]
-    unknown = [s for s in statuses if s not in STATUSES]
+    unknown = [s for s in statuses if s not in schemas.STATUSES]
     if unknown:
-        raise ValueError(f"unknown status {', '.join(unknown)}; use {', '.join(STATUSES)}")
+        raise ValueError(f"unknown status {', '.join(unknown)}; use {', '.join(schemas.STATUSES)}")
     index = await _index(app)
     try:
-        views = index.list_runs(statuses=statuses or None, task=args.task, limit=args.limit)
+        found = views.run_list(
+            index.list_runs(statuses=statuses or None, task=args.task, limit=args.limit)
+        )
     finally:
         await index.stop()
     if args.json:
-        _print_json([v.summary() for v in views])
+        _print_json(found)
         return
-    if not views:
+    if not found.runs:
         print("no runs" + (" match these filters" if statuses or args.task else ""))
         return
     now = time.time()
     rows = [
         [
-            v.run_id,
-            v.state.task,
-            v.state.status,
-            (v.wait.event_key if v.wait else ""),
-            ago(v.created_at, now),
-            ago(v.updated_at, now),
+            r.run_id,
+            r.task,
+            r.status,
+            r.waiting_on or "",
+            ago(r.created_at, now),
+            ago(r.updated_at, now),
         ]
-        for v in views
+        for r in found.runs
     ]
     print(table(["RUN ID", "TASK", "STATUS", "WAITING ON", "CREATED", "UPDATED"], rows))
 
 
-def _event_detail(event_type: str, data: dict[str, Any], note: str) -> str:
-    if event_type == "run.wait_satisfied.v1":
-        payload = data.get("payload") or {}
-        reason = payload.get("reason")
-        return note + (f': "{reason}"' if reason else "")
-    if event_type == "run.step.v1":
-        return f"{note} -> {_compact(data.get('output'))}"
-    if event_type == "run.completed.v1":
-        return _compact(data.get("output"))
-    return note
+def _event_detail(entry: schemas.RunEvent) -> str:
+    event = entry.data
+    if isinstance(event, ev.WaitSatisfied):
+        reason = (event.payload or {}).get("reason")
+        return entry.note + (f': "{reason}"' if reason else "")
+    if isinstance(event, ev.StepRecorded):
+        return f"{entry.note} -> {_compact(event.output)}"
+    if isinstance(event, ev.RunCompleted):
+        return _compact(event.output)
+    return entry.note
 
 
 async def runs_show(app: Tether, args: argparse.Namespace) -> None:
-    view = await read_view(app, args.run_id)
-    conn = await app.connection()
-    stored = await conn.store.read(args.run_id)
-    state, wait = view.state, view.wait
+    detail = await views.read_detail(app, args.run_id)
     if args.json:
-        _print_json(
-            {
-                "run": {
-                    **view.summary(),
-                    "last_events": [],
-                    "input": state.input,
-                    "output": state.output,
-                    "metadata": state.metadata,
-                },
-                "wait": wait.to_json() if wait else None,
-                "events": [{"seq": s, **e.model_dump(mode="json")} for s, e in stored],
-            }
-        )
+        _print_json(detail)
         return
-    now = time.time()
+    run, wait, now = detail.run, detail.wait, time.time()
     fields = [
-        ("run", state.run_id),
-        ("task", state.task),
-        ("status", state.status),
-        ("attempt", state.attempt),
-        ("created", f"{stamp(view.created_at)} ({ago(view.created_at, now)})"),
-        ("ended", stamp(state.ended_at)),
+        ("run", run.run_id),
+        ("task", run.task),
+        ("status", run.status),
+        ("attempt", run.attempt),
+        ("created", f"{stamp(run.created_at)} ({ago(run.created_at, now)})"),
+        ("ended", stamp(run.ended_at)),
         (
             "deadline",
-            "-" if state.is_terminal else f"{stamp(state.deadline)} ({until(state.deadline, now)})",
+            "-" if run.deadline is None else f"{stamp(run.deadline)} ({until(run.deadline, now)})",
         ),
-        ("input", _compact(state.input)),
+        ("input", _compact(run.input)),
     ]
-    if state.status == "completed":
-        fields.append(("output", _compact(state.output)))
-    if state.error:
-        fields.append(("error", f"{state.error['type']}: {state.error['message']}"))
+    if run.status == "completed":
+        fields.append(("output", _compact(run.output)))
+    if run.error:
+        fields.append(("error", f"{run.error.type}: {run.error.message}"))
     for name, value in fields:
         print(f"{name:<9} {_cell(value, 200)}")
     if wait is not None:
@@ -231,25 +223,24 @@ async def runs_show(app: Tether, args: argparse.Namespace) -> None:
         print(f"  proposed action  {_cell(action_text(wait), 200)}")
         if wait.conventional:
             print(
-                f"  decide with      tether approve {state.run_id}  |  "
-                f"tether reject {state.run_id} --reason ..."
+                f"  decide with      tether approve {run.run_id}  |  "
+                f"tether reject {run.run_id} --reason ..."
             )
         else:
             print(
                 "  note             the expression is not input.runId == '<run>': approve/"
                 "reject may not match; push a matching event with `tether events push`"
             )
-    notes = {brief.seq: brief.note for brief in view.recent}
-    start = stored[0][1].at if stored else 0.0
+    start = detail.events[0].at if detail.events else 0.0
     rows = [
         [
-            seq,
-            time.strftime("%H:%M:%S", time.localtime(event.at)),
-            f"+{(event.at - start):.3f}s",
-            event.type,
-            _event_detail(event.type, event.model_dump(mode="json"), notes.get(seq, "")),
+            entry.seq,
+            time.strftime("%H:%M:%S", time.localtime(entry.at)),
+            f"+{(entry.at - start):.3f}s",
+            entry.type,
+            _event_detail(entry),
         ]
-        for seq, event in stored
+        for entry in detail.events
     ]
     print()
     print(table(["SEQ", "TIME", "ELAPSED", "EVENT", "DETAIL"], rows))
@@ -263,13 +254,13 @@ async def runs_cancel(app: Tether, args: argparse.Namespace) -> None:
 async def waits_list(app: Tether, args: argparse.Namespace) -> None:
     index = await _index(app)
     try:
-        waits = index.list_waits(task=args.task, key=args.key)
+        found = views.wait_list(index.list_waits(task=args.task, key=args.key))
     finally:
         await index.stop()
     if args.json:
-        _print_json([w.to_json() for w in waits])
+        _print_json(found)
         return
-    if not waits:
+    if not found.waits:
         print("no run is waiting for a decision")
         return
     now = time.time()
@@ -282,7 +273,7 @@ async def waits_list(app: Tether, args: argparse.Namespace) -> None:
             until(w.deadline or w.run_deadline, now),
             action_text(w) + ("" if w.conventional else "  [push: custom expression]"),
         ]
-        for w in waits
+        for w in found.waits
     ]
     print(table(["RUN ID", "TASK", "EVENT KEY", "WAITING", "DEADLINE", "PROPOSED ACTION"], rows))
 
@@ -309,13 +300,13 @@ async def events_push(app: Tether, args: argparse.Namespace) -> None:
 
 def _decision(decision: Decision) -> Callable[[Tether, argparse.Namespace], Awaitable[None]]:
     async def run(app: Tether, args: argparse.Namespace) -> None:
-        result = await push_decision(
+        made = await push_decision(
             app, args.run_id, decision, identity=_caller(args), reason=args.reason
         )
         verb = "approved" if decision == "approve" else "rejected"
         print(
-            f"{verb} run {result.run_id} as {result.approver}: pushed "
-            f"{_compact(result.payload)} to {result.event_key} (event seq {result.event.seq})"
+            f"{verb} run {made.run_id} as {made.approver}: pushed "
+            f"{_compact(made.payload)} to {made.event_key} (event seq {made.event.seq})"
         )
 
     return run
@@ -347,7 +338,7 @@ def register(sub: Any) -> None:
 
     p = runs_sub.add_parser("list", help="runs, most recently updated first")
     connection_args(p)
-    p.add_argument("--status", default=None, help=f"comma-separated: {', '.join(STATUSES)}")
+    p.add_argument("--status", default=None, help=f"comma-separated: {', '.join(schemas.STATUSES)}")
     p.add_argument("--task", default=None)
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

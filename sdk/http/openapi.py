@@ -1,376 +1,269 @@
-"""The HTTP API's request bodies and its OpenAPI 3 description (served at ``/openapi.json``)."""
+"""The OpenAPI 3.1 description of the HTTP API (served at ``/openapi.json``): the schemas are
+generated from the models in ``tether.http.schemas``, this module adds the paths."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
+from pydantic_core import core_schema
 
-from tether.engine.state import TERMINAL_STATUSES
+from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
+from tether.http import schemas
 
-STATUSES = ("queued", "running", "waiting", *sorted(TERMINAL_STATUSES))
-MAX_REASON = 2000
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PushBody(_Body):
-    """An event to push: ``data`` is the payload the waits' CEL sees as ``input``."""
-
-    data: dict[str, Any]
-    id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        pattern=r"^[\x21-\x7e]+$",
-        description="idempotency key: the same id within 2 minutes stores nothing new",
-    )
+REF = "#/components/schemas/{model}"
+REQUESTS: tuple[type[BaseModel], ...] = (schemas.PushBody, schemas.DecisionBody, schemas.CancelBody)
+RESPONSES: tuple[type[BaseModel], ...] = (
+    schemas.Error,
+    schemas.Health,
+    schemas.RunList,
+    schemas.RunSummary,
+    schemas.RunDetail,
+    schemas.WaitList,
+    schemas.Decision,
+    schemas.PushResult,
+    schemas.Overview,
+    schemas.Identity,
+)
 
 
-class DecisionBody(_Body):
-    """Approve or reject; ``reason`` is passed to the task in the payload."""
+class _Generator(GenerateJsonSchema):
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        # an answer carries every field of its model, defaulted ones included
+        return self.mode == "serialization" or super().field_is_required(field, total)
 
-    reason: str | None = Field(default=None, max_length=MAX_REASON)
-
-
-class CancelBody(_Body):
-    reason: str | None = Field(default=None, max_length=MAX_REASON)
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False  # "Run Id" above run_id says nothing the name does not
 
 
-_ERRORS = {
-    "401": _json(_ref("Error"), "missing or unknown bearer token"),
-    "422": _json(_ref("Error"), "malformed request: the message says what to fix"),
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+# What each status means when an operation does not say more.
+_STATUS = {
+    401: "no or unknown bearer token",
+    404: "no such run",
+    413: "body over TETHER_MAX_EVENT_BYTES",
+    422: "malformed request: the message says what to fix",
+    500: "internal error; see the server log",
 }
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema or {"type": "string"},
+    }
+
+
+def _limit(default: int, maximum: int) -> dict[str, Any]:
+    schema = {"type": "integer", "minimum": 1, "maximum": maximum, "default": default}
+    return _query("limit", "how many to return at most", schema)
+
+
 _RUN_ID = {
     "name": "run_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+    "description": "letters, digits, _ and -, at most 128 characters",
+    "schema": {"type": "string"},
 }
-_NUM = {"type": "number", "description": "epoch seconds"}
-_NUM_OR_NULL = {"type": ["number", "null"], "description": "epoch seconds"}
+_KEY = {
+    "name": "key",
+    "in": "path",
+    "required": True,
+    "description": "letters, digits and _ - : . (dot-separated tokens)",
+    "schema": {"type": "string", "maxLength": MAX_EVENT_KEY_LENGTH},
+}
 
 
-def _body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
-    return {
-        "required": required,
-        "content": {"application/json": {"schema": _ref(model.__name__)}},
-    }
-
-
-def _op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "responses": {**responses, **_ERRORS}, **extra}
+def _op(
+    summary: str,
+    ok: dict[int, dict[str, Any]],
+    errors: dict[int, str | None],
+    *,
+    parameters: tuple[dict[str, Any], ...] = (),
+    body: type[BaseModel] | None = None,
+    body_required: bool = False,
+    public: bool = False,
+) -> dict[str, Any]:
+    """One operation. ``errors`` maps each error status to its meaning (None: the usual one);
+    every /api operation may also answer 401, and every operation 500."""
+    codes = {**errors, 500: None} if public else {401: None, **errors, 500: None}
+    responses = {str(code): answer for code, answer in ok.items()}
+    for code, meaning in sorted(codes.items()):
+        responses[str(code)] = _json(schemas.Error, meaning or _STATUS[code])
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if parameters:
+        op["parameters"] = list(parameters)
+    if body is not None:
+        content = {"application/json": {"schema": _ref(body)}}
+        op["requestBody"] = {"required": body_required, "content": content}
+    if public:
+        op["security"] = []
+    return op
 
 
 def _decision(verb: str) -> dict[str, Any]:
     return _op(
         f"{verb.capitalize()} the run's open wait: pushes "
         f'{{"runId": <run>, "decision": "{verb}", "reason": ...}} to its event key',
+        {202: _json(schemas.Decision, "decision event stored; the run resumes")},
         {
-            "202": _json(_ref("Decision"), "decision event stored; the run resumes"),
-            "403": _json(_ref("Error"), "the token may not push to the wait's event key"),
-            "404": _json(_ref("Error"), "no such run"),
-            "409": _json(
-                _ref("Error"),
-                "no open wait, a decision already pushed, or the wait's expression does not "
-                "accept the decision payload (push a matching event instead)",
-            ),
+            403: "the token may not push to the wait's event key",
+            404: None,
+            409: "no open wait, a decision already pushed, or the wait's expression does not "
+            "accept the decision payload (push a matching event instead)",
+            413: None,
+            422: None,
         },
-        parameters=[_RUN_ID],
-        requestBody=_body(DecisionBody, required=False),
+        parameters=(_RUN_ID,),
+        body=schemas.DecisionBody,
     )
 
 
-def document(version: str) -> dict[str, Any]:
-    paths: dict[str, Any] = {
+def _paths() -> dict[str, dict[str, Any]]:
+    statuses = ", ".join(schemas.STATUSES)
+    return {
         "/api/runs": {
             "get": _op(
                 "List runs, most recently updated first",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {"runs": {"type": "array", "items": _ref("RunSummary")}},
-                        },
-                        "runs",
-                    )
-                },
-                parameters=[
-                    {
-                        "name": "status",
-                        "in": "query",
-                        "schema": {"type": "string"},
-                        "description": f"comma-separated, of: {', '.join(STATUSES)}",
-                    },
-                    {"name": "task", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 1000,
-                            "default": 100,
-                        },
-                    },
-                ],
+                {200: _json(schemas.RunList, "runs")},
+                {422: None},
+                parameters=(
+                    _query("status", f"comma-separated, of: {statuses}"),
+                    _query("task", "only runs of this task"),
+                    _limit(100, 1000),
+                ),
             )
         },
         "/api/runs/{run_id}": {
             "get": _op(
-                "A run with its full event timeline and its open wait",
-                {
-                    "200": _json(_ref("RunDetail"), "the run"),
-                    "404": _json(_ref("Error"), "no such run"),
-                },
-                parameters=[_RUN_ID],
+                "A run with its open wait and its full event timeline",
+                {200: _json(schemas.RunDetail, "the run")},
+                {404: None, 422: None},
+                parameters=(_RUN_ID,),
             )
         },
         "/api/runs/{run_id}/approve": {"post": _decision("approve")},
         "/api/runs/{run_id}/reject": {"post": _decision("reject")},
         "/api/runs/{run_id}/cancel": {
             "post": _op(
-                "Cancel a queued, running or waiting run",
+                "Cancel a queued, running or waiting run (the token needs cancel)",
+                {200: _json(schemas.RunSummary, "the cancelled run")},
                 {
-                    "200": _json(_ref("RunSummary"), "the cancelled run"),
-                    "403": _json(_ref("Error"), "the token may not cancel runs"),
-                    "404": _json(_ref("Error"), "no such run"),
-                    "409": _json(_ref("Error"), "the run has already ended"),
+                    403: "the token may not cancel runs",
+                    404: None,
+                    409: "the run has already ended",
+                    413: None,
+                    422: None,
                 },
-                parameters=[_RUN_ID],
-                requestBody=_body(CancelBody, required=False),
+                parameters=(_RUN_ID,),
+                body=schemas.CancelBody,
             )
         },
         "/api/waits": {
             "get": _op(
                 "Open waits a person may decide, longest waiting first",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "waits": {"type": "array", "items": _ref("Wait")},
-                                "total": {"type": "integer", "description": "before limit"},
-                            },
-                        },
-                        "open waits",
-                    )
-                },
-                parameters=[
-                    {"name": "task", "in": "query", "schema": {"type": "string"}},
-                    {"name": "key", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": 5000,
-                            "default": 500,
-                        },
-                    },
-                ],
+                {200: _json(schemas.WaitList, "open waits")},
+                {422: None},
+                parameters=(
+                    _query("task", "only waits of runs of this task"),
+                    _query("key", "only waits on this event key"),
+                    _limit(500, 5000),
+                ),
             )
         },
         "/api/events/{key}": {
             "post": _op(
-                "Push an event to an event key (any open wait whose expression it satisfies "
-                "resumes); the caller is recorded as metadata.approver",
-                {
-                    "202": _json(_ref("PushResult"), "event stored"),
-                    "403": _json(_ref("Error"), "the token may not push to this key"),
-                    "413": _json(_ref("Error"), "payload over the size limit"),
-                },
-                parameters=[
-                    {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                requestBody=_body(PushBody),
+                "Push an event to an event key: every open wait whose expression it "
+                "satisfies resumes; the caller is recorded as metadata.approver",
+                {202: _json(schemas.PushResult, "event stored")},
+                {403: "the token may not push to this key", 413: None, 422: None},
+                parameters=(_KEY,),
+                body=schemas.PushBody,
+                body_required=True,
             )
         },
         "/api/overview": {
             "get": _op(
                 "Task names and run counts by status, for filters",
-                {"200": _json(_ref("Overview"), "overview")},
+                {200: _json(schemas.Overview, "overview")},
+                {},
             )
         },
         "/api/me": {
-            "get": _op("The caller's identity and rights", {"200": _json(_ref("Identity"), "me")})
+            "get": _op("The caller's identity and rights", {200: _json(schemas.Identity, "me")}, {})
         },
         "/api/stream": {
             "get": _op(
-                "Server-sent events: `change` with {version, runs} whenever runs change",
+                "Server-sent events: `hello` with {version} first, then `change` with "
+                "{version, runs} whenever runs change (runs null: reload everything), and a "
+                "comment every 15 s",
+                {200: {"description": "the stream", "content": {"text/event-stream": {}}}},
+                {},
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                "This document",
                 {
-                    "200": {
-                        "description": "text/event-stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    200: {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
                     }
                 },
+                {},
+                public=True,
+            )
+        },
+        "/healthz": {
+            "get": _op(
+                "Health, for load balancers and supervisors",
+                {
+                    200: _json(schemas.Health, "the API can reach NATS"),
+                    503: _json(schemas.Health, "NATS is unreachable: every action would fail"),
+                },
+                {},
+                public=True,
             )
         },
     }
-    schemas: dict[str, Any] = {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "properties": {
-                        "status": {"type": "integer"},
-                        "message": {"type": "string"},
-                        "details": {"type": "array", "items": {"type": "object"}},
-                    },
-                }
-            },
-        },
-        "RunSummary": {
-            "type": "object",
-            "properties": {
-                "run_id": {"type": "string"},
-                "task": {"type": "string"},
-                "status": {"type": "string", "enum": list(STATUSES)},
-                "attempt": {"type": "integer"},
-                "created_at": _NUM,
-                "updated_at": _NUM,
-                "ended_at": _NUM_OR_NULL,
-                "deadline": _NUM_OR_NULL,
-                "error": {"type": ["object", "null"]},
-                "waiting_on": {"type": ["string", "null"]},
-                "last_events": {"type": "array", "items": _ref("EventBrief")},
-            },
-        },
-        "EventBrief": {
-            "type": "object",
-            "properties": {
-                "seq": {"type": "integer"},
-                "type": {"type": "string"},
-                "at": _NUM,
-                "note": {"type": "string"},
-            },
-        },
-        "RunEvent": {
-            "type": "object",
-            "properties": {
-                "seq": {"type": "integer"},
-                "type": {"type": "string"},
-                "at": _NUM,
-                "note": {"type": "string"},
-                "data": {
-                    "type": "object",
-                    "description": "the stored event; run.wait_satisfied.v1 carries "
-                    "payload and metadata.approver",
-                },
-            },
-        },
-        "RunDetail": {
-            "type": "object",
-            "properties": {
-                "run": {
-                    "allOf": [
-                        _ref("RunSummary"),
-                        {
-                            "type": "object",
-                            "properties": {
-                                "input": {},
-                                "output": {},
-                                "metadata": {"type": "object"},
-                            },
-                        },
-                    ]
-                },
-                "wait": {"oneOf": [_ref("Wait"), {"type": "null"}]},
-                "events": {"type": "array", "items": _ref("RunEvent")},
-            },
-        },
-        "Wait": {
-            "type": "object",
-            "properties": {
-                "run_id": {"type": "string"},
-                "task": {"type": "string"},
-                "wait_id": {"type": "string"},
-                "started_seq": {"type": "integer"},
-                "event_key": {"type": "string"},
-                "expression": {"type": ["string", "null"]},
-                "conventional": {
-                    "type": "boolean",
-                    "description": "the expression is input.runId == '<run>': approve and "
-                    "reject match it; otherwise push a matching event",
-                },
-                "other_conditions": {"type": "integer"},
-                "label": {"type": ["string", "null"]},
-                "since": _NUM,
-                "deadline": _NUM_OR_NULL,
-                "run_deadline": _NUM,
-                "description": {"type": ["string", "null"]},
-                "details": {"type": ["object", "null"]},
-                "proposed_action": {
-                    "type": ["object", "null"],
-                    "description": "{source: wait, description, details} or "
-                    "{source: step, step, output}",
-                },
-            },
-        },
-        "PushResult": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "seq": {"type": "integer"},
-                "duplicate": {"type": "boolean"},
-                "key": {"type": "string"},
-            },
-        },
-        "Decision": {
-            "type": "object",
-            "properties": {
-                "run_id": {"type": "string"},
-                "wait_id": {"type": "string"},
-                "event_key": {"type": "string"},
-                "decision": {"type": "string", "enum": ["approve", "reject"]},
-                "payload": {"type": "object"},
-                "approver": {"type": "string"},
-                "event": {"type": "object"},
-            },
-        },
-        "Overview": {
-            "type": "object",
-            "properties": {
-                "tasks": {"type": "array", "items": {"type": "string"}},
-                "statuses": {"type": "object", "additionalProperties": {"type": "integer"}},
-            },
-        },
-        "Identity": {
-            "type": "object",
-            "properties": {
-                "name": {"type": "string"},
-                "keys": {"type": "array", "items": {"type": "string"}},
-                "cancel": {"type": "boolean"},
-            },
-        },
-    }
-    for model in (PushBody, DecisionBody, CancelBody):
-        schemas[model.__name__] = model.model_json_schema()
+
+
+@functools.cache
+def document(version: str) -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((model, "validation") for model in REQUESTS),
+        *((model, "serialization") for model in RESPONSES),
+    ]
+    _, defs = models_json_schema(models, ref_template=REF, schema_generator=_Generator)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Tether approval API",
             "version": version,
             "description": "Runs, open waits and decisions of Tether durable tasks. Every "
-            "/api route needs `Authorization: Bearer <token>`.",
+            "/api route needs `Authorization: Bearer <token>`. Times are epoch seconds.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": schemas,
+            "schemas": defs["$defs"],
         },
         "security": [{"bearer": []}],
-        "paths": paths,
+        "paths": _paths(),
     }

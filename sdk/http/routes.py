@@ -25,7 +25,9 @@ from tether.app import Tether
 from tether.engine import codec
 from tether.engine.subjects import check_event_key, check_run_id
 from tether.errors import RunAlreadyFinishedError, RunNotFoundError
-from tether.http.openapi import STATUSES, CancelBody, DecisionBody, PushBody, document
+from tether.http import schemas
+from tether.http.openapi import document
+from tether.operator import views
 from tether.operator.auth import Identity, TokenAuth
 from tether.operator.decisions import (
     ActionRefusedError,
@@ -34,7 +36,7 @@ from tether.operator.decisions import (
     push_decision,
     push_event,
 )
-from tether.projections.run_index import RunIndex, fold_view
+from tether.projections.run_index import RunIndex
 
 log = logging.getLogger("tether.api")
 
@@ -58,7 +60,9 @@ _caller: contextvars.ContextVar[Identity] = contextvars.ContextVar("tether_api_c
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, details: list[Any] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, details: list[schemas.ErrorDetail] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -69,13 +73,15 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=_dumps)
+def _json(body: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=body.model_dump_json(), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str, details: list[Any] | None = None) -> web.Response:
-    body = {"error": {"status": status, "message": message, "details": details or []}}
-    response = _json(body, status)
+def _error(
+    status: int, message: str, details: list[schemas.ErrorDetail] | None = None
+) -> web.Response:
+    body = schemas.ErrorBody(status=status, message=message, details=details or [])
+    response = _json(schemas.Error(error=body), status)
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="tether"'
     return response
@@ -149,10 +155,10 @@ async def _body(request: web.Request, model: type[M], *, required: bool = True) 
         return model.model_validate(data)
     except ValidationError as exc:
         details = [
-            {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"]}
+            schemas.ErrorDetail(field=".".join(str(p) for p in err["loc"]), message=err["msg"])
             for err in exc.errors(include_url=False, include_input=False)
         ]
-        text = "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details)
+        text = "; ".join(f"{d.field or 'body'}: {d.message}" for d in details)
         raise ApiError(422, f"invalid request body: {text}", details) from None
 
 
@@ -185,45 +191,22 @@ def _limit(request: web.Request, default: int, maximum: int) -> int:
 async def list_runs(request: web.Request) -> web.Response:
     query = request.query
     statuses = [s.strip() for s in query.get("status", "").split(",") if s.strip()]
-    unknown = [s for s in statuses if s not in STATUSES]
+    unknown = [s for s in statuses if s not in schemas.STATUSES]
     if unknown:
         raise ApiError(
-            422, f"unknown status {', '.join(unknown)}; use one or more of {', '.join(STATUSES)}"
+            422,
+            f"unknown status {', '.join(unknown)}; use one or more of "
+            f"{', '.join(schemas.STATUSES)}",
         )
     limit = _limit(request, 100, 1000)
     runs = _ctx(request).index.list_runs(
         statuses=statuses or None, task=query.get("task") or None, limit=limit
     )
-    return _json({"runs": [view.summary() for view in runs]})
+    return _json(views.run_list(runs))
 
 
 async def get_run(request: web.Request) -> web.Response:
-    run_id = _run_id(request)
-    conn = await _ctx(request).tether.connection()
-    stored = await conn.store.read(run_id)
-    if not stored:
-        raise RunNotFoundError(run_id)
-    view = fold_view(run_id, stored)
-    wait = view.wait
-    run = {
-        **view.summary(),
-        "last_events": [],
-        "input": view.state.input,
-        "output": view.state.output,
-        "metadata": view.state.metadata,
-    }
-    notes = {brief.seq: brief.note for brief in view.recent}
-    events = [
-        {
-            "seq": seq,
-            "type": event.type,
-            "at": event.at,
-            "note": notes.get(seq, ""),
-            "data": event.model_dump(mode="json"),
-        }
-        for seq, event in stored
-    ]
-    return _json({"run": run, "wait": wait.to_json() if wait else None, "events": events})
+    return _json(await views.read_detail(_ctx(request).tether, _run_id(request)))
 
 
 async def list_waits(request: web.Request) -> web.Response:
@@ -231,16 +214,16 @@ async def list_waits(request: web.Request) -> web.Response:
     waits = _ctx(request).index.list_waits(
         task=request.query.get("task") or None, key=request.query.get("key") or None
     )
-    return _json({"waits": [w.to_json() for w in waits[:limit]], "total": len(waits)})
+    return _json(views.wait_list(waits, limit))
 
 
 async def _decision(request: web.Request, decision: Decision) -> web.Response:
     run_id = _run_id(request)
-    body = await _body(request, DecisionBody, required=False)
-    result = await push_decision(
+    body = await _body(request, schemas.DecisionBody, required=False)
+    made = await push_decision(
         _ctx(request).tether, run_id, decision, identity=_identity(request), reason=body.reason
     )
-    return _json(result.to_json(), 202)
+    return _json(made, 202)
 
 
 async def approve(request: web.Request) -> web.Response:
@@ -253,10 +236,10 @@ async def reject(request: web.Request) -> web.Response:
 
 async def cancel_run(request: web.Request) -> web.Response:
     run_id = _run_id(request)
-    body = await _body(request, CancelBody, required=False)
-    await cancel(_ctx(request).tether, run_id, identity=_identity(request), reason=body.reason)
-    conn = await _ctx(request).tether.connection()
-    return _json(fold_view(run_id, await conn.store.read(run_id)).summary())
+    body = await _body(request, schemas.CancelBody, required=False)
+    app = _ctx(request).tether
+    await cancel(app, run_id, identity=_identity(request), reason=body.reason)
+    return _json(views.summary(await views.read_view(app, run_id)))
 
 
 async def push(request: web.Request) -> web.Response:
@@ -265,7 +248,7 @@ async def push(request: web.Request) -> web.Response:
         check_event_key(key)
     except ValueError as exc:
         raise ApiError(422, str(exc)) from None
-    body = await _body(request, PushBody)
+    body = await _body(request, schemas.PushBody)
     try:
         result = await push_event(
             _ctx(request).tether, key, body.data, identity=_identity(request), event_id=body.id
@@ -274,18 +257,20 @@ async def push(request: web.Request) -> web.Response:
         raise ApiError(422, str(exc)) from None
     except ValueError as exc:  # over the size limit
         raise ApiError(413, str(exc)) from None
-    return _json(
-        {"id": result.id, "seq": result.seq, "duplicate": result.duplicate, "key": key}, 202
-    )
+    pushed = schemas.PushResult(id=result.id, seq=result.seq, duplicate=result.duplicate, key=key)
+    return _json(pushed, 202)
 
 
 async def overview(request: web.Request) -> web.Response:
     index = _ctx(request).index
-    return _json({"tasks": index.tasks(), "statuses": index.status_counts()})
+    counts = {"tasks": index.tasks(), "statuses": index.status_counts()}
+    return _json(schemas.Overview.model_validate(counts))
 
 
 async def me(request: web.Request) -> web.Response:
-    return _json(_identity(request).to_json())
+    caller = _identity(request)
+    identity = schemas.Identity(name=caller.name, keys=list(caller.keys), cancel=caller.can_cancel)
+    return _json(identity)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -329,7 +314,7 @@ async def openapi(request: web.Request) -> web.Response:
         version = package_version("tether")
     except PackageNotFoundError:
         version = "0"
-    return _json(document(version))
+    return web.json_response(document(version), dumps=_dumps)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -338,7 +323,7 @@ async def health(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     nats_state = "closed" if ctx.index.connection_closed else ctx.tether.connection_state()
     ok = nats_state == "connected"
-    body = {"ok": ok, "nats": nats_state, "runs_cursor": ctx.index.cursor}
+    body = schemas.Health(ok=ok, nats=nats_state, runs_cursor=ctx.index.cursor)
     return _json(body, 200 if ok else 503)
 
 

@@ -40,6 +40,7 @@ def check_address_free(address: str) -> None:
     if not port:
         return
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
         try:
             sock.bind((host, port))
         except OSError as exc:

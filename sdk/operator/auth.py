@@ -45,9 +45,6 @@ class Identity:
     def may_push(self, event_key: str) -> bool:
         return any(fnmatch.fnmatchcase(event_key, pattern) for pattern in self.keys)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "keys": list(self.keys), "cancel": self.can_cancel}
-
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()

@@ -11,16 +11,16 @@ reject; ``reason`` only when given). The caller's name goes into the event's met
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from tether.app import Tether
 from tether.client import PushResult, RunInfo
 from tether.engine.expressions import satisfies
 from tether.engine.subjects import check_event_key, check_run_id
-from tether.errors import RunNotFoundError, TetherError
+from tether.errors import TetherError
+from tether.http import schemas
 from tether.operator.auth import Identity
-from tether.projections.run_index import RunView, fold_view
+from tether.operator.views import read_view
 
 log = logging.getLogger("tether.decisions")
 
@@ -49,38 +49,6 @@ class AlreadyDecidedError(ActionRefusedError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionResult:
-    run_id: str
-    wait_id: str
-    event_key: str
-    decision: Decision
-    payload: dict[str, Any]
-    event: PushResult
-    approver: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "wait_id": self.wait_id,
-            "event_key": self.event_key,
-            "decision": self.decision,
-            "payload": self.payload,
-            "approver": self.approver,
-            "event": {"id": self.event.id, "seq": self.event.seq},
-        }
-
-
-async def read_view(app: Tether, run_id: str) -> RunView:
-    """The run folded from its log as stored now; RunNotFoundError if it has none."""
-    check_run_id(run_id)
-    conn = await app.connection()
-    stored = await conn.store.read(run_id)
-    if not stored:
-        raise RunNotFoundError(run_id)
-    return fold_view(run_id, stored)
-
-
 def decision_payload(run_id: str, decision: Decision, reason: str | None) -> dict[str, Any]:
     payload: dict[str, Any] = {"runId": run_id, "decision": decision}
     if reason:
@@ -95,7 +63,7 @@ async def push_decision(
     *,
     identity: Identity,
     reason: str | None = None,
-) -> DecisionResult:
+) -> schemas.Decision:
     """Push the decision event for the run's open wait, or raise without pushing anything."""
     view = await read_view(app, run_id)
     status = view.state.status
@@ -141,8 +109,14 @@ async def push_decision(
             "event_seq": event.seq,
         },
     )
-    return DecisionResult(
-        run_id, wait.wait_id, wait.event_key, decision, payload, event, identity.name
+    return schemas.Decision(
+        run_id=run_id,
+        wait_id=wait.wait_id,
+        event_key=wait.event_key,
+        decision=decision,
+        payload=payload,
+        approver=identity.name,
+        event=schemas.EventRef(id=event.id, seq=event.seq),
     )
 
 

@@ -120,7 +120,7 @@ async def test_runs_list_with_filters(app: Tether, tasks: tuple[Any, Any], cli: 
     assert [row[0] for row in only_double[1:]] == [done.run_id]
     assert "no runs match" in await cli("runs", "list", "--task", "nope")
     listed = json.loads(await cli("runs", "list", "--status", "completed", "--json"))
-    assert [(r["run_id"], r["status"]) for r in listed] == [(done.run_id, "completed")]
+    assert [(r["run_id"], r["status"]) for r in listed["runs"]] == [(done.run_id, "completed")]
     assert "unknown status finished" in await cli("runs", "list", "--status", "finished", code=2)
 
 
@@ -154,7 +154,7 @@ async def test_waits_list_show_and_approve(app: Tether, tasks: tuple[Any, Any], 
     assert 'run.wait_satisfied.v1  approve by alice: "fine"' in shown
     detail = json.loads(await cli("runs", "show", ref.run_id, "--json"))
     [satisfied] = [e for e in detail["events"] if e["type"] == "run.wait_satisfied.v1"]
-    assert satisfied["metadata"] == {"approver": "alice"}
+    assert satisfied["data"]["metadata"] == {"approver": "alice"}
 
     # deciding again, or an unknown run, is refused with exit code 1
     assert "already ended completed" in await cli("approve", ref.run_id, code=1)
@@ -340,8 +340,8 @@ async def test_demo_interactive_waits_for_a_person(tmp_path: Path) -> None:
             assert wait["proposed_action"]["description"] == "Pay 120 to ACME Ltd"
             async with http.post(f"/api/runs/{run_id}/approve", headers=headers) as r:
                 assert r.status == 202
-        await _read_until(proc, r"run resumed and finished: .*'approved'")
-        await _read_until(proc, r"run\.wait_satisfied\.v1\s+by reviewer")
+        await _read_until(proc, r'run resumed and finished: .*"approved"')
+        await _read_until(proc, r"run\.wait_satisfied\.v1\s+approve by reviewer")
         async with asyncio.timeout(20):
             assert await proc.wait() == 0
     finally:

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import wait_for_status, wait_until
-from tests.integration.conftest import ALICE, BOB, READER, bearer
+from tests.integration.conftest import ALICE, BOB, READER, bearer, served_api_routes
 from tether import DurableContext, Tether
 from tether.operator.auth import AuthConfigError, load_token_auth
 from tether.serve import TetherServer
@@ -327,30 +327,13 @@ async def test_openapi_document_lists_every_route(
     served = set()
     async with http.get("/healthz") as response:
         assert response.status == 200
-    for route in _api_routes(api_server):
+    for route in served_api_routes(api_server):
         served.add(route)
     assert served and served <= documented, served - documented
     assert ("/api/runs/{run_id}/approve", "post") in documented
     push_body = doc["paths"]["/api/events/{key}"]["post"]["requestBody"]
     assert push_body["content"]["application/json"]["schema"]["$ref"].endswith("/PushBody")
     assert "data" in doc["components"]["schemas"]["PushBody"]["required"]
-
-
-def _api_routes(api_server: TetherServer) -> set[tuple[str, str]]:
-    from aiohttp import web
-
-    from tether.http.routes import CONTEXT
-
-    assert api_server.api is not None and api_server.api._runner is not None
-    app = api_server.api._runner.app
-    assert isinstance(app, web.Application) and CONTEXT in app
-    routes = set()
-    for route in app.router.routes():
-        info = route.resource.get_info() if route.resource else {}
-        path = info.get("formatter") or info.get("path")
-        if path and path.startswith("/api/") and route.method != "HEAD":
-            routes.add((path, route.method.lower()))
-    return routes
 
 
 def test_token_configuration_from_env_and_file(tmp_path: Path) -> None:
