@@ -94,6 +94,43 @@ class PendingWait:
     proposed_action: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionNote:
+    """How the run's latest wait was decided, when it follows the decision convention
+    (``{"decision": "approve" | "reject", "reason": ...}``) or expired."""
+
+    outcome: str  # approved, rejected, expired
+    by: str | None
+    reason: str | None
+    at: float
+
+
+_OUTCOMES = {"approve": "approved", "reject": "rejected"}
+
+
+def _decision(state: RunState, seq: int, event: ev.RunEvent) -> DecisionNote | None:
+    """The decision ``event`` (stored at ``seq``) made, if the run took it as one."""
+    if isinstance(event, ev.WaitSatisfied):
+        record = state.wait(event.wait_id)
+        payload = event.payload or {}
+        outcome = _OUTCOMES.get(str(payload.get("decision")))
+        if record is None or record.resolved_seq != seq or outcome is None:
+            return None
+        reason = payload.get("reason")
+        approver = event.metadata.get("approver")
+        return DecisionNote(
+            outcome,
+            str(approver) if approver else None,
+            str(reason) if reason else None,
+            event.at,
+        )
+    if isinstance(event, ev.WaitTimedOut):
+        record = state.wait(event.wait_id)
+        if record is not None and record.resolved_seq == seq:
+            return DecisionNote("expired", None, None, event.at)
+    return None
+
+
 @dataclass(slots=True)
 class _WaitNotes:
     """What the run log says about a wait beyond what the state machine keeps."""
@@ -141,6 +178,7 @@ class RunView:
         self._notes: dict[str, _WaitNotes] = {}
         self._wait: PendingWait | None = None
         self._wait_known = True  # False: recompute ``wait`` on the next read
+        self.decision: DecisionNote | None = None  # of the latest decided wait
 
     @property
     def run_id(self) -> str:
@@ -165,6 +203,7 @@ class RunView:
                 notes.description = event.description or notes.description
                 notes.details = event.details or notes.details
         evolve(state, event, seq)
+        self.decision = _decision(state, seq, event) or self.decision
         if isinstance(event, ev.RunRequested):
             self.created_at = event.at
         self.updated_at = max(self.updated_at, event.at)

@@ -99,6 +99,16 @@ class EventBrief(_Response):
     note: str = Field(description="a short human description, e.g. 'approve by alice'")
 
 
+class RunDecision(_Response):
+    """How a person decided the run's latest wait (the decision convention), or that it
+    expired."""
+
+    outcome: Literal["approved", "rejected", "expired"] = Field(description="what happened")
+    by: str | None = Field(description="who decided (the approver identity), if known")
+    reason: str | None = Field(description="the reason given with the decision")
+    at: float = Field(description="when the wait was resolved")
+
+
 class _RunFields(_Response):
     run_id: str = Field(description="the run's id")
     task: str = Field(description="name of the durable task")
@@ -110,6 +120,7 @@ class _RunFields(_Response):
     deadline: float | None = Field(description="its execution deadline; null once it has ended")
     error: ErrorInfo | None = Field(description="why it failed, timed out or was cancelled")
     waiting_on: str | None = Field(description="event key of the open wait a person may decide")
+    decision: RunDecision | None = Field(description="how its latest wait was decided")
 
 
 class RunSummary(_RunFields):

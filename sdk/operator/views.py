@@ -45,6 +45,11 @@ def summary(view: RunView) -> schemas.RunSummary:
         deadline=None if state.is_terminal else state.deadline,
         error=ErrorInfo.model_validate(state.error) if state.error else None,
         waiting_on=pending.event_key if pending else None,
+        decision=(
+            schemas.RunDecision.model_validate(view.decision, from_attributes=True)
+            if view.decision
+            else None
+        ),
         last_events=[
             schemas.EventBrief.model_validate(e, from_attributes=True) for e in view.recent
         ],
