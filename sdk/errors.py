@@ -52,7 +52,9 @@ class RunAlreadyFinishedError(TetherError):
     """The run has already ended, so it cannot be cancelled (or changed) any more."""
 
     def __init__(self, run_id: str, status: str) -> None:
-        super().__init__(f"run {run_id} already ended {status}; there is nothing to cancel")
+        super().__init__(
+            f"run {run_id} has already ended (status: {status}); there is nothing to cancel"
+        )
         self.run_id = run_id
         self.status = status
 

@@ -127,7 +127,12 @@ def _run(fn: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description=__doc__, allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="Tether: durable human-in-the-loop tasks on NATS JetStream.",
+        epilog="Every command that talks to NATS takes --nats-url (or $TETHER_NATS_URL).",
+        allow_abbrev=False,
+    )
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     parser.add_argument(
         "--log-level",
@@ -136,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the engine service and projections")
+    serve = sub.add_parser(
+        "serve", allow_abbrev=False, help="run the engine service and projections"
+    )
     cli_runs.connection_args(serve)
     serve.add_argument(
         "--http",
@@ -152,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(fn=cmd_serve)
 
-    api = sub.add_parser("api", help="only the HTTP API and dashboard")
+    api = sub.add_parser("api", allow_abbrev=False, help="only the HTTP API and dashboard")
     cli_runs.connection_args(api)
-    api.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT")
+    api.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT", help="where to listen")
     api.add_argument(
         "--tokens",
         default=None,
@@ -163,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     api.set_defaults(fn=cmd_api)
 
-    dev = sub.add_parser("dev", help="embedded nats-server plus serve, for local work")
+    dev = sub.add_parser(
+        "dev", allow_abbrev=False, help="embedded nats-server plus serve, for local work"
+    )
     dev.add_argument("--store-dir", default=".tether/nats", help="persistent JetStream store")
     dev.add_argument(
         "--port", type=int, default=4222, help="nats-server port (default 4222; 0: a free one)"
@@ -185,9 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.set_defaults(fn=cmd_dev)
 
-    demo = sub.add_parser("demo", help="the approval walkthrough, end to end")
+    demo = sub.add_parser("demo", allow_abbrev=False, help="the approval walkthrough, end to end")
     demo.add_argument("--nats-url", default=None, help="default: an embedded nats-server")
-    demo.add_argument("--decision", choices=["approve", "reject"], default="approve")
+    demo.add_argument(
+        "--decision",
+        choices=["approve", "reject"],
+        default="approve",
+        help="what the demo's reviewer decides (default: approve)",
+    )
     demo.add_argument(
         "--interactive",
         action="store_true",

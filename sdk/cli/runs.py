@@ -168,13 +168,22 @@ async def runs_list(app: Tether, args: argparse.Namespace) -> None:
             r.run_id,
             r.task,
             r.status,
+            decision_text(r.decision),
             r.waiting_on or "",
             ago(r.created_at, now),
             ago(r.updated_at, now),
         ]
         for r in found.runs
     ]
-    print(table(["RUN ID", "TASK", "STATUS", "WAITING ON", "CREATED", "UPDATED"], rows))
+    headers = ["RUN ID", "TASK", "STATUS", "DECISION", "WAITING ON", "CREATED", "UPDATED"]
+    print(table(headers, rows))
+
+
+def decision_text(decision: schemas.RunDecision | None) -> str:
+    """``approved by alice``, ``rejected``, ``expired``; empty when nobody decided."""
+    if decision is None:
+        return ""
+    return decision.outcome + (f" by {decision.by}" if decision.by else "")
 
 
 def _event_detail(entry: schemas.RunEvent) -> str:
@@ -208,6 +217,9 @@ async def runs_show(app: Tether, args: argparse.Namespace) -> None:
         ),
         ("input", _compact(run.input)),
     ]
+    if run.decision is not None:
+        reason = f' ("{run.decision.reason}")' if run.decision.reason else ""
+        fields.append(("decision", decision_text(run.decision) + reason))
     if run.status == "completed":
         fields.append(("output", _compact(run.output)))
     if run.error:
@@ -224,7 +236,7 @@ async def runs_show(app: Tether, args: argparse.Namespace) -> None:
         if wait.conventional:
             print(
                 f"  decide with      tether approve {run.run_id}  |  "
-                f"tether reject {run.run_id} --reason ..."
+                f"tether reject {run.run_id} [--reason ...]"
             )
         else:
             print(
@@ -232,18 +244,19 @@ async def runs_show(app: Tether, args: argparse.Namespace) -> None:
                 "reject may not match; push a matching event with `tether events push`"
             )
     start = detail.events[0].at if detail.events else 0.0
+    # numbered within the run (1..n); the stream-wide sequence is in --json
     rows = [
         [
-            entry.seq,
+            number,
             time.strftime("%H:%M:%S", time.localtime(entry.at)),
             f"+{(entry.at - start):.3f}s",
             entry.type,
             _event_detail(entry),
         ]
-        for entry in detail.events
+        for number, entry in enumerate(detail.events, 1)
     ]
     print()
-    print(table(["SEQ", "TIME", "ELAPSED", "EVENT", "DETAIL"], rows))
+    print(table(["#", "TIME", "ELAPSED", "EVENT", "DETAIL"], rows))
 
 
 async def runs_cancel(app: Tether, args: argparse.Namespace) -> None:
@@ -333,58 +346,65 @@ def _as_arg(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the commands to the ``tether`` parser's subcommands."""
-    runs = sub.add_parser("runs", help="list, show or cancel runs")
+    runs = sub.add_parser("runs", allow_abbrev=False, help="list, show or cancel runs")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
 
-    p = runs_sub.add_parser("list", help="runs, most recently updated first")
+    p = runs_sub.add_parser("list", allow_abbrev=False, help="runs, most recently updated first")
     connection_args(p)
     p.add_argument("--status", default=None, help=f"comma-separated: {', '.join(schemas.STATUSES)}")
-    p.add_argument("--task", default=None)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--task", default=None, help="only runs of this task")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(fn=_with_app(runs_list))
 
-    p = runs_sub.add_parser("show", help="a run, its open wait and its event timeline")
+    p = runs_sub.add_parser(
+        "show", allow_abbrev=False, help="a run, its open wait and its event timeline"
+    )
     connection_args(p)
-    p.add_argument("run_id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run_id", help="the run's id")
+    p.add_argument("--json", action="store_true", help="print the API's JSON body")
     p.set_defaults(fn=_with_app(runs_show))
 
-    p = runs_sub.add_parser("cancel", help="cancel a queued, running or waiting run")
+    p = runs_sub.add_parser(
+        "cancel", allow_abbrev=False, help="cancel a queued, running or waiting run"
+    )
     connection_args(p)
-    p.add_argument("run_id")
-    p.add_argument("--reason", default=None)
+    p.add_argument("run_id", help="the run's id")
+    p.add_argument("--reason", default=None, help="why (recorded on the run)")
     _as_arg(p)
     p.set_defaults(fn=_with_app(runs_cancel))
 
-    waits = sub.add_parser("waits", help="open waits")
+    waits = sub.add_parser("waits", allow_abbrev=False, help="open waits")
     waits_sub = waits.add_subparsers(dest="waits_command", required=True)
-    p = waits_sub.add_parser("list", help="runs waiting for a decision, longest first")
+    p = waits_sub.add_parser(
+        "list", allow_abbrev=False, help="runs waiting for a decision, longest first"
+    )
     connection_args(p)
-    p.add_argument("--task", default=None)
-    p.add_argument("--key", default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--task", default=None, help="only waits of this task")
+    p.add_argument("--key", default=None, help="only waits on this event key")
+    p.add_argument("--json", action="store_true", help="print the API's JSON body")
     p.set_defaults(fn=_with_app(waits_list))
 
-    events = sub.add_parser("events", help="push events")
+    events = sub.add_parser("events", allow_abbrev=False, help="push events")
     events_sub = events.add_subparsers(dest="events_command", required=True)
-    p = events_sub.add_parser("push", help="push a JSON object to an event key")
+    p = events_sub.add_parser("push", allow_abbrev=False, help="push a JSON object to an event key")
     connection_args(p)
-    p.add_argument("key")
+    p.add_argument("key", help="the event key, e.g. approval:decision")
     p.add_argument("--data", required=True, help='JSON object, e.g. \'{"runId": "...", ...}\'')
     p.add_argument("--id", default=None, help="idempotency key (dedupe within 2 minutes)")
     _as_arg(p)
     p.set_defaults(fn=_with_app(events_push))
 
-    decisions: tuple[tuple[Decision, bool], ...] = (("approve", False), ("reject", True))
-    for decision, needs_reason in decisions:
+    decisions: tuple[Decision, ...] = ("approve", "reject")
+    for decision in decisions:
         p = sub.add_parser(
             decision,
+            allow_abbrev=False,
             help=f"{decision} a waiting run (pushes "
             f'{{"runId": RUN, "decision": "{decision}", "reason": ...}} to its wait\'s key)',
         )
         connection_args(p)
-        p.add_argument("run_id")
-        p.add_argument("--reason", required=needs_reason, default=None)
+        p.add_argument("run_id", help="the waiting run's id")
+        p.add_argument("--reason", default=None, help="why (recorded on the run)")
         _as_arg(p)
         p.set_defaults(fn=_with_app(_decision(decision)))

@@ -68,7 +68,9 @@ async def push_decision(
     view = await read_view(app, run_id)
     status = view.state.status
     if view.state.is_terminal:
-        raise NoOpenWaitError(f"run {run_id} already ended {status}; there is nothing to decide")
+        raise NoOpenWaitError(
+            f"run {run_id} has already ended (status: {status}); there is nothing to decide"
+        )
     wait = view.wait
     if wait is None:
         raise NoOpenWaitError(

@@ -105,7 +105,7 @@ async def test_cancel_finished_or_unknown_run_is_a_clear_error(
     async with app.worker("w", slots=1):
         ref = await quick.run_no_wait({})
         assert await ref.result(timeout=10) == 1
-    with pytest.raises(RunAlreadyFinishedError, match="already ended completed"):
+    with pytest.raises(RunAlreadyFinishedError, match=r"has already ended \(status: completed\)"):
         await app.runs.cancel(ref.run_id)
     with pytest.raises(RunNotFoundError):
         await app.runs.cancel("no-such-run")

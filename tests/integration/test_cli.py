@@ -9,6 +9,7 @@ servers run as subprocesses.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -26,7 +27,7 @@ import pytest
 
 from tests.helpers import wait_for_status
 from tether import DurableContext, Tether
-from tether.cli.main import main
+from tether.cli.main import build_parser, main
 from tether.engine.config import Settings
 from tether.engine.nats_server import free_port
 from tether.serve import TetherServer
@@ -108,7 +109,7 @@ async def test_runs_list_with_filters(app: Tether, tasks: tuple[Any, Any], cli: 
     assert await done.result(timeout=15) == 4
 
     table = rows(await cli("runs", "list"))
-    assert table[0] == ["RUN ID", "TASK", "STATUS", "WAITING ON", "CREATED", "UPDATED"]
+    assert table[0] == ["RUN ID", "TASK", "STATUS", "DECISION", "WAITING ON", "CREATED", "UPDATED"]
     by_id = {row[0]: row for row in table[1:]}
     assert by_id[waiting.run_id][1:4] == ["payment-approval", "waiting", "approval:decision"]
     assert by_id[done.run_id][1:3] == ["double", "completed"]
@@ -157,20 +158,44 @@ async def test_waits_list_show_and_approve(app: Tether, tasks: tuple[Any, Any], 
     assert satisfied["data"]["metadata"] == {"approver": "alice"}
 
     # deciding again, or an unknown run, is refused with exit code 1
-    assert "already ended completed" in await cli("approve", ref.run_id, code=1)
+    assert "has already ended (status: completed)" in await cli("approve", ref.run_id, code=1)
     assert "no run with id 'nosuch'" in await cli("reject", "nosuch", "--reason", "x", code=1)
 
 
-async def test_reject_needs_a_reason_and_records_it(
+async def test_reject_takes_an_optional_reason_and_lists_show_the_decision(
     app: Tether, tasks: tuple[Any, Any], cli: Cli
 ) -> None:
     payment, _ = tasks
-    ref = await payment.run_no_wait({"amount": 9000})
-    await wait_for_status(app, ref.run_id, "waiting")
-    assert "--reason" in await cli("reject", ref.run_id, code=2)
-    out = await cli("reject", ref.run_id, "--reason", "over budget", "--as", "bob")
-    assert f"rejected run {ref.run_id} as bob" in out
-    assert await ref.result(timeout=15) == {"decision": "reject", "reason": "over budget"}
+    first, second = [await payment.run_no_wait({"amount": 9000}) for _ in range(2)]
+    for ref in (first, second):
+        await wait_for_status(app, ref.run_id, "waiting")
+    out = await cli("reject", first.run_id, "--as", "bob")  # no reason: as in the API
+    assert f"rejected run {first.run_id} as bob" in out
+    assert await first.result(timeout=15) == {"decision": "reject", "reason": None}
+    out = await cli("reject", second.run_id, "--reason", "over budget", "--as", "bob")
+    assert await second.result(timeout=15) == {"decision": "reject", "reason": "over budget"}
+    listed = await cli("runs", "list")
+    assert re.search(
+        rf"^{second.run_id}\s+payment-approval\s+completed\s+rejected by bob", listed, re.M
+    )
+    # a run's events are numbered 1..n, whatever else the stream holds; --json has the seq
+    shown = await cli("runs", "show", second.run_id)
+    assert re.search(r"^#\s+TIME", shown, re.M) and re.search(r"^1\s+\S+\s+\+0\.000s", shown, re.M)
+    assert 'decision  rejected by bob ("over budget")' in shown
+    events = json.loads(await cli("runs", "show", second.run_id, "--json"))["events"]
+    assert events[0]["seq"] > 1
+
+
+async def test_help_is_plain_text_and_every_option_explains_itself() -> None:
+    parsers = [build_parser()]
+    for parser in parsers:  # the tree of subcommands, breadth first
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            else:
+                assert action.help, f"{parser.prog}: {action.dest} has no help"
+        assert "``" not in parser.format_help(), parser.prog
+    assert len(parsers) > 12
 
 
 async def test_events_push(app: Tether, tasks: tuple[Any, Any], cli: Cli) -> None:
@@ -205,7 +230,9 @@ async def test_runs_cancel(app: Tether, tasks: tuple[Any, Any], cli: Cli) -> Non
     out = await cli("runs", "cancel", ref.run_id, "--reason", "duplicate", "--as", "dave")
     assert f"cancelled run {ref.run_id}" in out and "cancelled by dave: duplicate" in out
     assert (await app.runs.get(ref.run_id)).status == "cancelled"
-    assert "already ended cancelled" in await cli("runs", "cancel", ref.run_id, code=1)
+    assert "has already ended (status: cancelled)" in await cli(
+        "runs", "cancel", ref.run_id, code=1
+    )
     assert "no open wait" not in await cli("runs", "show", ref.run_id)
 
 

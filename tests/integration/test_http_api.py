@@ -99,7 +99,10 @@ async def test_list_waits_approve_with_token_and_approver_on_run_events(
             f"/api/runs/{ref.run_id}/reject", json={"reason": "late"}, headers=bearer(ALICE)
         ) as response:
             assert response.status == 409
-            assert "already ended completed" in (await response.json())["error"]["message"]
+            assert (
+                "has already ended (status: completed)"
+                in (await response.json())["error"]["message"]
+            )
         assert await events_last_seq(app) == seq
 
     # the approver's identity is on the run's events, through the API and the SDK alike
@@ -286,7 +289,10 @@ async def test_cancel_through_the_api(
         }
         async with http.post(path, headers=bearer(ALICE)) as response:
             assert response.status == 409
-            assert "already ended cancelled" in (await response.json())["error"]["message"]
+            assert (
+                "has already ended (status: cancelled)"
+                in (await response.json())["error"]["message"]
+            )
         async with http.post("/api/runs/nosuch/cancel", headers=bearer(ALICE)) as response:
             assert response.status == 404
 
