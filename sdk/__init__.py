@@ -1,7 +1,7 @@
 """Tether: durable human-in-the-loop tasks, event-sourced on NATS JetStream."""
 
 from tether.app import Tether
-from tether.client import PushResult, RunEventView, RunInfo, RunRef
+from tether.client import RunEventView, RunInfo, RunRef
 from tether.conditions import SleepCondition, UserEventCondition, WaitResult, or_
 from tether.engine.expressions import InvalidExpressionError
 from tether.errors import (
@@ -16,6 +16,7 @@ from tether.errors import (
     TetherError,
     WaitTimeoutError,
 )
+from tether.events_client import PushResult
 from tether.runtime.context import ChildRunRef, DurableContext
 from tether.task import DurableTask
 from tether.version import __version__ as __version__

@@ -11,10 +11,11 @@ from typing import Any
 
 from opentelemetry.trace import TracerProvider
 
-from tether.client import EventsClient, RunsClient
+from tether.client import RunsClient
 from tether.durations import Duration, optional_timedelta, to_timedelta
 from tether.engine.config import DEFAULT_EXECUTION_TIMEOUT, Settings
 from tether.engine.connection import Connection
+from tether.events_client import EventsClient
 from tether.runtime.worker import Worker
 from tether.sync import SyncRunner
 from tether.task import DurableTask, TaskFunction

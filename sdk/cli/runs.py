@@ -14,12 +14,13 @@ import getpass
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
 
 from tether.app import Tether
+from tether.cli.format import action_text, ago, cell, compact, stamp, table, until
 from tether.engine import events as ev
 from tether.engine.config import Settings
 from tether.http import schemas
@@ -27,72 +28,6 @@ from tether.operator import views
 from tether.operator.auth import Identity
 from tether.operator.decisions import Decision, cancel, push_decision, push_event
 from tether.projections.run_index import RunIndex
-
-MAX_CELL = 60
-
-
-# -- formatting ------------------------------------------------------------------------------
-
-
-def _cell(value: object, width: int = MAX_CELL) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns separated by two spaces; long cells are shortened."""
-    cells = [[_cell(c) for c in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in cells:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines)
-
-
-def _span(seconds: float) -> str:
-    seconds = abs(seconds)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds // 3600:.0f}h"
-    return f"{seconds // 86400:.0f}d"
-
-
-def ago(at: float | None, now: float | None = None) -> str:
-    if not at:
-        return "-"
-    return f"{_span((now or time.time()) - at)} ago"
-
-
-def until(at: float | None, now: float | None = None) -> str:
-    if not at:
-        return "-"
-    delta = at - (now or time.time())
-    return f"in {_span(delta)}" if delta >= 0 else f"overdue {_span(delta)}"
-
-
-def stamp(at: float | None) -> str:
-    if not at:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-
-
-def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(", ", ": "), ensure_ascii=False, default=str)
-
-
-def action_text(wait: schemas.Wait) -> str:
-    action = wait.proposed_action
-    if action is None:
-        return "-"
-    if isinstance(action, schemas.WaitAction):
-        parts = [action.description] if action.description else []
-        if action.details is not None:
-            parts.append(_compact(action.details))
-        return " ".join(parts)
-    return f"{action.step}: {_compact(action.output)}"
 
 
 def _print_json(body: BaseModel) -> None:
@@ -192,9 +127,9 @@ def _event_detail(entry: schemas.RunEvent) -> str:
         reason = (event.payload or {}).get("reason")
         return entry.note + (f': "{reason}"' if reason else "")
     if isinstance(event, ev.StepRecorded):
-        return f"{entry.note} -> {_compact(event.output)}"
+        return f"{entry.note} -> {compact(event.output)}"
     if isinstance(event, ev.RunCompleted):
-        return _compact(event.output)
+        return compact(event.output)
     return entry.note
 
 
@@ -215,24 +150,24 @@ async def runs_show(app: Tether, args: argparse.Namespace) -> None:
             "deadline",
             "-" if run.deadline is None else f"{stamp(run.deadline)} ({until(run.deadline, now)})",
         ),
-        ("input", _compact(run.input)),
+        ("input", compact(run.input)),
     ]
     if run.decision is not None:
         reason = f' ("{run.decision.reason}")' if run.decision.reason else ""
         fields.append(("decision", decision_text(run.decision) + reason))
     if run.status == "completed":
-        fields.append(("output", _compact(run.output)))
+        fields.append(("output", compact(run.output)))
     if run.error:
         fields.append(("error", f"{run.error.type}: {run.error.message}"))
     for name, value in fields:
-        print(f"{name:<9} {_cell(value, 200)}")
+        print(f"{name:<9} {cell(value, 200)}")
     if wait is not None:
         print(
             f"\nwaiting on {wait.event_key} since {ago(wait.since, now)}"
             f" (wait deadline {until(wait.deadline, now)})"
         )
         print(f"  expression       {wait.expression or '(none: any event on the key)'}")
-        print(f"  proposed action  {_cell(action_text(wait), 200)}")
+        print(f"  proposed action  {cell(action_text(wait), 200)}")
         if wait.conventional:
             print(
                 f"  decide with      tether approve {run.run_id}  |  "
@@ -319,7 +254,7 @@ def _decision(decision: Decision) -> Callable[[Tether, argparse.Namespace], Awai
         verb = "approved" if decision == "approve" else "rejected"
         print(
             f"{verb} run {made.run_id} as {made.approver}: pushed "
-            f"{_compact(made.payload)} to {made.event_key} (event seq {made.event.seq})"
+            f"{compact(made.payload)} to {made.event_key} (event seq {made.event.seq})"
         )
 
     return run

@@ -14,10 +14,11 @@ import logging
 from typing import Any, Literal
 
 from tether.app import Tether
-from tether.client import PushResult, RunInfo
+from tether.client import RunInfo
 from tether.engine.expressions import satisfies
 from tether.engine.subjects import check_event_key, check_run_id
 from tether.errors import TetherError
+from tether.events_client import PushResult
 from tether.http import schemas
 from tether.operator.auth import Identity
 from tether.operator.views import read_view

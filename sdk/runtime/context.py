@@ -20,24 +20,24 @@ from tether.conditions import (
 from tether.durations import Duration, optional_timedelta, to_timedelta
 from tether.engine import codec
 from tether.engine.events import (
-    ConditionSpec,
     EventRejected,
-    RunEvent,
     StepRecorded,
     TimeoutRefreshed,
-    WaitConditionMet,
-    WaitSatisfied,
     WaitStarted,
 )
 from tether.engine.expressions import (
-    satisfies,
     validate,
 )
 from tether.engine.state import ResolveWait, StepRecord, WaitRecord, decide, evolve
 from tether.engine.subjects import check_event_key
-from tether.engine.tracing import EVENT_TRACEPARENT
 from tether.errors import NonDeterminismError, WaitTimeoutError, _Suspend, raise_for_outcome
 from tether.runtime.session import Attempt
+from tether.runtime.wait_helpers import (
+    already_satisfied,
+    condition_spec,
+    trace_wait,
+    within_attempt,
+)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -189,35 +189,9 @@ class DurableContext:
             assert isinstance(record, WaitRecord)
         return await self._event_outcome(record, model)
 
-    def _trace_wait(self, record: WaitRecord) -> None:
-        """Emit the wait's span once: on the first attempt after it resolved."""
-        attempt = self._attempt
-        if record.resolved_seq is None or record.resolved_seq < attempt.previous_started_seq:
-            return
-        if record.resolved_at is None:
-            return
-        tracing = attempt.tracing
-        resolution = attempt.headers.get(record.resolved_seq, {})
-        pushed = resolution.get(EVENT_TRACEPARENT)
-        tracing.record(
-            f"wait {record.name}",
-            start_time=record.started_at,
-            end_time=record.resolved_at,
-            parent=tracing.context_from(attempt.headers.get(record.started_seq)),
-            links=tracing.link_from({"traceparent": pushed} if pushed else None),
-            attributes={
-                "tether.run_id": self.run_id,
-                "tether.wait_id": record.wait_id,
-                "tether.event_key": record.event_key,
-                "tether.expression": record.expression,
-                "tether.wait.outcome": record.outcome,
-                "tether.event_seq": record.resolved_event_seq,
-            },
-        )
-
     async def _event_outcome(self, record: WaitRecord | StepRecord, model: type[M] | None) -> Any:
         assert isinstance(record, WaitRecord)
-        self._trace_wait(record)
+        trace_wait(self._attempt, record)
         if record.outcome == "timed_out":
             raise WaitTimeoutError(record.event_key, record.wait_id)
         if record.outcome != "satisfied":
@@ -284,7 +258,7 @@ class DurableContext:
             await self._register(kind="conditions", label=label, clauses=clauses)
             record = self._attempt.state.records[self._position - 1]
         assert isinstance(record, WaitRecord)
-        self._trace_wait(record)
+        trace_wait(self._attempt, record)
         if record.outcome == "satisfied":
             return WaitResult(fired=list(record.fired), payloads=dict(record.payloads))
         if record.outcome == "timed_out":
@@ -321,7 +295,7 @@ class DurableContext:
             events_position = await attempt.events_position()
         now = attempt.clock()
         specs = [
-            [_spec(f"c{i}.{j}", condition, now) for j, condition in enumerate(clause)]
+            [condition_spec(f"c{i}.{j}", condition, now) for j, condition in enumerate(clause)]
             for i, clause in enumerate(clauses)
         ]
         first_event = next((s for clause in specs for s in clause if s.kind == "event"), None)
@@ -346,7 +320,9 @@ class DurableContext:
         assert isinstance(record, WaitRecord)
         for clause_specs, clause in zip(specs, clauses, strict=True):
             for spec, condition in zip(clause_specs, clause, strict=True):
-                early = await self._already_satisfied(spec, condition, events_position, now)
+                early = await already_satisfied(
+                    self._attempt, spec, condition, events_position, now
+                )
                 if early is None:
                     continue
                 seq, payload, event_id = early
@@ -356,22 +332,8 @@ class DurableContext:
                 # the state machine decides, as in the engine: condition met, wait satisfied,
                 # or nothing (its clause, or the whole wait, is already satisfied)
                 for decided in decide(state, command, attempt.clock()):
-                    event = _within_attempt(decided)
+                    event = within_attempt(decided)
                     evolve(state, event, await attempt.append(event))
-
-    async def _already_satisfied(
-        self, spec: ConditionSpec, condition: Condition, events_position: int, now: float
-    ) -> tuple[int | None, dict[str, Any] | None, str | None] | None:
-        if isinstance(condition, SleepCondition):
-            return (None, None, None) if condition.duration.total_seconds() == 0 else None
-        if condition.lookback is None:
-            return None
-        since = now - condition.lookback.total_seconds()
-        events = await self._attempt.read_events(condition.event_key, since, events_position)
-        for seq, payload, event_id in sorted(events, key=lambda e: e[0], reverse=True):
-            if satisfies(condition.expression, payload):
-                return seq, payload, event_id
-        return None
 
     # -- child runs -----------------------------------------------------------------------------
 
@@ -431,29 +393,3 @@ class ChildRunRef:
         return raise_for_outcome(
             self.run_id, str(payload.get("status")), payload.get("output"), payload.get("error")
         )
-
-
-def _spec(condition_id: str, condition: Condition, now: float) -> ConditionSpec:
-    if isinstance(condition, SleepCondition):
-        return ConditionSpec(
-            id=condition_id,
-            key=condition.result_key,
-            kind="sleep",
-            due_at=now + condition.duration.total_seconds(),
-        )
-    expression = condition.expression.strip() if condition.expression else None
-    return ConditionSpec(
-        id=condition_id,
-        key=condition.result_key,
-        kind="event",
-        event_key=condition.event_key,
-        expression=expression or None,
-    )
-
-
-def _within_attempt(event: RunEvent) -> RunEvent:
-    """Mark a resolution this attempt records itself (lookback, a zero sleep): it goes to
-    subjects of its own, which a worker may write while the engine's are closed to it."""
-    if isinstance(event, WaitSatisfied | WaitConditionMet):
-        return event.model_copy(update={"within_attempt": True})
-    return event
