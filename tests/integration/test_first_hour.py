@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -189,3 +190,22 @@ def test_durations_take_timedeltas_seconds_and_short_strings() -> None:
     for bad in ("30 minutes", "5x", "", True):
         with pytest.raises(ValueError, match=r"execution_timeout=.*'45s', '30m', '2h', '1d'"):
             app.durable_task(name=f"bad{bad!r}", execution_timeout=bad)  # type: ignore[arg-type]
+
+
+async def test_the_demo_says_who_decided_and_prints_json() -> None:
+    code, out, err = await run_cli(TETHER, "demo", "--decision", "reject", timeout=60)
+    assert code == 0, err
+    assert 'run resumed and finished: {"status":"rejected","reason":"over budget"}' in out
+    assert re.search(r"run\.wait_satisfied\.v1\s+reject by reviewer: 'over budget'", out), out
+    assert re.search(r"^\s+1\s+\+0\.0 ms\s+run\.requested\.v1", out, re.M), out
+
+
+async def test_bootstrap_skips_an_install_that_is_up_to_date() -> None:
+    """A second bootstrap with nothing changed installs nothing (under scripts/test.sh the
+    first one already ran before the tests)."""
+    bootstrap = str(Path(__file__).parents[2] / "scripts" / "bootstrap.sh")
+    code, _, err = await run_cli("bash", bootstrap, "test", timeout=300)
+    assert code == 0, err
+    started = time.monotonic()
+    assert await run_cli("bash", bootstrap, "test") == (0, "", "")
+    assert time.monotonic() - started < 5
