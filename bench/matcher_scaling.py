@@ -120,7 +120,7 @@ class InProcessBench:
         )
         self.matcher = Matcher(conn)  # type: ignore[arg-type]
         self.matcher.events_cursor = 0
-        self.matcher._complete_after = 0
+        self.matcher._recent.complete_after = 0
         self.runs_seq = 0
         self.events_seq = 0
 

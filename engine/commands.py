@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tether.engine import codec
-from tether.engine.state import (
+from tether.engine.decide import (
     CancelRun,
     Command,
     ExpireRun,

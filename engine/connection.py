@@ -24,7 +24,8 @@ from tether.engine.config import Settings
 from tether.engine.event_reads import read_key_events
 from tether.engine.jetstream_store import JetStreamEventStore
 from tether.engine.nats_io import DirectReader
-from tether.engine.provision import PermissionWatch, ensure_streams
+from tether.engine.permissions import PermissionWatch
+from tether.engine.provision import ensure_streams
 from tether.engine.tracing import Tracing
 
 log = logging.getLogger("tether.connection")

@@ -1,6 +1,7 @@
-"""The engine service: applies commands to runs and keeps dispatches and deadlines in step
-with the run log. Several may run against one NATS; work is shared through durable
-consumers and every decision is arbitrated by the event store's OCC."""
+"""The engine service: applies commands to runs (resume, expire, cancel, retry) and feeds
+the run log to its bookkeeping (``tether.engine.bookkeeping``: dispatches, deadlines,
+parents). Several may run against one NATS; work is shared through durable consumers and
+every decision is arbitrated by the event store's OCC."""
 
 from __future__ import annotations
 
@@ -8,54 +9,22 @@ import contextlib
 import logging
 import time
 
-import orjson
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from tether.engine import commands
 from tether.engine import events as ev
+from tether.engine.bookkeeping import Bookkeeper
 from tether.engine.connection import Connection
+from tether.engine.decide import ExpireWait, ResolveWait, decide, wait_resolution
 from tether.engine.dispatch import dispatch_task
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
-from tether.engine.state import (
-    ExpireWait,
-    ResolveWait,
-    RunState,
-    WaitRecord,
-    decide,
-    fold,
-    wait_resolution,
-)
+from tether.engine.state import RunState, fold
 from tether.engine.store import ConcurrencyConflictError
-from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
+from tether.engine.tracing import EVENT_TRACEPARENT, messaging
 
 log = logging.getLogger("tether.engine")
-
-_RUNNABLE_TYPES = ("run.wait_satisfied.v1", "run.wait_timed_out.v1")
-
-
-def run_deadline_key(run_id: str) -> str:
-    return f"{run_id}.run"
-
-
-def wait_deadline_key(run_id: str, position: int) -> str:
-    return f"{run_id}.w{position}"
-
-
-def sleep_deadline_key(run_id: str, position: int, condition_id: str) -> str:
-    return f"{run_id}.w{position}.{condition_id}"
-
-
-def wait_deadline_keys(run_id: str, record: WaitRecord) -> list[str]:
-    keys = [wait_deadline_key(run_id, record.position)] if record.timeout_at is not None else []
-    for clause in record.clauses:
-        keys += [
-            sleep_deadline_key(run_id, record.position, spec.id)
-            for spec in clause
-            if spec.kind == "sleep"
-        ]
-    return keys
 
 
 class EngineService:
@@ -63,6 +32,7 @@ class EngineService:
         self._conn = conn
         self._concurrency = concurrency
         self._pullers: list[SlotPuller] = []
+        self._bookkeeper = Bookkeeper(conn)
         self.commands_handled = 0
 
     async def start(self) -> None:
@@ -106,7 +76,7 @@ class EngineService:
                 conn.nc,
                 names.runs_stream,
                 names.bookkeeper_consumer,
-                self._on_run_event,
+                self._bookkeeper.on_run_event,
                 budget=SlotBudget(self._concurrency),
             ),
         ]
@@ -241,187 +211,3 @@ class EngineService:
             extra={"run_id": run_id, "kind": command.kind},
         )
         raise ConcurrencyConflictError(run_id, -1)
-
-    # -- bookkeeping from the run log ------------------------------------------------------
-
-    async def _delete_open_wait_deadlines(self, run_id: str) -> None:
-        """A run ended while waiting: its wait deadlines will never be needed."""
-        state = await self._state(run_id)
-        for record in state.records:
-            if isinstance(record, WaitRecord):
-                for key in wait_deadline_keys(run_id, record):
-                    with contextlib.suppress(Exception):
-                        await self._conn.deadlines.delete(key)
-        with contextlib.suppress(Exception):
-            await self._conn.deadlines.delete(f"{run_id}.retry")
-
-    async def _put_deadline(
-        self, key: str, due_at: float, command: commands.CommandMessage, traceparent: str | None
-    ) -> None:
-        body: dict[str, object] = {
-            "due_at": due_at,
-            "command": command.model_dump(mode="json", exclude_defaults=True),
-        }
-        if traceparent:  # the run's trace, so the timeout shows up in it when it fires
-            body["traceparent"] = traceparent
-        await self._conn.deadlines.put(key, orjson.dumps(body))
-
-    async def _put_run_deadline(self, run_id: str, due_at: float, traceparent: str | None) -> None:
-        """The execution deadline: it covers the whole run, waits included."""
-        command = commands.CommandMessage(
-            kind="expire_run",
-            run_id=run_id,
-            reason="execution timeout passed (it covers the whole run, waits included)",
-        )
-        await self._put_deadline(run_deadline_key(run_id), due_at, command, traceparent)
-
-    async def _on_run_event(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        try:
-            event = ev.decode(msg.data)
-        except ev.EventDecodeError:
-            log.error("undecodable run event skipped", extra={"subject": msg.subject, "seq": seq})
-            await msg.term()
-            return
-        reason = await self._refused(event, seq, msg)
-        if reason is not None:
-            log.warning(
-                "run event not booked: the run's state machine ignores it",
-                extra={"run_id": event.run_id, "seq": seq, "type": event.type, "reason": reason},
-            )
-        else:
-            await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT))
-        await msg.ack()
-
-    async def _refused(self, event: ev.RunEvent, seq: int, msg: Msg) -> str | None:
-        """Why the fold ignores this event, or None when it applied: a write the run does not
-        take (from a stolen worker credential, say) must not dispatch, move deadlines or
-        tell a parent. Anyone may put any body on a subject they may publish to, so the body
-        must also match its subject (the run, and the event type the permissions allow)."""
-        names = self._conn.settings.names
-        if msg.subject != names.run_subject(event.run_id, ev.subject_token(event)):
-            return f"a {event.type} for run {event.run_id} stored on {msg.subject}"
-        headers = msg.headers or {}
-        if (
-            isinstance(event, ev.RunRequested)
-            and headers.get("Nats-Expected-Last-Subject-Sequence") == "0"
-            and headers.get("Nats-Expected-Last-Subject-Sequence-Subject")
-            == names.run_filter(event.run_id)
-        ):
-            return None  # the server stored it only because the run's log was empty
-        state = await self._state(event.run_id)
-        if state.last_seq < seq:  # a replica behind: fail, so the message comes back
-            raise RuntimeError(f"run {event.run_id} read up to seq {state.last_seq}, not {seq}")
-        entry = next((e for e in state.ignored if e["seq"] == seq), None)
-        return None if entry is None else str(entry["reason"])
-
-    async def _book(self, event: ev.RunEvent, seq: int, traceparent: str | None) -> None:
-        """Keep dispatches and deadlines in step with one run-log event."""
-        names, kv, run_id = self._conn.settings.names, self._conn.deadlines, event.run_id
-        CM = commands.CommandMessage
-        if isinstance(event, ev.RunRequested):
-            await self._put_run_deadline(run_id, event.at + event.execution_timeout_s, traceparent)
-            if event.schedule_timeout_s is not None:
-                await self._put_deadline(
-                    f"{run_id}.sched",
-                    event.at + event.schedule_timeout_s,
-                    CM(
-                        kind="expire_schedule",
-                        run_id=run_id,
-                        reason=f"no worker started the run within {event.schedule_timeout_s:g}s",
-                    ),
-                    traceparent,
-                )
-            await dispatch_task(
-                self._conn.js,
-                names,
-                event.task,
-                run_id,
-                seq,
-                {TRACEPARENT: traceparent} if traceparent else None,
-            )
-        elif isinstance(event, ev.TimeoutRefreshed):
-            state = await self._state(run_id)
-            if not state.is_terminal:
-                await self._put_run_deadline(
-                    run_id, state.requested_at + event.execution_timeout_s, traceparent
-                )
-        elif isinstance(event, ev.AttemptFailed):
-            await self._put_deadline(
-                f"{run_id}.retry",
-                event.retry_at,
-                CM(kind="retry", run_id=run_id, retry_seq=seq),
-                traceparent,
-            )
-        elif isinstance(event, ev.WaitStarted):
-            await self._book_wait(event, seq, traceparent)
-        elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
-            # (a schedule deadline, if any, is dropped when it fires and finds the run started:
-            # deleting a key that was never written would still write a marker)
-            with contextlib.suppress(Exception):
-                await kv.delete(run_deadline_key(run_id))
-            if isinstance(event, ev.RunTimedOut | ev.RunCancelled):
-                await self._delete_open_wait_deadlines(run_id)
-            if event.parent_run_id:
-                await self._tell_parent(event, traceparent)
-
-    async def _book_wait(self, event: ev.WaitStarted, seq: int, traceparent: str | None) -> None:
-        run_id = event.run_id
-        if event.timeout_at is not None:
-            await self._put_deadline(
-                wait_deadline_key(run_id, event.position),
-                event.timeout_at,
-                commands.CommandMessage(
-                    kind="expire_wait",
-                    run_id=run_id,
-                    task=event.task,
-                    wait_id=event.wait_id,
-                    wait_seq=seq,
-                ),
-                traceparent,
-            )
-        for clause in event.clauses:
-            for spec in clause:
-                if spec.kind == "sleep" and spec.due_at is not None:
-                    await self._put_deadline(
-                        sleep_deadline_key(run_id, event.position, spec.id),
-                        spec.due_at,
-                        commands.CommandMessage(
-                            kind="resume",
-                            run_id=run_id,
-                            task=event.task,
-                            wait_id=event.wait_id,
-                            wait_seq=seq,
-                            condition_id=spec.id,
-                            condition_key=spec.key,
-                            single_clause=len(event.clauses) == 1,
-                        ),
-                        traceparent,
-                    )
-
-    async def _tell_parent(
-        self,
-        event: ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled,
-        traceparent: str | None,
-    ) -> None:
-        """A child run ended: push an event its parent's durable wait matches."""
-        status = ev.SUBJECT_TOKENS[event.type]
-        body: dict[str, object] = {"runId": event.run_id, "status": status}
-        if isinstance(event, ev.RunCompleted):
-            body["output"] = event.output
-        elif isinstance(event, ev.RunFailed):
-            body["error"] = event.error.model_dump()
-        else:
-            body["error"] = {
-                "type": "RunTimeoutError" if status == "timed_out" else "RunCancelledError",
-                "message": event.reason,
-            }
-        names = self._conn.settings.names
-        await self._conn.js.publish(
-            names.event_subject(f"tether:run:{event.run_id}"),
-            orjson.dumps(body),
-            headers={
-                **({TRACEPARENT: traceparent} if traceparent else {}),
-                "Nats-Msg-Id": f"run-ended:{event.run_id}",
-            },
-        )

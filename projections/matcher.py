@@ -13,13 +13,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import sys
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
@@ -30,89 +26,41 @@ from tether.engine.commands import CommandMessage, encode
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
 from tether.engine.event_reads import read_key_events
-from tether.engine.events import IN_ATTEMPT_TOKENS, SUBJECT_TOKENS
+from tether.engine.expression_shapes import equalities_hold
 from tether.engine.expressions import (
     ExpressionEvaluationError,
-    ExpressionShape,
     InvalidExpressionError,
-    analyze,
     compile_program,
-    equalities_hold,
 )
 from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
 from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
 from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
+from tether.projections.open_waits import (
+    ConditionRef,
+    OpenCondition,
+    OpenWait,
+    attempt_may_resolve,
+    followed_body,
+    parse_wait,
+    resume_command,
+)
+from tether.projections.pushed_events import (
+    PushedEvent,
+    RecentEvents,
+    event_metadata,
+    stored_events,
+)
 from tether.projections.rejections import record_rejection
 from tether.projections.wait_index import WaitIndex
 
 log = logging.getLogger("tether.matcher")
 
-MATCHER_TOKENS = frozenset(
-    {
-        "wait_started",
-        "wait_satisfied",
-        "wait_satisfied_in_attempt",
-        "wait_timed_out",
-        "condition_met",
-        "condition_met_in_attempt",
-        "timed_out",
-        "cancelled",
-    }
-)
 # Rejections of events whose key is too long to repeat in a subject are recorded here.
 OVERLONG_KEY = "tether:overlong-key"
 # A resume command that cannot be published (NATS down, a stream without a leader) is
 # retried from this delay, doubling up to the cap, for as long as it takes.
 PUBLISH_RETRY_FIRST_S = 0.2
 PUBLISH_RETRY_MAX_S = 5.0
-
-
-@dataclass(slots=True)
-class OpenCondition:
-    condition_id: str
-    key: str  # the result key
-    clause: int
-    event_key: str
-    shape: ExpressionShape
-
-
-@dataclass(slots=True)
-class OpenWait:
-    wait_id: str
-    run_id: str
-    task: str
-    events_position: int
-    started_seq: int
-    timeout_at: float | None
-    clause_count: int
-    conditions: list[OpenCondition]
-    met_clauses: frozenset[int]  # NONE_MET (shared) until a clause is met
-    traceparent: str | None = None  # the registering attempt's context, for the match span
-
-    @property
-    def event_key(self) -> str:
-        return self.conditions[0].event_key if self.conditions else ""
-
-    def open_conditions(self) -> list[OpenCondition]:
-        return [c for c in self.conditions if c.clause not in self.met_clauses]
-
-
-# One shared empty set for the common case: an empty set per open wait costs 216 bytes.
-NONE_MET: frozenset[int] = frozenset()
-
-# index ids: (wait id, condition id)
-ConditionRef = tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class PushedEvent:
-    seq: int
-    key: str
-    payload: dict[str, Any]
-    event_id: str | None
-    metadata: dict[str, Any]
-    received: float
-    traceparent: str | None = None
 
 
 class Matcher:
@@ -128,11 +76,7 @@ class Matcher:
         # events handled so far: everything with seq <= cursor has been matched
         self.events_cursor: int | None = None
         # recent events by key, for waits that register "behind" the cursor
-        self._recent: dict[str, deque[PushedEvent]] = {}
-        self._recent_order: deque[PushedEvent] = deque()
-        self._complete_after = 0  # every event with seq > this is in the recent window
-        self._window_s = window_s
-        self._window_max = window_max
+        self._recent = RecentEvents(window_s, window_max)
         self._subs: list[Any] = []
         self._background: set[asyncio.Task[None]] = set()
         self.matched = 0
@@ -169,7 +113,7 @@ class Matcher:
         if self.waits:
             start = min(start, min(w.events_position for w in self.waits.values()) + 1)
         self.events_cursor = start - 1
-        self._complete_after = start - 1
+        self._recent.complete_after = start - 1
         self._subs.append(
             await self._js.subscribe(
                 # every subject of the stream: anonymous pushes and approvers' own spaces
@@ -202,22 +146,10 @@ class Matcher:
     # -- the run log: waits opening and closing ------------------------------------------------
 
     def _on_run_msg(self, msg: Msg) -> None:
-        *_, run_id, token = msg.subject.split(".")
-        expected_type = _RUN_TOKEN_TYPES.get(token)
-        if expected_type is None:
+        followed = followed_body(msg.subject, msg.data)
+        if followed is None:
             return
-        try:
-            body = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
-            body = None
-        # The run's state machine ignores a body that does not belong on its subject; so
-        # does the matcher (a worker credential may write some tokens, not others).
-        if not isinstance(body, dict) or body.get("type") != expected_type:
-            log.warning("run log message ignored", extra={"subject": msg.subject})
-            return
-        if body.get("run_id") != run_id:
-            log.warning("run log message for another run ignored", extra={"subject": msg.subject})
-            return
+        run_id, token, body = followed
         open_wait = self.waits.get(self._open_by_run.get(run_id, ""))
         if token == "wait_started":
             if open_wait is not None:  # only a running attempt registers waits
@@ -226,7 +158,7 @@ class Matcher:
             self._on_wait_started(msg, body)
         elif open_wait is None or body.get("wait_id", open_wait.wait_id) != open_wait.wait_id:
             return  # nothing open here (a terminal event, or a resolution already seen)
-        elif token.endswith("_in_attempt") and not _attempt_may_resolve(open_wait, body):
+        elif token.endswith("_in_attempt") and not attempt_may_resolve(open_wait, body):
             log.warning("in-attempt resolution ignored", extra={"subject": msg.subject})
         elif token in ("wait_satisfied", "wait_satisfied_in_attempt", "wait_timed_out"):
             self._close_wait(open_wait.wait_id)
@@ -238,7 +170,7 @@ class Matcher:
 
     def _on_wait_started(self, msg: Msg, body: dict[str, Any]) -> None:
         try:
-            wait = self._parse_wait(body, msg.metadata.sequence.stream)
+            wait = parse_wait(body, msg.metadata.sequence.stream)
             wait.traceparent = (msg.headers or {}).get(TRACEPARENT)
         except InvalidExpressionError as exc:
             # Workers validate before recording, so this means a foreign writer; skip it.
@@ -255,35 +187,6 @@ class Matcher:
             )
         if self.events_cursor is not None and wait.events_position < self.events_cursor:
             self._catch_up(wait)
-
-    @staticmethod
-    def _parse_wait(body: dict[str, Any], seq: int) -> OpenWait:
-        clauses = body["clauses"]
-        if not clauses:
-            raise ValueError("a wait without conditions can never be resolved")
-        conditions = [
-            OpenCondition(
-                condition_id=sys.intern(str(spec["id"])),
-                key=sys.intern(str(spec["key"])),
-                clause=index,
-                event_key=sys.intern(str(spec["event_key"])),
-                shape=analyze(spec.get("expression")),
-            )
-            for index, clause in enumerate(clauses)
-            for spec in clause
-            if spec["kind"] == "event"
-        ]
-        return OpenWait(
-            wait_id=str(body["wait_id"]),
-            run_id=str(body["run_id"]),
-            task=sys.intern(str(body["task"])),
-            events_position=int(body["events_position"]),
-            started_seq=seq,
-            timeout_at=body.get("timeout_at"),
-            clause_count=len(clauses),
-            conditions=conditions,
-            met_clauses=NONE_MET,
-        )
 
     def _clause_met(self, wait: OpenWait, condition_id: str) -> None:
         """A clause is satisfied: its other alternatives need no more matching."""
@@ -325,7 +228,7 @@ class Matcher:
             return
         try:
             payload = codec.loads_object(msg.data, "payload")
-            metadata = _metadata(headers, identity)
+            metadata = event_metadata(headers, identity)
         except codec.InvalidJsonError as exc:
             self._reject(seq, key, str(exc), msg.data)
             return
@@ -338,7 +241,7 @@ class Matcher:
             time.time(),
             headers.get(TRACEPARENT),
         )
-        self._remember(event)
+        self._recent.remember(event)
         for wait_id, condition_id in self._index.candidates(key, payload):
             wait = self.waits.get(wait_id)
             if wait is None:
@@ -365,24 +268,7 @@ class Matcher:
 
     def _resolve(self, wait: OpenWait, condition: OpenCondition, event: PushedEvent) -> None:
         self.matched += 1
-        command = CommandMessage(
-            kind="resume",
-            run_id=wait.run_id,
-            task=wait.task,
-            wait_id=wait.wait_id,
-            wait_seq=wait.started_seq,
-            timer_key=f"{wait.run_id}.w{wait.wait_id.rsplit(':', 1)[-1]}"
-            if wait.timeout_at is not None and wait.clause_count == 1
-            else None,
-            condition_id=condition.condition_id,
-            condition_key=condition.key,
-            single_clause=wait.clause_count == 1,
-            event_key=event.key,
-            event_seq=event.seq,
-            event_id=event.event_id,
-            payload=event.payload,
-            metadata=event.metadata,
-        )
+        command = resume_command(wait, condition, event)
         try:
             encode(command)
         except codec.EncodingError as exc:
@@ -447,24 +333,10 @@ class Matcher:
 
     # -- catching up waits that registered behind the cursor ----------------------------------
 
-    def _remember(self, event: PushedEvent) -> None:
-        self._recent.setdefault(event.key, deque()).append(event)
-        self._recent_order.append(event)
-        horizon = event.received - self._window_s
-        while self._recent_order and (
-            self._recent_order[0].received < horizon or len(self._recent_order) > self._window_max
-        ):
-            old = self._recent_order.popleft()
-            per_key = self._recent[old.key]
-            per_key.popleft()
-            if not per_key:
-                del self._recent[old.key]
-            self._complete_after = old.seq
-
     def _catch_up(self, wait: OpenWait) -> None:
-        if wait.events_position >= self._complete_after:
+        if wait.events_position >= self._recent.complete_after:
             for condition in wait.open_conditions():
-                for event in self._recent.get(condition.event_key, ()):
+                for event in self._recent.of_key(condition.event_key):
                     if event.seq > wait.events_position and self._matches(wait, condition, event):
                         self._resolve(wait, condition, event)
                         break
@@ -479,61 +351,9 @@ class Matcher:
                 condition.event_key,
                 start_seq=wait.events_position + 1,
             )
-            for message in stored:
-                if message.seq > until or wait.wait_id not in self.waits:
+            for event in stored_events(self._names, condition.event_key, stored, until):
+                if wait.wait_id not in self.waits:
                     break
-                _, identity = self._names.parse_event_subject(message.subject)
-                try:
-                    payload = codec.loads_object(message.data, "payload")
-                    metadata = _metadata(message.headers, identity)
-                except codec.InvalidJsonError:
-                    continue  # rejected when the live matcher first saw it
-                event = PushedEvent(
-                    message.seq,
-                    condition.event_key,
-                    payload,
-                    message.headers.get("Nats-Msg-Id"),
-                    metadata,
-                    time.time(),
-                    message.headers.get(TRACEPARENT),
-                )
                 if self._matches(wait, condition, event):
                     self._resolve(wait, condition, event)
                     break
-
-
-# The run-log subject tokens the matcher follows, with the event type each must carry.
-_RUN_TOKEN_TYPES: dict[str, str] = {
-    token: event_type
-    for table in (SUBJECT_TOKENS, IN_ATTEMPT_TOKENS)
-    for event_type, token in table.items()
-    if token in MATCHER_TOKENS
-}
-
-
-def _attempt_may_resolve(wait: OpenWait, body: dict[str, Any]) -> bool:
-    """An attempt resolves its own wait only from events stored before it (lookback) or a
-    zero sleep (no event), as the run's state machine checks too."""
-    event_seq = body.get("event_seq")
-    return event_seq is None or (isinstance(event_seq, int) and event_seq <= wait.events_position)
-
-
-def _metadata(headers: dict[str, str], identity: str | None) -> dict[str, Any]:
-    """The pusher's metadata, carried in a header beside the payload. The approver is the
-    identity of the subject the event was pushed to (``<ns>.from.<identity>.<key>``), which
-    NATS permissions tie to the pusher's credentials; one claimed in the header is dropped."""
-    metadata: dict[str, Any] = {}
-    raw = headers.get(codec.METADATA_HEADER)
-    if raw:
-        if len(raw) > codec.MAX_METADATA_BYTES:
-            raise codec.InvalidJsonError(
-                f"the {codec.METADATA_HEADER} header is {len(raw)} bytes, "
-                f"over {codec.MAX_METADATA_BYTES}"
-            )
-        metadata = codec.loads_object(
-            raw.encode(), f"the {codec.METADATA_HEADER} header", max_depth=codec.MAX_METADATA_DEPTH
-        )
-        metadata.pop("approver", None)
-    if identity is not None:
-        metadata["approver"] = identity
-    return metadata

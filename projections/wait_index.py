@@ -2,7 +2,7 @@
 
 Each wait is filed under its event key and, when its expression has a top-level
 ``input.<path> == <literal>`` equality, under that path and the literal's
-:func:`~tether.engine.expressions.equality_key`. An event then costs one dict
+:func:`~tether.engine.expression_shapes.equality_key`. An event then costs one dict
 lookup per distinct indexed path of its key, plus the key's unconstrained waits.
 
 Memory is the point at 100,000+ waits: a bucket holding one wait stores the id itself
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any, Generic, TypeVar
 
-from tether.engine.expressions import ExpressionShape, equality_key, lookup_path
+from tether.engine.expression_shapes import ExpressionShape, equality_key, lookup_path
 
 __all__ = ["WaitIndex"]
 

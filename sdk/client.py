@@ -19,9 +19,10 @@ from tether.durations import Duration, optional_seconds
 from tether.engine import codec
 from tether.engine import events as ev
 from tether.engine.connection import Connection, ConnectionFactory
+from tether.engine.decide import CancelRun, decide
 from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
-from tether.engine.state import TERMINAL_STATUSES, CancelRun, RunState, decide, evolve, fold
+from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import check_run_id
 from tether.engine.tracing import messaging

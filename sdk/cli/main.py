@@ -13,7 +13,7 @@ from tether.cli import runs as cli_runs
 from tether.engine.config import Settings
 from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
-from tether.engine.provision import NatsPermissionError
+from tether.engine.permissions import NatsPermissionError
 from tether.engine.tracing import configure_from_env
 from tether.errors import TetherError
 from tether.http.server import DEFAULT_HTTP, ApiServer, HttpAddressError, check_address_free

@@ -11,7 +11,7 @@ from tether.engine.events import RunEvent as StoredEvent
 from tether.engine.subjects import check_run_id
 from tether.errors import RunNotFoundError
 from tether.http import schemas
-from tether.projections.run_index import PendingWait, RunView, fold_view
+from tether.projections.run_view import PendingWait, RunView, fold_view
 
 Log = list[tuple[int, StoredEvent]]
 

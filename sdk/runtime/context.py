@@ -19,6 +19,7 @@ from tether.conditions import (
 )
 from tether.durations import Duration, optional_timedelta, to_timedelta
 from tether.engine import codec
+from tether.engine.decide import ResolveWait, decide
 from tether.engine.events import (
     EventRejected,
     StepRecorded,
@@ -28,7 +29,7 @@ from tether.engine.events import (
 from tether.engine.expressions import (
     validate,
 )
-from tether.engine.state import ResolveWait, StepRecord, WaitRecord, decide, evolve
+from tether.engine.state import StepRecord, WaitRecord, evolve
 from tether.engine.subjects import check_event_key
 from tether.errors import NonDeterminismError, WaitTimeoutError, _Suspend, raise_for_outcome
 from tether.runtime.session import Attempt

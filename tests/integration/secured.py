@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from tests.helpers import wait_until
 from tether.engine.config import Settings
 from tether.engine.nats_server import find_binary, free_port
-from tether.engine.provision import NatsPermissionError, PermissionWatch
+from tether.engine.permissions import NatsPermissionError, PermissionWatch
 
 OPS = Path(__file__).resolve().parents[2] / "ops" / "nats"
 # user -> (variable holding its password in the server's environment, its inbox prefix)

@@ -36,7 +36,8 @@ from tether.engine.codec import METADATA_HEADER
 from tether.engine.config import Settings
 from tether.engine.connection import Connection, NatsUnavailableError
 from tether.engine.nats_server import find_binary
-from tether.engine.provision import NatsPermissionError, ProvisionError, ensure_pull_consumer
+from tether.engine.permissions import NatsPermissionError
+from tether.engine.provision import ProvisionError, ensure_pull_consumer
 from tether.serve import TetherServer
 from tether.task import DurableTask
 

@@ -10,16 +10,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.cel_reference import cel_true, set_path
-from tether.engine.expressions import (
+from tether.engine.expression_shapes import (
     Equality,
-    ExpressionEvaluationError,
     ExpressionShape,
-    InvalidExpressionError,
     JsonScalar,
-    analyze,
-    compile_program,
     equalities_hold,
     equality_key,
+)
+from tether.engine.expressions import (
+    ExpressionEvaluationError,
+    InvalidExpressionError,
+    analyze,
+    compile_program,
     validate,
 )
 

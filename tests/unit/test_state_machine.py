@@ -9,16 +9,8 @@ import pytest
 
 from tether import DurableContext, Tether
 from tether.engine import events as ev
-from tether.engine.state import (
-    CancelRun,
-    ExpireRun,
-    ExpireWait,
-    ResolveWait,
-    RunState,
-    decide,
-    evolve,
-    fold,
-)
+from tether.engine.decide import CancelRun, ExpireRun, ExpireWait, ResolveWait, decide
+from tether.engine.state import RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError, InMemoryEventStore
 from tether.runtime.executor import run_attempt
 

@@ -12,11 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.cel_reference import cel_true, set_path
-from tether.engine.expressions import (
-    Equality,
-    ExpressionShape,
-    analyze,
-)
+from tether.engine.expression_shapes import Equality, ExpressionShape
+from tether.engine.expressions import analyze
 from tether.projections.wait_index import WaitIndex
 
 

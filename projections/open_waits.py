@@ -1,0 +1,165 @@
+"""The matcher's open waits: the run-log messages it follows, the waits it reads from them,
+and the resume command a match publishes.
+
+An open wait keeps only what matching needs: its run and task, the events-stream position
+it matches from, its timeout, and its event conditions with each expression's shape (see
+``tether.engine.expression_shapes``). A wait whose clauses are all met is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tether.engine.commands import CommandMessage
+from tether.engine.events import IN_ATTEMPT_TOKENS, SUBJECT_TOKENS
+from tether.engine.expression_shapes import ExpressionShape
+from tether.engine.expressions import analyze
+from tether.projections.pushed_events import PushedEvent
+
+log = logging.getLogger("tether.matcher")
+
+MATCHER_TOKENS = frozenset(
+    {
+        "wait_started",
+        "wait_satisfied",
+        "wait_satisfied_in_attempt",
+        "wait_timed_out",
+        "condition_met",
+        "condition_met_in_attempt",
+        "timed_out",
+        "cancelled",
+    }
+)
+
+
+@dataclass(slots=True)
+class OpenCondition:
+    condition_id: str
+    key: str  # the result key
+    clause: int
+    event_key: str
+    shape: ExpressionShape
+
+
+@dataclass(slots=True)
+class OpenWait:
+    wait_id: str
+    run_id: str
+    task: str
+    events_position: int
+    started_seq: int
+    timeout_at: float | None
+    clause_count: int
+    conditions: list[OpenCondition]
+    met_clauses: frozenset[int]  # NONE_MET (shared) until a clause is met
+    traceparent: str | None = None  # the registering attempt's context, for the match span
+
+    @property
+    def event_key(self) -> str:
+        return self.conditions[0].event_key if self.conditions else ""
+
+    def open_conditions(self) -> list[OpenCondition]:
+        return [c for c in self.conditions if c.clause not in self.met_clauses]
+
+
+# One shared empty set for the common case: an empty set per open wait costs 216 bytes.
+NONE_MET: frozenset[int] = frozenset()
+
+# index ids: (wait id, condition id)
+ConditionRef = tuple[str, str]
+
+
+def parse_wait(body: dict[str, Any], seq: int) -> OpenWait:
+    """The open wait a ``wait_started`` body (stored at ``seq``) registers; raises
+    ``InvalidExpressionError``, or ``KeyError``/``TypeError``/``ValueError`` when malformed."""
+    clauses = body["clauses"]
+    if not clauses:
+        raise ValueError("a wait without conditions can never be resolved")
+    conditions = [
+        OpenCondition(
+            condition_id=sys.intern(str(spec["id"])),
+            key=sys.intern(str(spec["key"])),
+            clause=index,
+            event_key=sys.intern(str(spec["event_key"])),
+            shape=analyze(spec.get("expression")),
+        )
+        for index, clause in enumerate(clauses)
+        for spec in clause
+        if spec["kind"] == "event"
+    ]
+    return OpenWait(
+        wait_id=str(body["wait_id"]),
+        run_id=str(body["run_id"]),
+        task=sys.intern(str(body["task"])),
+        events_position=int(body["events_position"]),
+        started_seq=seq,
+        timeout_at=body.get("timeout_at"),
+        clause_count=len(clauses),
+        conditions=conditions,
+        met_clauses=NONE_MET,
+    )
+
+
+# The run-log subject tokens the matcher follows, with the event type each must carry.
+_RUN_TOKEN_TYPES: dict[str, str] = {
+    token: event_type
+    for table in (SUBJECT_TOKENS, IN_ATTEMPT_TOKENS)
+    for event_type, token in table.items()
+    if token in MATCHER_TOKENS
+}
+
+
+def followed_body(subject: str, data: bytes) -> tuple[str, str, dict[str, Any]] | None:
+    """The run id, subject token and body of a run-log message the matcher follows; None for
+    a token it does not follow or a body that does not belong on its subject."""
+    *_, run_id, token = subject.split(".")
+    expected_type = _RUN_TOKEN_TYPES.get(token)
+    if expected_type is None:
+        return None
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        body = None
+    # The run's state machine ignores a body that does not belong on its subject; so
+    # does the matcher (a worker credential may write some tokens, not others).
+    if not isinstance(body, dict) or body.get("type") != expected_type:
+        log.warning("run log message ignored", extra={"subject": subject})
+        return None
+    if body.get("run_id") != run_id:
+        log.warning("run log message for another run ignored", extra={"subject": subject})
+        return None
+    return run_id, token, body
+
+
+def attempt_may_resolve(wait: OpenWait, body: dict[str, Any]) -> bool:
+    """An attempt resolves its own wait only from events stored before it (lookback) or a
+    zero sleep (no event), as the run's state machine checks too."""
+    event_seq = body.get("event_seq")
+    return event_seq is None or (isinstance(event_seq, int) and event_seq <= wait.events_position)
+
+
+def resume_command(wait: OpenWait, condition: OpenCondition, event: PushedEvent) -> CommandMessage:
+    """The command that resumes ``wait`` because ``event`` satisfied ``condition``."""
+    return CommandMessage(
+        kind="resume",
+        run_id=wait.run_id,
+        task=wait.task,
+        wait_id=wait.wait_id,
+        wait_seq=wait.started_seq,
+        timer_key=f"{wait.run_id}.w{wait.wait_id.rsplit(':', 1)[-1]}"
+        if wait.timeout_at is not None and wait.clause_count == 1
+        else None,
+        condition_id=condition.condition_id,
+        condition_key=condition.key,
+        single_clause=wait.clause_count == 1,
+        event_key=event.key,
+        event_seq=event.seq,
+        event_id=event.event_id,
+        payload=event.payload,
+        metadata=event.metadata,
+    )
