@@ -336,6 +336,14 @@ def _page(name: str) -> Handler:
     return handler
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """The dashboard's icon (SVG), also where browsers look for it unasked."""
+    return web.FileResponse(
+        STATIC_DIR / "favicon.svg",
+        headers={"Content-Type": "image/svg+xml", "Cache-Control": "max-age=86400"},
+    )
+
+
 async def _on_shutdown(app: web.Application) -> None:
     ctx = app[CONTEXT]
     ctx.stopping.set()
@@ -362,5 +370,6 @@ def build_app(context: ApiContext, *, max_body_bytes: int) -> web.Application:
     r.add_get("/", _page("inbox.html"))
     r.add_get("/runs", _page("runs.html"))
     r.add_get("/runs/{run_id}", _page("run.html"))
+    r.add_get("/favicon.ico", favicon)
     r.add_static("/static/", STATIC_DIR, append_version=False)
     return app

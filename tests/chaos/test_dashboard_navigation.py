@@ -63,7 +63,7 @@ def navigation(url: str, pay: str, mod: str, fresh: Callable[[], str]) -> list[S
         Step("back to the inbox", lambda d: d.back(), inbox),
         Step("forward to the run", lambda d: d.forward(), "#timeline li"),
         Step("forward to the runs", forward_after_new_run, lambda: f"#runs {new()}"),
-        Step("Inbox in the menu", click(By.PARTIAL_LINK_TEXT, "Inbox"), new),
+        Step("Inbox in the menu", click(By.PARTIAL_LINK_TEXT, "Inbox"), lambda: f"li{new()}"),
         Step("a run by address", lambda d: d.get(f"{url}/runs/{pay}"), "#timeline li"),
     ]  # fmt: skip
 

@@ -1,7 +1,9 @@
 // Tether dashboard: inbox of pending approvals, runs list, run page. Plain JS, no build step.
 // Data comes from the HTTP API with the bearer token kept in localStorage; live updates come
 // from /api/stream (server-sent events read with fetch, so the token travels in a header),
-// with polling every second while the stream is down.
+// with polling every second while the stream is down. Buttons follow the caller's rights
+// from /api/me (the server refuses what they would not allow anyway). Data is only ever put
+// in the page as text (textContent, attributes), never as HTML.
 "use strict";
 
 const TOKEN_KEY = "tether.token";
@@ -10,22 +12,46 @@ const $ = (id) => document.getElementById(id);
 
 // -- token ---------------------------------------------------------------------------------
 
+// Where the token in use came from, to say what to do when the API refuses it.
+let tokenSource = null; // "link", "saved" or "typed"
+
 (function takeTokenFromFragment() {
   const match = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (match) {
-    localStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    let value = match[1];
+    try { value = decodeURIComponent(value); } catch (_) { /* keep it as it is */ }
+    localStorage.setItem(TOKEN_KEY, value);
+    tokenSource = "link";
     history.replaceState(null, "", location.pathname + location.search);
   }
 })();
 
 function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
 
+if (!tokenSource && token()) tokenSource = "saved";
+
+const REFUSED = {
+  link: "This link's token is not valid any more: ask for a new link or paste a token.",
+  saved: "The saved token is not valid any more: ask for a new link or paste a token.",
+  typed: "That token is not valid: check it, ask for a new one or a new link.",
+};
+
+// The API answered 401 to `sent`: forget that token (unless another one replaced it in the
+// meantime) and show the sign-in form with the reason.
+function tokenRefused(sent, message) {
+  if (sent !== token()) return;
+  const reason = REFUSED[tokenSource] || REFUSED.saved;
+  localStorage.removeItem(TOKEN_KEY);
+  showSignIn(`${reason} (${message || "token refused"})`);
+}
+
 class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
 async function api(path, options = {}) {
-  const headers = { Authorization: `Bearer ${token()}` };
+  const sent = token();
+  const headers = { Authorization: `Bearer ${sent}` };
   if (options.body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
     method: options.method || "GET",
@@ -36,25 +62,29 @@ async function api(path, options = {}) {
   try { data = await response.json(); } catch (_) { data = null; }
   if (!response.ok) {
     const message = data && data.error ? data.error.message : `HTTP ${response.status}`;
-    if (response.status === 401) showSignIn(message);
+    if (response.status === 401) tokenRefused(sent, message);
     throw new ApiError(response.status, message);
   }
   return data;
 }
 
 function showSignIn(message) {
+  stopLive();
+  setLive("signed out");
   $("content").hidden = true;
   $("signin").hidden = false;
   $("sign-out").hidden = true;
   $("who").textContent = "";
-  $("signin-error").textContent = token() ? message || "" : "";
+  $("signin-error").textContent = message || "";
   $("token").focus();
 }
 
 $("signin-form").addEventListener("submit", (event) => {
   event.preventDefault();
   localStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  tokenSource = "typed";
   $("token").value = "";
+  $("signin-error").textContent = "";
   start();
 });
 
@@ -62,6 +92,51 @@ $("sign-out").addEventListener("click", () => {
   localStorage.removeItem(TOKEN_KEY);
   showSignIn("");
 });
+
+// -- rights: what the caller's token allows (from /api/me) ----------------------------------
+
+let me = null;
+
+// A glob pattern of event keys as the server matches it (Python's fnmatchcase): * any
+// characters, ? one, [seq] and [!seq] one of (not of) seq.
+function globRegExp(pattern) {
+  let out = "";
+  let i = 0;
+  while (i < pattern.length) {
+    const c = pattern[i++];
+    if (c === "*") out += "[\\s\\S]*";
+    else if (c === "?") out += "[\\s\\S]";
+    else if (c === "[") {
+      let j = i;
+      if (pattern[j] === "!") j++;
+      if (pattern[j] === "]") j++;
+      while (j < pattern.length && pattern[j] !== "]") j++;
+      if (j >= pattern.length) { out += "\\["; continue; }
+      let set = pattern.slice(i, j).replace(/\\/g, "\\\\");
+      i = j + 1;
+      if (!set) { out += "(?!)"; continue; }
+      if (set === "!") { out += "[\\s\\S]"; continue; }
+      if (set[0] === "!") set = `^${set.slice(1)}`;
+      else if (set[0] === "^") set = `\\${set}`;
+      out += `[${set}]`;
+    } else out += c.replace(/[.*+?^${}()|[\]\\/-]/g, "\\$&");
+  }
+  return new RegExp(`^(?:${out})$`);
+}
+
+function mayDecide(eventKey) {
+  if (!me) return false;
+  return me.keys.some((pattern) => {
+    try { return globRegExp(pattern).test(eventKey); } catch (_) { return false; }
+  });
+}
+
+// Why the caller may not approve or reject a wait on `eventKey`.
+function noRightsReason(eventKey) {
+  const who = me ? me.name : "this token";
+  if (!me || me.keys.length === 0) return `Read-only: your token (${who}) may not approve or reject.`;
+  return `Your token (${who}) may decide only keys ${me.keys.join(", ")}, not ${eventKey}.`;
+}
 
 // -- small helpers -------------------------------------------------------------------------
 
@@ -169,12 +244,16 @@ function conventionWarning(wait) {
 
 function decisionForm(wait, onDone) {
   const id = wait.run_id;
-  const reason = el("input", { id: `reason-${id}`, type: "text", maxlength: "2000", name: "reason" });
+  const allowed = mayDecide(wait.event_key);
+  const why = allowed ? null : noRightsReason(wait.event_key);
+  const describedBy = allowed ? `title-${id}` : `title-${id} rights-${id}`;
+  const reason = el("input", { id: `reason-${id}`, type: "text", maxlength: "2000", name: "reason",
+    disabled: !allowed });
   const result = el("p", { class: "result", role: "status", "aria-live": "polite" });
   const approve = el("button", { type: "button", class: "approve", text: "Approve",
-    "aria-describedby": `title-${id}` });
+    "aria-describedby": describedBy, disabled: !allowed, title: why });
   const reject = el("button", { type: "button", class: "reject", text: "Reject",
-    "aria-describedby": `title-${id}` });
+    "aria-describedby": describedBy, disabled: !allowed, title: why });
   async function send(decision) {
     approve.disabled = true;
     reject.disabled = true;
@@ -199,7 +278,27 @@ function decisionForm(wait, onDone) {
   const group = el("div", { class: "decide", role: "group", "aria-label": `Decision for run ${id}` },
     el("div", { class: "field" }, el("label", { for: `reason-${id}`, text: "Reason (optional)" }), reason),
     approve, reject);
-  return el("div", {}, group, result);
+  const rights = allowed ? null : el("p", { class: "no-rights", id: `rights-${id}`, text: why });
+  return el("div", {}, group, rights, result);
+}
+
+// "approved by alice", "rejected", "expired"
+function decisionText(decision) {
+  if (!decision) return "";
+  return decision.outcome + (decision.by ? ` by ${decision.by}` : "");
+}
+
+function decisionEl(decision, withTime = false) {
+  if (!decision) return el("span", { class: "muted", text: "—" });
+  const when = new Date(decision.at * 1000).toLocaleString();
+  const node = el("span", { class: "outcome" },
+    el("span", { class: `verdict ${decision.outcome}`, text: decisionText(decision) }));
+  if (decision.reason) {
+    node.append(el("span", { class: "reason", title: decision.reason, text: `“${decision.reason}”` }));
+  }
+  if (withTime) node.append(el("span", { class: "when" }, timeEl(decision.at, "absolute")));
+  else node.title = when;
+  return node;
 }
 
 function waitMeta(wait) {
@@ -261,6 +360,20 @@ function setCount(n) { $("inbox-count").textContent = n ? `(${n})` : ""; }
 // -- runs list -----------------------------------------------------------------------------
 
 const runs = {
+  rows: new Map(), // run id -> {sig, node}: a row is rebuilt only when its run changed
+
+  row(run) {
+    return el("tr", { "data-run-id": run.run_id },
+      el("td", {}, el("a", { href: `/runs/${encodeURIComponent(run.run_id)}`, text: shortId(run.run_id),
+        "aria-label": `run ${run.run_id}` })),
+      el("td", { text: run.task }),
+      el("td", {}, badge(run.status)),
+      el("td", { "data-col": "decision" }, run.decision ? decisionEl(run.decision) : ""),
+      el("td", {}, run.waiting_on ? el("code", { text: run.waiting_on }) : ""),
+      el("td", {}, timeEl(run.created_at)),
+      el("td", {}, timeEl(run.updated_at)));
+  },
+
   async refresh() {
     const status = $("filter-status");
     const task = $("filter-task");
@@ -276,14 +389,21 @@ const runs = {
     params.set("limit", "200");
     const data = await api(`/api/runs?${params}`);
     const body = $("runs").querySelector("tbody");
-    body.replaceChildren(...data.runs.map((run) => el("tr", { "data-run-id": run.run_id },
-      el("td", {}, el("a", { href: `/runs/${encodeURIComponent(run.run_id)}`, text: shortId(run.run_id),
-        "aria-label": `run ${run.run_id}` })),
-      el("td", { text: run.task }),
-      el("td", {}, badge(run.status)),
-      el("td", {}, run.waiting_on ? el("code", { text: run.waiting_on }) : ""),
-      el("td", {}, timeEl(run.created_at)),
-      el("td", {}, timeEl(run.updated_at)))));
+    // Keep the rows of unchanged runs (a live update must not swap a row under the pointer).
+    const rows = new Map();
+    const nodes = data.runs.map((run) => {
+      const sig = JSON.stringify([run.task, run.status, run.decision, run.waiting_on,
+        run.created_at, run.updated_at]);
+      const known = this.rows.get(run.run_id);
+      const node = known && known.sig === sig ? known.node : this.row(run);
+      rows.set(run.run_id, { sig, node });
+      return node;
+    });
+    this.rows = rows;
+    nodes.forEach((node, i) => {
+      if (body.children[i] !== node) body.insertBefore(node, body.children[i] || null);
+    });
+    while (body.children.length > nodes.length) body.lastElementChild.remove();
     $("empty").hidden = data.runs.length > 0;
     setCount(overview.statuses.waiting || 0);
   },
@@ -343,7 +463,6 @@ function describeEvent(event, previousType) {
 const runPage = {
   runId: decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || ""),
   waitKey: null,
-  me: null,
 
   async refresh() {
     const data = await api(`/api/runs/${encodeURIComponent(this.runId)}`);
@@ -354,10 +473,13 @@ const runPage = {
     $("run-meta").replaceChildren(
       el("dt", { text: "Task" }), el("dd", { text: run.task }),
       el("dt", { text: "Status" }), el("dd", { id: "run-status", text: run.status }),
+      el("dt", { text: "Decision" }), el("dd", { id: "run-decision" }, decisionEl(run.decision, true)),
       el("dt", { text: "Attempt" }), el("dd", { text: String(run.attempt) }),
       el("dt", { text: "Created" }), el("dd", {}, timeEl(run.created_at, "absolute")),
       el("dt", { text: "Ended" }), el("dd", {}, timeEl(run.ended_at, "absolute")),
       el("dt", { text: "Deadline" }), el("dd", {}, timeEl(run.deadline)));
+    const input = pretty(run.input === undefined ? null : run.input);
+    if ($("run-input").textContent !== input) $("run-input").textContent = input;
     const wait = data.wait;
     const key = wait ? `${wait.wait_id}@${wait.started_seq}` : null;
     if (key !== this.waitKey) {
@@ -371,7 +493,7 @@ const runPage = {
     if (run.error) result.push(el("h2", { text: "Error" }), el("pre", { class: "error", text: `${run.error.type}: ${run.error.message}` }));
     $("run-result").replaceChildren(...result);
     const terminal = ["completed", "failed", "timed_out", "cancelled"].includes(run.status);
-    $("run-cancel").hidden = terminal || !(this.me && this.me.cancel);
+    $("run-cancel").hidden = terminal || !(me && me.cancel);
     let previous = null;
     $("timeline").replaceChildren(...data.events.map((event) => {
       const info = describeEvent(event, previous);
@@ -425,6 +547,12 @@ function schedule(delay = 150) {
 
 function setLive(text) { $("live").textContent = text; }
 
+// Stop the live stream and the polling (signed out, or the page goes into the cache).
+function stopLive() {
+  if (stream) { stream.abort(); stream = null; }
+  stopPolling();
+}
+
 // The open /api/stream request, aborted on pagehide: a page kept in the back/forward cache
 // would otherwise hold its connection, and after a few page changes Chromium's six
 // connections per host are all taken by cached pages and nothing loads.
@@ -445,10 +573,11 @@ async function follow(controller) {
   const signal = controller.signal;
   while (!signal.aborted) {
     try {
-      const response = await fetch("/api/stream", { headers: { Authorization: `Bearer ${token()}` }, signal });
+      const sent = token();
+      const response = await fetch("/api/stream", { headers: { Authorization: `Bearer ${sent}` }, signal });
       if (response.status === 401) {
         if (stream === controller) stream = null; // a new sign-in opens it again
-        showSignIn("token refused");
+        tokenRefused(sent, "the live stream refused the token");
         return;
       }
       if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
@@ -486,9 +615,9 @@ function openStream() {
 }
 
 function closeStream() {
-  if (stream) { stream.abort(); stream = null; }
-  stopPolling();
-  setLive("connecting…");
+  const wasOpen = stream !== null || poll !== null;
+  stopLive();
+  if (wasOpen) setLive("connecting…"); // a signed-out page stays "signed out"
 }
 
 window.addEventListener("pagehide", closeStream);
@@ -498,26 +627,38 @@ window.addEventListener("pageshow", (event) => {
 });
 
 let started = false;
+let retry = null;
 
 async function start() {
+  clearTimeout(retry);
   if (!token()) { showSignIn(""); return; }
-  let me;
+  let identity;
   try {
-    me = await api("/api/me");
+    identity = await api("/api/me");
   } catch (error) {
-    if (!(error instanceof ApiError && error.status === 401)) showSignIn(error.message);
+    if (error instanceof ApiError && error.status === 401) return; // the sign-in form says why
+    // the API is unreachable or failing: say so, and try again
+    setLive(`cannot reach the API (${error.message}); retrying…`);
+    retry = setTimeout(start, 3000);
     return;
   }
-  runPage.me = me;
+  if (!me || JSON.stringify(me) !== JSON.stringify(identity)) {
+    // other rights: build the decision forms again
+    inbox.cards.clear();
+    runPage.waitKey = null;
+    if (page === "inbox") $("waits").replaceChildren();
+  }
+  me = identity;
   $("signin").hidden = true;
   $("content").hidden = false;
   $("sign-out").hidden = false;
-  $("who").textContent = `Signed in as ${me.name}`;
+  $("who").textContent = `Signed in as ${me.name}${me.keys.length ? "" : " (read-only)"}`;
   if (!started) {
     started = true;
     view.init();
     setInterval(refreshTimes, 15000);
   }
+  setLive("connecting…");
   openStream();
   schedule(0);
 }
