@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether.engine.events import (
+    TERMINAL_TOKENS,
     AttemptFailed,
     AttemptStarted,
     ConditionSpec,
@@ -29,7 +30,8 @@ from tether.engine.events import (
 )
 
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "timed_out", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "timed_out", "cancelled"})
+# A run's terminal statuses are named as its terminal events' subject tokens: one list.
+TERMINAL_STATUSES: frozenset[str] = frozenset(TERMINAL_TOKENS)
 
 # Events only the attempt that is running writes: its steps, waits and outcome. The NATS
 # permissions of a worker cannot tell one run from another, so the fold is what keeps a
