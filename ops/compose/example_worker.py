@@ -1,20 +1,18 @@
-"""Example worker: the payment-approval task, run until SIGTERM.
+"""Example worker: the payment-approval task, run until SIGTERM (``worker.run()``).
 
 Start a run and approve it from any NATS client, e.g.
 
     nats req tether.events.approval:decision '{"runId": "<run id>", "decision": "approve"}'
 """
 
-import asyncio
 import os
-import signal
 from datetime import timedelta
 
 from pydantic import BaseModel
 
 from tether import DurableContext, Tether, WaitTimeoutError
 
-app = Tether(nats_url=os.environ.get("TETHER_NATS_URL", "nats://127.0.0.1:4222"))
+app = Tether()  # TETHER_NATS_URL, TETHER_NAMESPACE
 
 
 class Proposal(BaseModel):
@@ -41,21 +39,10 @@ async def payment_approval(input: Proposal, ctx: DurableContext) -> dict[str, ob
     return {"status": "rejected", "reason": decision.get("reason")}
 
 
-worker = app.worker(
-    "payments",
-    tasks=[payment_approval],
-    slots=int(os.environ.get("TETHER_WORKER_SLOTS", "4")),
-)
-
-
-async def main() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with worker:
-        await stop.wait()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    # blocks; logs a line when ready; SIGTERM (docker stop) or Ctrl-C stop it cleanly
+    app.worker(
+        "payments",
+        tasks=[payment_approval],
+        slots=int(os.environ.get("TETHER_WORKER_SLOTS", "4")),
+    ).run()
