@@ -122,10 +122,11 @@ class Bookkeeper:
             == names.run_filter(event.run_id)
         ):
             return None  # the server stored it only because the run's log was empty
-        if isinstance(event, ev.WaitStarted | ev.AttemptFailed):
-            # Booking these only schedules commands (a wait's timeout, a retry) that the
-            # engine applies through the run's state machine, which refuses them for a wait
-            # or a failure the run did not take: no read of the log is needed here.
+        if isinstance(event, ev.AttemptFailed):
+            # Booking it only schedules a retry, which the engine applies only while the run
+            # is queued since exactly this event: no read of the log is needed here. (A
+            # wait is different: the engine resolves a wait's timeout in one write when the
+            # log still ends at its wait_started, so a forged one must never be booked.)
             return None
         state = await self._state(event.run_id)
         if state.last_seq < seq:  # a replica behind: fail, so the message comes back

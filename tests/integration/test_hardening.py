@@ -5,6 +5,7 @@ bits, over-long keys and expressions, forged approvers, and a connection NATS cl
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ import nats.errors
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
 
 from tests.helpers import wait_for_status, wait_until
 from tests.integration.conftest import ALICE
@@ -24,8 +26,10 @@ from tests.integration.test_bad_input import (
     wait_rejection,
 )
 from tether import DurableContext, RunFailedError, Tether
+from tether.engine.bookkeeping import wait_deadline_key
 from tether.engine.config import Settings
-from tether.engine.events import RunEvent
+from tether.engine.events import ConditionSpec, RunEvent, WaitStarted
+from tether.engine.state import WaitRecord
 from tether.serve import TetherServer
 
 DEEP = 300
@@ -294,3 +298,42 @@ async def test_serve_comes_back_after_nats_closes_its_connection(
 
 async def _reopened(server: TetherServer) -> bool:
     return server.conn is not None and server.conn.nc.is_connected
+
+
+async def test_a_forged_wait_on_a_waiting_run_schedules_no_timeout(
+    app: Tether, server: TetherServer
+) -> None:
+    """The engine resolves a wait's timeout in one write when the log still ends at its
+    wait_started, so a wait_started the run ignored must never get a deadline: else a
+    worker credential could expire a pending approval early."""
+    async with app.worker("w", tasks=[define(app)], slots=2):
+        ref = await start_waiting(app, app.tasks["approval"])
+        state, _ = await app.runs.state(ref.run_id)
+        [real] = [r for r in state.records if isinstance(r, WaitRecord)]
+        forged = WaitStarted(
+            run_id=ref.run_id,
+            at=time.time(),
+            position=real.position,
+            wait_id=real.wait_id,  # the open wait's own id
+            task="approval",
+            event_key=KEY,
+            expression=None,
+            events_position=0,
+            timeout_at=time.time() + 0.2,
+            clauses=[[ConditionSpec(id="c0.0", key=KEY, kind="event", event_key=KEY)]],
+        )
+        conn = await app.connection()
+        seq = await conn.store.append(forged, expected_last_seq=state.last_seq, msg_id="forged")
+        assert server.conn is not None
+        names = server.conn.settings.names
+
+        async def booked() -> bool:
+            info = await conn.js.consumer_info(names.runs_stream, names.bookkeeper_consumer)
+            return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
+
+        await wait_until(booked, message="the bookkeeper to handle the forged wait")
+        deadline_key = wait_deadline_key(ref.run_id, real.position)
+        with pytest.raises(KeyNotFoundError):
+            await conn.deadlines.get(deadline_key)
+        assert (await app.runs.get(ref.run_id)).status == "waiting"
+        await assert_resumes(app, ref)
