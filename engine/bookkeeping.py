@@ -57,9 +57,8 @@ class Bookkeeper:
     async def _state(self, run_id: str) -> RunState:
         return fold(run_id, await self._conn.store.read(run_id))
 
-    async def _delete_open_wait_deadlines(self, run_id: str) -> None:
+    async def _delete_open_wait_deadlines(self, run_id: str, state: RunState) -> None:
         """A run ended while waiting: its wait deadlines will never be needed."""
-        state = await self._state(run_id)
         for record in state.records:
             if isinstance(record, WaitRecord):
                 for key in wait_deadline_keys(run_id, record):
@@ -90,30 +89,28 @@ class Bookkeeper:
 
     async def on_run_event(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        try:
-            event = ev.decode(msg.data)
-        except ev.EventDecodeError:
-            log.error("undecodable run event skipped", extra={"subject": msg.subject, "seq": seq})
-            await msg.term()
-            return
-        reason = await self._refused(event, seq, msg)
+        # read as every reader of the log reads it: a body that does not decode, or does not
+        # belong on its subject, is an unusable entry, which the state machine ignores
+        event = ev.decode_stored(msg.subject, msg.data)
+        reason, state = await self._refused(event, seq, msg)
         if reason is not None:
             log.warning(
                 "run event not booked: the run's state machine ignores it",
                 extra={"run_id": event.run_id, "seq": seq, "type": event.type, "reason": reason},
             )
         else:
-            await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT))
+            await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT), state)
         await msg.ack()
 
-    async def _refused(self, event: ev.RunEvent, seq: int, msg: Msg) -> str | None:
-        """Why the fold ignores this event, or None when it applied: a write the run does not
-        take (from a stolen worker credential, say) must not dispatch, move deadlines or
-        tell a parent. Anyone may put any body on a subject they may publish to, so the body
-        must also match its subject (the run, and the event type the permissions allow)."""
+    async def _refused(
+        self, event: ev.RunEvent, seq: int, msg: Msg
+    ) -> tuple[str | None, RunState | None]:
+        """Why the fold ignores this event (None when it applied), and the run's state when
+        it had to be read: a write the run does not take (from a stolen worker credential,
+        say) must not dispatch, move deadlines or tell a parent."""
+        if isinstance(event, ev.UnusableEntry):
+            return event.reason, None
         names = self._conn.settings.names
-        if msg.subject != names.run_subject(event.run_id, ev.subject_token(event)):
-            return f"a {event.type} for run {event.run_id} stored on {msg.subject}"
         headers = msg.headers or {}
         if (
             isinstance(event, ev.RunRequested)
@@ -121,21 +118,25 @@ class Bookkeeper:
             and headers.get("Nats-Expected-Last-Subject-Sequence-Subject")
             == names.run_filter(event.run_id)
         ):
-            return None  # the server stored it only because the run's log was empty
+            return None, None  # the server stored it only because the run's log was empty
         if isinstance(event, ev.AttemptFailed):
             # Booking it only schedules a retry, which the engine applies only while the run
             # is queued since exactly this event: no read of the log is needed here. (A
             # wait is different: the engine resolves a wait's timeout in one write when the
             # log still ends at its wait_started, so a forged one must never be booked.)
-            return None
+            return None, None
         state = await self._state(event.run_id)
         if state.last_seq < seq:  # a replica behind: fail, so the message comes back
             raise RuntimeError(f"run {event.run_id} read up to seq {state.last_seq}, not {seq}")
         entry = next((e for e in state.ignored if e["seq"] == seq), None)
-        return None if entry is None else str(entry["reason"])
+        return (None if entry is None else str(entry["reason"])), state
 
-    async def _book(self, event: ev.RunEvent, seq: int, traceparent: str | None) -> None:
-        """Keep dispatches and deadlines in step with one run-log event."""
+    async def _book(
+        self, event: ev.RunEvent, seq: int, traceparent: str | None, state: RunState | None
+    ) -> None:
+        """Keep dispatches and deadlines in step with one run-log event; ``state`` is the
+        run as ``_refused`` read it (every event booked below but requests and failed
+        attempts was read there)."""
         names, kv, run_id = self._conn.settings.names, self._conn.deadlines, event.run_id
         CM = commands.CommandMessage
         if isinstance(event, ev.RunRequested):
@@ -160,7 +161,7 @@ class Bookkeeper:
                 {TRACEPARENT: traceparent} if traceparent else None,
             )
         elif isinstance(event, ev.TimeoutRefreshed):
-            state = await self._state(run_id)
+            assert state is not None
             if not state.is_terminal:
                 await self._put_run_deadline(
                     run_id, state.requested_at + event.execution_timeout_s, traceparent
@@ -180,7 +181,8 @@ class Bookkeeper:
             with contextlib.suppress(Exception):
                 await kv.delete(run_deadline_key(run_id))
             if isinstance(event, ev.RunTimedOut | ev.RunCancelled):
-                await self._delete_open_wait_deadlines(run_id)
+                assert state is not None
+                await self._delete_open_wait_deadlines(run_id, state)
             if event.parent_run_id:
                 await self._tell_parent(event, traceparent)
 
