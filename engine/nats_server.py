@@ -43,21 +43,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def listen_refusal(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now (someone else listens there), or
+    None. Bound as servers bind, with SO_REUSEADDR: a port a stopped server left in
+    TIME_WAIT is free to take."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return str(exc.strerror or exc)
+    return None
+
+
 def check_port_free(port: int) -> None:
     """Raise NatsServerError if something already listens on ``port`` (another nats-server,
     a second ``tether dev``): a server of ours that cannot bind would die, and the port
     would still answer, from someone else's server."""
-    with socket.socket() as sock:
-        # as the server will: a port left in TIME_WAIT by a stopped server is free to take
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise NatsServerError(
-                f"port {port} is already in use ({exc.strerror or exc}): another nats-server "
-                "or `tether dev` runs there; stop it, use its URL with `tether serve "
-                "--nats-url`, or pick another port with --port (0 picks a free one)"
-            ) from None
+    refusal = listen_refusal("127.0.0.1", port)
+    if refusal is not None:
+        raise NatsServerError(
+            f"port {port} is already in use ({refusal}): another nats-server or `tether "
+            "dev` runs there; stop it, use its URL with `tether serve --nats-url`, or pick "
+            "another port with --port (0 picks a free one)"
+        )
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -116,7 +116,9 @@ _RUN_TOKEN_TYPES: dict[str, str] = {
 
 def followed_body(subject: str, data: bytes) -> tuple[str, str, dict[str, Any]] | None:
     """The run id, subject token and body of a run-log message the matcher follows; None for
-    a token it does not follow or a body that does not belong on its subject."""
+    a token it does not follow or a body that does not belong on its subject. A lighter twin
+    of ``events.decode_stored``: the matcher sees every run event and needs a few fields of
+    a few kinds, so it checks type and run on the raw JSON instead of a full decode."""
     *_, run_id, token = subject.split(".")
     expected_type = _RUN_TOKEN_TYPES.get(token)
     if expected_type is None:

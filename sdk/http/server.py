@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 from aiohttp import web
 
 from tether.app import Tether
 from tether.engine.config import Settings
+from tether.engine.nats_server import listen_refusal
 from tether.engine.reconnect import ClosedConnectionWatch
 from tether.http.routes import ApiContext, build_app
 from tether.operator.auth import AuthConfigError, TokenAuth
@@ -37,18 +37,13 @@ def parse_address(address: str) -> tuple[str, int]:
 def check_address_free(address: str) -> None:
     """Raise HttpAddressError if ``address`` (HOST:PORT) cannot be listened on now."""
     host, port = parse_address(address)
-    if not port:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise HttpAddressError(
-                f"cannot listen on {address} ({exc.strerror or exc}): another process (a "
-                "second `tether dev`?) uses it; stop it or choose another with --http "
-                "HOST:PORT (port 0 picks a free one)"
-            ) from None
+    refusal = listen_refusal(host, port) if port else None
+    if refusal is not None:
+        raise HttpAddressError(
+            f"cannot listen on {address} ({refusal}): another process (a second `tether "
+            "dev`?) uses it; stop it or choose another with --http HOST:PORT (port 0 picks "
+            "a free one)"
+        )
 
 
 class ApiServer:
