@@ -30,7 +30,6 @@ class ClosedConnectionWatch:
         self._is_closed = is_closed
         self._recover = recover
         self._task: asyncio.Task[None] | None = None
-        self.recoveries = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"watch:{self._what}")
@@ -60,5 +59,4 @@ class ClosedConnectionWatch:
                         "reconnecting failed; trying again", extra={"component": self._what}
                     )
                     await asyncio.sleep(RECOVERY_RETRY_S)
-            self.recoveries += 1
             log.warning("working again on a new NATS connection", extra={"component": self._what})

@@ -71,41 +71,36 @@ class Attempt:
 
     async def append(self, event: RunEvent) -> int:
         msg_id = f"{event.run_id}:{self.state.last_seq}:{subject_token(event)}:{self._token}"
+        appending = self.store.append(
+            event,
+            expected_last_seq=self.state.last_seq,
+            msg_id=msg_id,
+            headers=self.tracing.inject({}),
+        )
         try:
-            seq = await self.store.append(
-                event,
-                expected_last_seq=self.state.last_seq,
-                msg_id=msg_id,
-                headers=self.tracing.inject({}),
-            )
+            seq = await self.call_nats("append", appending)
         except ConcurrencyConflictError:
             raise _Abandon() from None
-        except INTERRUPTING_ERRORS as exc:
-            raise _interrupted("append", exc) from exc
         self.state.last_seq = seq
         return seq
 
     async def events_position(self) -> int:
-        try:
-            return await self._events_position()
-        except INTERRUPTING_ERRORS as exc:
-            raise _interrupted("read the events stream position", exc) from exc
+        return await self.call_nats("read the events stream position", self._events_position())
 
     async def read_events(
         self, key: str, since: float, until_seq: int
     ) -> list[tuple[int, dict[str, Any], str | None]]:
-        try:
-            return await self._read_events(key, since, until_seq)
-        except INTERRUPTING_ERRORS as exc:
-            raise _interrupted(f"read events on {key!r}", exc) from exc
+        reading = self._read_events(key, since, until_seq)
+        return await self.call_nats(f"read events on {key!r}", reading)
 
     async def call_nats(self, what: str, operation: Awaitable[T]) -> T:
-        """Await an operation of Tether's own inside the task (not the user's code): a
-        failure interrupts the attempt instead of counting as the task's error."""
+        """Await an operation of Tether's own inside the task (not the user's code): a NATS
+        failure interrupts the attempt instead of counting as the task's error; any other
+        error (a conflict, a write refused as too large) passes through."""
         try:
             return await operation
         except INTERRUPTING_ERRORS as exc:
-            raise _interrupted(what, exc) from exc
+            raise _Interrupted(f"could not {what}: {type(exc).__name__}: {exc}") from exc
 
     def extend_deadline(self, deadline: float) -> None:
         """Move the running attempt's execution deadline (after ``refresh_timeout``)."""
@@ -126,7 +121,3 @@ INTERRUPTING_ERRORS: tuple[type[Exception], ...] = (
     nats.js.errors.ServiceUnavailableError,
     ConnectionError,
 )
-
-
-def _interrupted(what: str, exc: Exception) -> _Interrupted:
-    return _Interrupted(f"could not {what}: {type(exc).__name__}: {exc}")
