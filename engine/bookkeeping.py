@@ -9,15 +9,15 @@ the run does not take) changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import orjson
 from nats.aio.msg import Msg
 
-from tether.engine import commands
+from tether.engine import commands, ids
 from tether.engine import events as ev
 from tether.engine.connection import Connection
+from tether.engine.deadlines import Deadlines, wait_deadline_keys
 from tether.engine.dispatch import dispatch_task
 from tether.engine.state import RunState, WaitRecord, fold
 from tether.engine.tracing import TRACEPARENT
@@ -25,58 +25,24 @@ from tether.engine.tracing import TRACEPARENT
 log = logging.getLogger("tether.engine")
 
 
-def run_deadline_key(run_id: str) -> str:
-    return f"{run_id}.run"
-
-
-def wait_deadline_key(run_id: str, position: int) -> str:
-    return f"{run_id}.w{position}"
-
-
-def sleep_deadline_key(run_id: str, position: int, condition_id: str) -> str:
-    return f"{run_id}.w{position}.{condition_id}"
-
-
-def wait_deadline_keys(run_id: str, record: WaitRecord) -> list[str]:
-    keys = [wait_deadline_key(run_id, record.position)] if record.timeout_at is not None else []
-    for clause in record.clauses:
-        keys += [
-            sleep_deadline_key(run_id, record.position, spec.id)
-            for spec in clause
-            if spec.kind == "sleep"
-        ]
-    return keys
-
-
 class Bookkeeper:
     """Keeps dispatches, deadlines and parents in step with a run log's events."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
+        self._deadlines = Deadlines(conn.deadlines)
 
     async def _state(self, run_id: str) -> RunState:
         return fold(run_id, await self._conn.store.read(run_id))
 
     async def _delete_open_wait_deadlines(self, run_id: str, state: RunState) -> None:
         """A run ended while waiting: its wait deadlines will never be needed."""
+        partition = self._conn.settings.names.partition(run_id)
         for record in state.records:
             if isinstance(record, WaitRecord):
-                for key in wait_deadline_keys(run_id, record):
-                    with contextlib.suppress(Exception):
-                        await self._conn.deadlines.delete(key)
-        with contextlib.suppress(Exception):
-            await self._conn.deadlines.delete(f"{run_id}.retry")
-
-    async def _put_deadline(
-        self, key: str, due_at: float, command: commands.CommandMessage, traceparent: str | None
-    ) -> None:
-        body: dict[str, object] = {
-            "due_at": due_at,
-            "command": command.model_dump(mode="json", exclude_defaults=True),
-        }
-        if traceparent:  # the run's trace, so the timeout shows up in it when it fires
-            body["traceparent"] = traceparent
-        await self._conn.deadlines.put(key, orjson.dumps(body))
+                for key in wait_deadline_keys(partition, run_id, record):
+                    await self._deadlines.remove(key)
+        await self._deadlines.remove(ids.retry_deadline_key(partition, run_id))
 
     async def _put_run_deadline(self, run_id: str, due_at: float, traceparent: str | None) -> None:
         """The execution deadline: it covers the whole run, waits included."""
@@ -85,7 +51,8 @@ class Bookkeeper:
             run_id=run_id,
             reason="execution timeout passed (it covers the whole run, waits included)",
         )
-        await self._put_deadline(run_deadline_key(run_id), due_at, command, traceparent)
+        key = ids.run_deadline_key(self._conn.settings.names.partition(run_id), run_id)
+        await self._deadlines.put(key, due_at, command, traceparent)
 
     async def on_run_event(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -137,13 +104,14 @@ class Bookkeeper:
         """Keep dispatches and deadlines in step with one run-log event; ``state`` is the
         run as ``_refused`` read it (every event booked below but requests and failed
         attempts was read there)."""
-        names, kv, run_id = self._conn.settings.names, self._conn.deadlines, event.run_id
+        names, run_id = self._conn.settings.names, event.run_id
+        partition = names.partition(run_id)
         CM = commands.CommandMessage
         if isinstance(event, ev.RunRequested):
             await self._put_run_deadline(run_id, event.at + event.execution_timeout_s, traceparent)
             if event.schedule_timeout_s is not None:
-                await self._put_deadline(
-                    f"{run_id}.sched",
+                await self._deadlines.put(
+                    ids.schedule_deadline_key(partition, run_id),
                     event.at + event.schedule_timeout_s,
                     CM(
                         kind="expire_schedule",
@@ -167,8 +135,8 @@ class Bookkeeper:
                     run_id, state.requested_at + event.execution_timeout_s, traceparent
                 )
         elif isinstance(event, ev.AttemptFailed):
-            await self._put_deadline(
-                f"{run_id}.retry",
+            await self._deadlines.put(
+                ids.retry_deadline_key(partition, run_id),
                 event.retry_at,
                 CM(kind="retry", run_id=run_id, retry_seq=seq),
                 traceparent,
@@ -176,10 +144,8 @@ class Bookkeeper:
         elif isinstance(event, ev.WaitStarted):
             await self._book_wait(event, seq, traceparent)
         elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
-            # (a schedule deadline, if any, is dropped when it fires and finds the run started:
-            # deleting a key that was never written would still write a marker)
-            with contextlib.suppress(Exception):
-                await kv.delete(run_deadline_key(run_id))
+            # (a schedule deadline, if any, is dropped when it fires and finds the run started)
+            await self._deadlines.remove(ids.run_deadline_key(partition, run_id))
             if isinstance(event, ev.RunTimedOut | ev.RunCancelled):
                 assert state is not None
                 await self._delete_open_wait_deadlines(run_id, state)
@@ -188,9 +154,10 @@ class Bookkeeper:
 
     async def _book_wait(self, event: ev.WaitStarted, seq: int, traceparent: str | None) -> None:
         run_id = event.run_id
+        partition = self._conn.settings.names.partition(run_id)
         if event.timeout_at is not None:
-            await self._put_deadline(
-                wait_deadline_key(run_id, event.position),
+            await self._deadlines.put(
+                ids.wait_deadline_key(partition, run_id, event.position),
                 event.timeout_at,
                 commands.CommandMessage(
                     kind="expire_wait",
@@ -204,8 +171,8 @@ class Bookkeeper:
         for clause in event.clauses:
             for spec in clause:
                 if spec.kind == "sleep" and spec.due_at is not None:
-                    await self._put_deadline(
-                        sleep_deadline_key(run_id, event.position, spec.id),
+                    await self._deadlines.put(
+                        ids.sleep_deadline_key(partition, run_id, event.position, spec.id),
                         spec.due_at,
                         commands.CommandMessage(
                             kind="resume",
@@ -243,6 +210,6 @@ class Bookkeeper:
             orjson.dumps(body),
             headers={
                 **({TRACEPARENT: traceparent} if traceparent else {}),
-                "Nats-Msg-Id": f"run-ended:{event.run_id}",
+                "Nats-Msg-Id": ids.run_ended_msg_id(event.run_id),
             },
         )

@@ -1,4 +1,5 @@
-"""Commands to the engine service (``tether.cmd.<kind>.<run_id>``) and their wire form."""
+"""Commands to the engine service (``<ns>.cmd.<partition>.<kind>.<run_id>``) and their wire
+form."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tether.engine import codec
+from tether.engine import codec, ids
 from tether.engine.decide import (
     CancelRun,
     Command,
@@ -44,12 +45,12 @@ class CommandMessage(BaseModel):
     def msg_id(self) -> str:
         """Deterministic, so a projection that publishes the same command twice is harmless."""
         if self.kind == "resume":
-            return f"resume:{self.wait_id}:{self.wait_seq}:{self.condition_id}"
+            return ids.resume_msg_id(self.wait_id, self.wait_seq, self.condition_id)
         if self.kind == "expire_wait":
-            return f"expire:{self.wait_id}:{self.wait_seq}"
+            return ids.expire_wait_msg_id(self.wait_id, self.wait_seq)
         if self.kind == "retry":
-            return f"retry:{self.run_id}:{self.retry_seq}"
-        return f"{self.kind}:{self.run_id}"
+            return ids.retry_msg_id(self.run_id, self.retry_seq)
+        return ids.run_command_msg_id(self.kind, self.run_id)
 
     def to_state_command(self) -> Command | None:
         """The state-machine command, or None for kinds handled outside it (retry)."""

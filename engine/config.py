@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from tether.engine.ids import DEFAULT_PARTITIONS
 from tether.engine.subjects import Names
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -49,16 +50,25 @@ class Settings:
     connect_timeout_s: float = 5.0
     # Subject prefix of this process's reply inboxes (TETHER_INBOX_PREFIX).
     inbox_prefix: str = DEFAULT_INBOX_PREFIX
+    # Partitions of a namespace provisioned by this process (TETHER_PARTITIONS). None: the
+    # namespace's own count, or the default for a new one. The count is fixed when the
+    # namespace is first provisioned; a `tether serve` asked for another refuses to start.
+    partitions: int | None = None
     names: Names = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "names", Names(self.namespace))
+        names = Names(self.namespace, self.partitions or DEFAULT_PARTITIONS)
+        object.__setattr__(self, "names", names)
         if not _INBOX_PREFIX_OK.match(self.inbox_prefix):
             raise ValueError(
                 f"invalid inbox prefix {self.inbox_prefix!r} (TETHER_INBOX_PREFIX): use "
                 "subject tokens of letters, digits, '_', '-' or ':' separated by dots, with no "
                 "wildcards, e.g. _INBOX_alice"
             )
+
+    def with_partitions(self, partitions: int) -> Settings:
+        """These settings for a namespace of ``partitions`` (as read from its config)."""
+        return self if self.partitions == partitions else replace(self, partitions=partitions)
 
     @classmethod
     def from_env(cls, nats_url: str | None = None, namespace: str | None = None) -> Settings:
@@ -72,4 +82,5 @@ class Settings:
             events_max_age_s=float(_env_int("TETHER_EVENTS_MAX_AGE_S", 0)),
             inbox_prefix=os.environ.get("TETHER_INBOX_PREFIX") or DEFAULT_INBOX_PREFIX,
             connect_timeout_s=float(_env_int("TETHER_CONNECT_TIMEOUT_S", 5)),
+            partitions=_env_int("TETHER_PARTITIONS", 0) or None,
         )

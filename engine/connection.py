@@ -23,9 +23,10 @@ from tether.engine import codec
 from tether.engine.config import Settings
 from tether.engine.event_reads import read_key_events
 from tether.engine.jetstream_store import JetStreamEventStore
+from tether.engine.namespace import namespace_partitions
 from tether.engine.nats_io import DirectReader
 from tether.engine.permissions import PermissionWatch
-from tether.engine.provision import ensure_streams
+from tether.engine.provision import ensure_bucket, ensure_streams
 from tether.engine.tracing import Tracing
 
 log = logging.getLogger("tether.connection")
@@ -160,6 +161,9 @@ class Connection:
         js = nc.jetstream(timeout=10)
         try:
             deadlines = await ensure_streams(js, settings, update=manage_streams, watch=watch)
+            config = await ensure_bucket(js, settings, settings.names.config_bucket, watch)
+            # every subject of a run depends on the namespace's partition count
+            settings = settings.with_partitions(await namespace_partitions(js, settings, config))
         except BaseException:
             await nc.close()
             raise

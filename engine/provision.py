@@ -248,7 +248,29 @@ async def ensure_streams(
     to one replica. ``watch`` turns a denied request into an immediate, named error."""
     for config in stream_configs(settings):
         await _ensure_stream(js, config, update, watch)
-    bucket = settings.names.deadlines_bucket
+    # A deadline is removed with a purge marker that expires by itself (DEADLINE_MARKER_TTL_S),
+    # so the bucket holds what is due, not one marker per deadline ever set: a timer that
+    # starts reads what is open now.
+    return await ensure_bucket(
+        js, settings, settings.names.deadlines_bucket, watch, marker_ttl_s=DEADLINE_MARKER_TTL_S
+    )
+
+
+# How long the marker of a removed deadline stays: long enough for every timer following
+# the bucket live to see it, short enough that start-up never reads history.
+DEADLINE_MARKER_TTL_S = 300
+
+
+async def ensure_bucket(
+    js: JetStreamContext,
+    settings: Settings,
+    bucket: str,
+    watch: PermissionWatch | None = None,
+    *,
+    marker_ttl_s: int | None = None,
+) -> KeyValue:
+    """A key-value bucket (one value per key), created when missing. ``marker_ttl_s`` lets
+    purge markers carry a TTL (``KeyValue.purge(key, msg_ttl=...)``)."""
     stream = f"KV_{bucket}"
     actual = await _stream_info(js, stream, watch)
     if actual is None:
@@ -262,6 +284,7 @@ async def ensure_streams(
                     storage=StorageType.FILE,
                     replicas=settings.replicas,
                     direct=True,
+                    limit_marker_ttl=marker_ttl_s,
                 )
             ),
             watch,

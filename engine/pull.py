@@ -189,6 +189,8 @@ class SlotPuller:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop asking for messages, let running handlers finish (up to ``grace_s``)."""
         self._stopping = True
+        if self in self._budget.pullers:  # its share goes to the pullers that remain
+            self._budget.pullers.remove(self)
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task

@@ -12,10 +12,11 @@ import time
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from tether.engine import commands
+from tether.engine import commands, ids
 from tether.engine import events as ev
 from tether.engine.bookkeeping import Bookkeeper
 from tether.engine.connection import Connection
+from tether.engine.deadlines import Deadlines
 from tether.engine.decide import ExpireWait, ResolveWait, decide, wait_resolution
 from tether.engine.dispatch import dispatch_task
 from tether.engine.provision import ensure_pull_consumer
@@ -27,66 +28,96 @@ from tether.engine.tracing import EVENT_TRACEPARENT, messaging
 log = logging.getLogger("tether.engine")
 
 
+BOOKKEEPING_TOKENS = (
+    "requested",
+    "wait_started",
+    "attempt_failed",
+    "timeout_refreshed",
+    *ev.TERMINAL_TOKENS,
+)
+
+
 class EngineService:
+    """Applies commands and books run-log events for the partitions it is given
+    (``own``/``release``); each partition has its own durable consumers, so whoever owns a
+    partition takes over where the last owner's acknowledgements stopped."""
+
     def __init__(self, conn: Connection, *, concurrency: int = 256) -> None:
         self._conn = conn
-        self._concurrency = concurrency
-        self._pullers: list[SlotPuller] = []
+        self._command_slots = SlotBudget(concurrency)
+        self._bookkeeping_slots = SlotBudget(concurrency)
+        self._pullers: dict[int, list[SlotPuller]] = {}
         self._bookkeeper = Bookkeeper(conn)
+        self._deadlines = Deadlines(conn.deadlines)
         self.commands_handled = 0
+        self.commands_by_partition: dict[int, int] = {}
+        conn.on_reconnect(self._forget_requests)
 
-    async def start(self) -> None:
+    @property
+    def partitions(self) -> list[int]:
+        return sorted(self._pullers)
+
+    async def start(self, partitions: list[int] | None = None) -> None:
+        """Own ``partitions`` (all of the namespace's when None)."""
+        wanted = range(self._conn.settings.names.partitions) if partitions is None else partitions
+        for partition in wanted:
+            await self.own(partition)
+
+    async def own(self, partition: int) -> None:
+        """Start taking ``partition``'s commands and run-log events."""
+        if partition in self._pullers:
+            return
         conn, names = self._conn, self._conn.settings.names
         ack_wait = conn.settings.engine_ack_wait_s
         await ensure_pull_consumer(
             conn.js,
             names.commands_stream,
-            names.engine_consumer,
-            filter_subjects=[names.commands_all],
+            names.engine_consumer(partition),
+            filter_subjects=[names.partition_commands(partition)],
             ack_wait_s=ack_wait,
             watch=conn.permissions,
         )
-        bookkeeping = [
-            names.runs_token_filter(token)
-            for token in (
-                "requested",
-                "wait_started",
-                "attempt_failed",
-                "timeout_refreshed",
-                *ev.TERMINAL_TOKENS,
-            )
-        ]
         await ensure_pull_consumer(
             conn.js,
             names.runs_stream,
-            names.bookkeeper_consumer,
-            filter_subjects=bookkeeping,
+            names.bookkeeper_consumer(partition),
+            filter_subjects=[names.runs_token_filter(t, partition) for t in BOOKKEEPING_TOKENS],
             ack_wait_s=ack_wait,
             watch=conn.permissions,
         )
-        self._pullers = [
+        pullers = [
             SlotPuller(
                 conn.nc,
                 names.commands_stream,
-                names.engine_consumer,
+                names.engine_consumer(partition),
                 self._on_command,
-                budget=SlotBudget(self._concurrency),
+                budget=self._command_slots,
             ),
             SlotPuller(
                 conn.nc,
                 names.runs_stream,
-                names.bookkeeper_consumer,
+                names.bookkeeper_consumer(partition),
                 self._bookkeeper.on_run_event,
-                budget=SlotBudget(self._concurrency),
+                budget=self._bookkeeping_slots,
             ),
         ]
-        for puller in self._pullers:
+        for puller in pullers:
             await puller.start()
-            conn.on_reconnect(puller.forget_requests)
+        self._pullers[partition] = pullers
+
+    async def release(self, partition: int) -> None:
+        """Stop taking ``partition``'s work (what is being handled finishes first)."""
+        for puller in self._pullers.pop(partition, []):
+            await puller.stop()
+
+    async def _forget_requests(self) -> None:
+        for pullers in list(self._pullers.values()):
+            for puller in pullers:
+                await puller.forget_requests()
 
     async def stop(self) -> None:
-        for puller in self._pullers:
-            await puller.stop()
+        for partition in list(self._pullers):
+            await self.release(partition)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -98,7 +129,8 @@ class EngineService:
             await msg.term()
             return
         tracing = self._conn.tracing
-        template = self._conn.settings.names.command_subject(command.kind, "{run_id}")
+        names = self._conn.settings.names
+        template = names.command_template(command.kind)
         with tracing.span(
             f"process {template}",
             kind=SpanKind.CONSUMER,
@@ -113,6 +145,8 @@ class EngineService:
             pushed = (msg.headers or {}).get(EVENT_TRACEPARENT)
             await self.apply(command, event_traceparent=pushed)
         self.commands_handled += 1
+        partition = names.partition(command.run_id)
+        self.commands_by_partition[partition] = self.commands_by_partition.get(partition, 0) + 1
         await msg.ack()
 
     async def apply(
@@ -142,8 +176,7 @@ class EngineService:
                         self._conn.tracing.inject({}),
                     )
         if command.timer_key:
-            with contextlib.suppress(Exception):
-                await self._conn.deadlines.delete(command.timer_key)
+            await self._deadlines.remove(command.timer_key)
         return seq
 
     async def _state(self, run_id: str) -> RunState:
@@ -180,7 +213,9 @@ class EngineService:
                 seq = await store.append(
                     event,
                     expected_last_seq=command.wait_seq,
-                    msg_id=f"{run_id}:{command.wait_seq}:{command.kind}:{command.condition_id}",
+                    msg_id=ids.decision_msg_id(
+                        run_id, command.wait_seq, command.kind, command.condition_id
+                    ),
                     headers=headers,
                 )
                 return seq, event
@@ -198,7 +233,9 @@ class EngineService:
                 seq = await store.append(
                     decided[0],
                     expected_last_seq=state.last_seq,
-                    msg_id=f"{run_id}:{state.last_seq}:{command.kind}:{command.condition_id}",
+                    msg_id=ids.decision_msg_id(
+                        run_id, state.last_seq, command.kind, command.condition_id
+                    ),
                     headers=headers,
                 )
                 if isinstance(decided[0], ev.RunTimedOut):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tether.engine.ids import DEFAULT_PARTITIONS, check_partitions, partition_of
+
 _TOKEN_OK = re.compile(r"^[A-Za-z0-9_\-:]+$")
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-:]+(\.[A-Za-z0-9_\-:]+)*$")
 
@@ -64,12 +66,20 @@ def check_identity(identity: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Names:
-    """Every NATS name Tether uses, for one namespace."""
+    """Every NATS name Tether uses, for one namespace and its partition count.
+
+    A run's partition is the second token of its subjects (``<ns>.runs.<p>.<run_id>.<event>``,
+    ``<ns>.cmd.<p>.<kind>.<run_id>``), so one consumer can take one partition's work."""
 
     namespace: str = "tether"
+    partitions: int = DEFAULT_PARTITIONS
 
     def __post_init__(self) -> None:
         check_token("namespace", self.namespace)
+        check_partitions(self.partitions)
+
+    def partition(self, run_id: str) -> int:
+        return partition_of(run_id, self.partitions)
 
     # streams and buckets
     @property
@@ -93,18 +103,42 @@ class Names:
         return f"{self._upper}_DEADLINES"
 
     @property
+    def config_bucket(self) -> str:
+        """The namespace's settings fixed at creation (the partition count)."""
+        return f"{self._upper}_CONFIG"
+
+    @property
+    def leases_bucket(self) -> str:
+        """Which ``tether serve`` owns which partition, and who is alive."""
+        return f"{self._upper}_LEASES"
+
+    @property
+    def checkpoints_bucket(self) -> str:
+        """Projection checkpoints: what was open at a stream position, to start from."""
+        return f"{self._upper}_CHECKPOINTS"
+
+    @property
     def _upper(self) -> str:
         return self.namespace.upper().replace("-", "_").replace(":", "_")
 
     # subjects
     def run_subject(self, run_id: str, token: str) -> str:
-        return f"{self.namespace}.runs.{run_id}.{token}"
+        return f"{self.namespace}.runs.{self.partition(run_id)}.{run_id}.{token}"
+
+    def run_template(self, token: str) -> str:
+        """A run subject with placeholders, for span names."""
+        return f"{self.namespace}.runs.{{partition}}.{{run_id}}.{token}"
 
     def run_filter(self, run_id: str) -> str:
-        return f"{self.namespace}.runs.{run_id}.>"
+        return f"{self.namespace}.runs.{self.partition(run_id)}.{run_id}.>"
 
-    def runs_token_filter(self, token: str) -> str:
-        return f"{self.namespace}.runs.*.{token}"
+    def runs_token_filter(self, token: str, partition: int | None = None) -> str:
+        """Every run's ``token`` events, of one partition or of all."""
+        where = "*" if partition is None else str(partition)
+        return f"{self.namespace}.runs.{where}.*.{token}"
+
+    def partition_runs(self, partition: int) -> str:
+        return f"{self.namespace}.runs.{partition}.>"
 
     @property
     def runs_all(self) -> str:
@@ -165,7 +199,14 @@ class Names:
         return f"{self.namespace}.tasks.>"
 
     def command_subject(self, kind: str, run_id: str) -> str:
-        return f"{self.namespace}.cmd.{kind}.{run_id}"
+        return f"{self.namespace}.cmd.{self.partition(run_id)}.{kind}.{run_id}"
+
+    def command_template(self, kind: str) -> str:
+        """The command subject with placeholders, for span names."""
+        return f"{self.namespace}.cmd.{{partition}}.{kind}.{{run_id}}"
+
+    def partition_commands(self, partition: int) -> str:
+        return f"{self.namespace}.cmd.{partition}.>"
 
     @property
     def commands_all(self) -> str:
@@ -174,10 +215,8 @@ class Names:
     def task_consumer(self, task_name: str) -> str:
         return f"{self._upper}_TASK_{task_name.replace(':', '_')}"
 
-    @property
-    def engine_consumer(self) -> str:
-        return f"{self._upper}_ENGINE"
+    def engine_consumer(self, partition: int) -> str:
+        return f"{self._upper}_ENGINE_P{partition}"
 
-    @property
-    def bookkeeper_consumer(self) -> str:
-        return f"{self._upper}_BOOKKEEPER"
+    def bookkeeper_consumer(self, partition: int) -> str:
+        return f"{self._upper}_BOOKKEEPER_P{partition}"

@@ -35,7 +35,10 @@ from tether.engine.expressions import (
 from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
 from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
 from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
+from tether.projections.checkpoints import Checkpoint, Checkpoints
+from tether.projections.follower import Follower
 from tether.projections.open_waits import (
+    MATCHER_TOKENS,
     ConditionRef,
     OpenCondition,
     OpenWait,
@@ -43,6 +46,8 @@ from tether.projections.open_waits import (
     followed_body,
     parse_wait,
     resume_command,
+    wait_from_record,
+    wait_record,
 )
 from tether.projections.pushed_events import (
     PushedEvent,
@@ -61,79 +66,140 @@ OVERLONG_KEY = "tether:overlong-key"
 # retried from this delay, doubling up to the cap, for as long as it takes.
 PUBLISH_RETRY_FIRST_S = 0.2
 PUBLISH_RETRY_MAX_S = 5.0
+# How often an owner writes a partition's checkpoint (when its run log moved on).
+CHECKPOINT_EVERY_S = 5.0
+
+
+def checkpoint_name(partition: int) -> str:
+    return f"matcher.p{partition}"
 
 
 class Matcher:
+    """Matches pushed events against the open waits of the partitions it owns
+    (``own``/``release``). Each partition's waits come from its checkpoint and the run log
+    after it; pushed events are not partitioned, so every owner reads all of them."""
+
     def __init__(
-        self, conn: Connection, *, window_s: float = 30.0, window_max: int = 100_000
+        self,
+        conn: Connection,
+        *,
+        window_s: float = 30.0,
+        window_max: int = 100_000,
+        checkpoints: Checkpoints | None = None,
+        checkpoint_every_s: float = CHECKPOINT_EVERY_S,
     ) -> None:
         self._conn = conn
         self._names = conn.settings.names
         self._js: JetStreamContext = conn.js
         self.waits: dict[str, OpenWait] = {}
+        # waits closed here by a match whose resolution the run log does not show yet
+        self._unlogged: dict[str, OpenWait] = {}
         self._open_by_run: dict[str, str] = {}
         self._index: WaitIndex[ConditionRef] = WaitIndex()
         # events handled so far: everything with seq <= cursor has been matched
         self.events_cursor: int | None = None
         # recent events by key, for waits that register "behind" the cursor
         self._recent = RecentEvents(window_s, window_max)
-        self._subs: list[Any] = []
+        self._followers: dict[int, Follower] = {}
+        self._checkpoints = checkpoints
+        self._checkpointed: dict[int, int] = {}  # partition -> position last written
+        self._checkpoint_every_s = checkpoint_every_s
+        self._events_sub: Any = None
         self._background: set[asyncio.Task[None]] = set()
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self.matched = 0
         self.rejected = 0
         self.evaluation_errors = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        info = await self._js.stream_info(self._names.runs_stream)
-        runs_target = int(info.state.last_seq)
-        caught_up = asyncio.Event()
-        if runs_target == 0:
-            caught_up.set()
-
-        async def on_run(msg: Msg) -> None:
-            self._on_run_msg(msg)
-            if not caught_up.is_set() and msg.metadata.sequence.stream >= runs_target:
-                caught_up.set()
-
-        self._subs.append(
-            await self._js.subscribe(
-                self._names.runs_all,
-                cb=on_run,
-                ordered_consumer=True,
-                deliver_policy=DeliverPolicy.ALL,
-                idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
-            )
-        )
-        await caught_up.wait()
-        # Start matching events from the oldest position an open wait still needs.
+    async def start(self, partitions: list[int] | None = None) -> None:
+        """Own ``partitions`` (all when None), then match pushed events from the oldest
+        position an open wait still needs."""
+        wanted = range(self._names.partitions) if partitions is None else partitions
+        for partition in wanted:
+            await self.own(partition)
         info = await self._js.stream_info(self._names.events_stream)
         start = int(info.state.last_seq) + 1
         if self.waits:
             start = min(start, min(w.events_position for w in self.waits.values()) + 1)
         self.events_cursor = start - 1
         self._recent.complete_after = start - 1
-        self._subs.append(
-            await self._js.subscribe(
-                # every subject of the stream: anonymous pushes and approvers' own spaces
-                f"{self._names.namespace}.>",
-                stream=self._names.events_stream,
-                cb=self._on_event_async,
-                ordered_consumer=True,
-                idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
-                config=ConsumerConfig(
-                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-                ),
-            )
+        self._events_sub = await self._js.subscribe(
+            # every subject of the stream: anonymous pushes and approvers' own spaces
+            f"{self._names.namespace}.>",
+            stream=self._names.events_stream,
+            cb=self._on_event_async,
+            ordered_consumer=True,
+            idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+            ),
         )
+        if self._checkpoints is not None:
+            self._checkpoint_task = asyncio.create_task(self._checkpoint_loop())
         log.info("matcher started", extra={"open_waits": len(self.waits), "events_from": start})
 
+    async def own(self, partition: int) -> None:
+        """Load ``partition``'s open waits (checkpoint, then the run log after it) and match
+        events against them from now on; returns once they are loaded."""
+        if partition in self._followers:
+            return
+        after = 0
+        if self._checkpoints is not None:
+            checkpoint = await self._checkpoints.load(checkpoint_name(partition))
+            if checkpoint is not None:
+                after = self._load_checkpoint(partition, checkpoint)
+        follower = Follower(
+            self._js,
+            stream=self._names.runs_stream,
+            subjects=[self._names.runs_token_filter(t, partition) for t in sorted(MATCHER_TOKENS)],
+            handler=self._on_run_msg,
+            after_seq=after,
+        )
+        self._followers[partition] = follower
+        self._checkpointed[partition] = after
+        await follower.start()
+
+    def _load_checkpoint(self, partition: int, checkpoint: Checkpoint) -> int:
+        try:
+            waits = [wait_from_record(record, partition) for record in checkpoint.state]
+        except (InvalidExpressionError, KeyError, TypeError, ValueError) as exc:
+            log.error(
+                "unusable matcher checkpoint; reading the partition's run log from the start",
+                extra={"partition": partition, "error": repr(exc)},
+            )
+            return 0
+        for wait in waits:
+            self._register(wait)
+        return checkpoint.position
+
+    async def release(self, partition: int) -> None:
+        """Stop matching ``partition``'s waits: another process owns them now."""
+        follower = self._followers.pop(partition, None)
+        if follower is None:
+            return
+        await follower.stop()
+        await self._write_checkpoint(partition, follower.position)
+        self._checkpointed.pop(partition, None)
+        for wait in [*self.waits.values(), *self._unlogged.values()]:
+            if wait.partition == partition:
+                self._close_wait(wait.wait_id, logged=True)
+
     async def stop(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+            self._checkpoint_task = None
+        if self._events_sub is not None:
+            sub, self._events_sub = self._events_sub, None
+            try:
                 await sub.unsubscribe()
-        self._subs.clear()
+            except Exception as exc:  # a closed connection has dropped it already
+                log.debug("events unsubscribe failed", extra={"error": repr(exc)})
+        for partition in list(self._followers):
+            await self.release(partition)
         if self._background:
             _, pending = await asyncio.wait(set(self._background), timeout=5.0)
             # Commands still unpublished are not lost: their waits are open in the run log,
@@ -143,6 +209,28 @@ class Matcher:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
 
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    async def _checkpoint_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._checkpoint_every_s)
+            for partition, follower in list(self._followers.items()):
+                if follower.position > self._checkpointed.get(partition, 0):
+                    await self._write_checkpoint(partition, follower.position)
+
+    async def _write_checkpoint(self, partition: int, position: int) -> None:
+        """The partition's waits as the run log has them up to ``position`` (taken in one
+        step of the event loop, so state and position agree)."""
+        if self._checkpoints is None or position <= 0:
+            return
+        records = [
+            wait_record(wait)
+            for wait in itertools.chain(self.waits.values(), self._unlogged.values())
+            if wait.partition == partition
+        ]
+        if await self._checkpoints.save(checkpoint_name(partition), Checkpoint(position, records)):
+            self._checkpointed[partition] = position
+
     # -- the run log: waits opening and closing ------------------------------------------------
 
     def _on_run_msg(self, msg: Msg) -> None:
@@ -150,7 +238,8 @@ class Matcher:
         if followed is None:
             return
         run_id, token, body = followed
-        open_wait = self.waits.get(self._open_by_run.get(run_id, ""))
+        wait_id = self._open_by_run.get(run_id, "")
+        open_wait = self.waits.get(wait_id) or self._unlogged.get(wait_id)
         if token == "wait_started":
             if open_wait is not None:  # only a running attempt registers waits
                 log.warning("wait registered on a waiting run ignored", extra={"run_id": run_id})
@@ -161,16 +250,17 @@ class Matcher:
         elif token.endswith("_in_attempt") and not attempt_may_resolve(open_wait, body):
             log.warning("in-attempt resolution ignored", extra={"subject": msg.subject})
         elif token in ("wait_satisfied", "wait_satisfied_in_attempt", "wait_timed_out"):
-            self._close_wait(open_wait.wait_id)
+            self._close_wait(open_wait.wait_id, logged=True)
         elif token in ("condition_met", "condition_met_in_attempt"):
-            self._clause_met(open_wait, str(body.get("condition_id", "")))
+            self._clause_met(open_wait, str(body.get("condition_id", "")), logged=True)
         elif token in ("timed_out", "cancelled"):
             # (completed and failed end only a running attempt: a waiting run ignores them)
-            self._close_wait(open_wait.wait_id)
+            self._close_wait(open_wait.wait_id, logged=True)
 
     def _on_wait_started(self, msg: Msg, body: dict[str, Any]) -> None:
         try:
-            wait = parse_wait(body, msg.metadata.sequence.stream)
+            partition = self._names.partition(str(body["run_id"]))
+            wait = parse_wait(body, msg.metadata.sequence.stream, partition)
             wait.traceparent = (msg.headers or {}).get(TRACEPARENT)
         except InvalidExpressionError as exc:
             # Workers validate before recording, so this means a foreign writer; skip it.
@@ -179,17 +269,24 @@ class Matcher:
         except (KeyError, TypeError, ValueError) as exc:
             log.error("malformed wait_started skipped", extra={"error": repr(exc)})
             return
-        self.waits[wait.wait_id] = wait
+        self._register(wait)
+
+    def _register(self, wait: OpenWait) -> None:
         self._open_by_run[wait.run_id] = wait.wait_id
-        for condition in wait.conditions:
+        if len(wait.met_clauses) >= wait.clause_count:  # (from a checkpoint) nothing to match
+            self._unlogged[wait.wait_id] = wait
+            return
+        self.waits[wait.wait_id] = wait
+        for condition in wait.open_conditions():
             self._index.add(
                 (wait.wait_id, condition.condition_id), condition.event_key, condition.shape
             )
         if self.events_cursor is not None and wait.events_position < self.events_cursor:
             self._catch_up(wait)
 
-    def _clause_met(self, wait: OpenWait, condition_id: str) -> None:
-        """A clause is satisfied: its other alternatives need no more matching."""
+    def _clause_met(self, wait: OpenWait, condition_id: str, *, logged: bool) -> None:
+        """A clause is satisfied (here by a match, or in the run log): its other
+        alternatives need no more matching."""
         clause = next((c.clause for c in wait.conditions if c.condition_id == condition_id), None)
         if clause is None:  # a sleep condition: find its clause from the id "c<i>.<j>"
             with contextlib.suppress(ValueError, IndexError):
@@ -197,19 +294,28 @@ class Matcher:
         if clause is None:
             return
         wait.met_clauses = wait.met_clauses | {clause}
+        if logged:
+            wait.logged_met = wait.logged_met | {clause}
         for condition in wait.conditions:
             if condition.clause == clause:
                 self._index.remove((wait.wait_id, condition.condition_id))
-        if len(wait.met_clauses) >= wait.clause_count:
-            self._close_wait(wait.wait_id)
+        if len(wait.logged_met) >= wait.clause_count:
+            self._close_wait(wait.wait_id, logged=True)
+        elif len(wait.met_clauses) >= wait.clause_count:
+            self._close_wait(wait.wait_id, logged=False)
 
-    def _close_wait(self, wait_id: str) -> None:
+    def _close_wait(self, wait_id: str, *, logged: bool) -> None:
+        """Stop matching a wait; forget it once the run log shows it resolved (``logged``)."""
         wait = self.waits.pop(wait_id, None)
-        if wait is None:
-            return
-        for condition in wait.conditions:
-            self._index.remove((wait_id, condition.condition_id))
-        if self._open_by_run.get(wait.run_id) == wait_id:
+        if wait is not None:
+            for condition in wait.conditions:
+                self._index.remove((wait_id, condition.condition_id))
+            if not logged:
+                self._unlogged[wait_id] = wait
+                return
+        else:
+            wait = self._unlogged.pop(wait_id, None) if logged else None
+        if wait is not None and self._open_by_run.get(wait.run_id) == wait_id:
             del self._open_by_run[wait.run_id]
 
     # -- pushed events --------------------------------------------------------------------------
@@ -276,7 +382,7 @@ class Matcher:
             # leave the wait open for one that can, not hang it.
             self._reject(event.seq, event.key, f"cannot pass the event to the run: {exc}", b"")
             return
-        self._clause_met(wait, condition.condition_id)
+        self._clause_met(wait, condition.condition_id, logged=False)
         tracing = self._conn.tracing
         template = self._names.event_subject("{event_key}")
         with tracing.span(

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from tether.engine import ids
 from tether.engine.commands import CommandMessage
 from tether.engine.events import IN_ATTEMPT_TOKENS, SUBJECT_TOKENS
 from tether.engine.expression_shapes import ExpressionShape
@@ -58,6 +59,11 @@ class OpenWait:
     conditions: list[OpenCondition]
     met_clauses: frozenset[int]  # NONE_MET (shared) until a clause is met
     traceparent: str | None = None  # the registering attempt's context, for the match span
+    partition: int = 0
+    # Clauses the run log records as met. Matching marks a clause met at once (so a second
+    # event does not match it again); a checkpoint keeps only what the log says, so that a
+    # match whose command was lost in a crash is made again after the restart.
+    logged_met: frozenset[int] = frozenset()
 
     @property
     def event_key(self) -> str:
@@ -74,7 +80,7 @@ NONE_MET: frozenset[int] = frozenset()
 ConditionRef = tuple[str, str]
 
 
-def parse_wait(body: dict[str, Any], seq: int) -> OpenWait:
+def parse_wait(body: dict[str, Any], seq: int, partition: int = 0) -> OpenWait:
     """The open wait a ``wait_started`` body (stored at ``seq``) registers; raises
     ``InvalidExpressionError``, or ``KeyError``/``TypeError``/``ValueError`` when malformed."""
     clauses = body["clauses"]
@@ -102,6 +108,53 @@ def parse_wait(body: dict[str, Any], seq: int) -> OpenWait:
         clause_count=len(clauses),
         conditions=conditions,
         met_clauses=NONE_MET,
+        partition=partition,
+        logged_met=NONE_MET,
+    )
+
+
+def wait_record(wait: OpenWait) -> list[Any]:
+    """A wait as a checkpoint keeps it (compact: a list, not an object)."""
+    return [
+        wait.wait_id,
+        wait.run_id,
+        wait.task,
+        wait.events_position,
+        wait.started_seq,
+        wait.timeout_at,
+        wait.clause_count,
+        sorted(wait.logged_met),
+        wait.traceparent,
+        [[c.condition_id, c.key, c.clause, c.event_key, c.shape.source] for c in wait.conditions],
+    ]
+
+
+def wait_from_record(record: list[Any], partition: int) -> OpenWait:
+    """The open wait a checkpoint record holds; raises on a malformed record."""
+    wait_id, run_id, task, position, started, timeout_at, count, met, parent, conds = record
+    logged = frozenset(int(c) for c in met) or NONE_MET
+    return OpenWait(
+        wait_id=str(wait_id),
+        run_id=str(run_id),
+        task=sys.intern(str(task)),
+        events_position=int(position),
+        started_seq=int(started),
+        timeout_at=None if timeout_at is None else float(timeout_at),
+        clause_count=int(count),
+        conditions=[
+            OpenCondition(
+                condition_id=sys.intern(str(cid)),
+                key=sys.intern(str(key)),
+                clause=int(clause),
+                event_key=sys.intern(str(event_key)),
+                shape=analyze(source or None),
+            )
+            for cid, key, clause, event_key, source in conds
+        ],
+        met_clauses=logged,
+        traceparent=parent,
+        partition=partition,
+        logged_met=logged,
     )
 
 
@@ -153,7 +206,9 @@ def resume_command(wait: OpenWait, condition: OpenCondition, event: PushedEvent)
         task=wait.task,
         wait_id=wait.wait_id,
         wait_seq=wait.started_seq,
-        timer_key=f"{wait.run_id}.w{wait.wait_id.rsplit(':', 1)[-1]}"
+        timer_key=ids.wait_deadline_key(
+            wait.partition, wait.run_id, ids.wait_position(wait.wait_id)
+        )
         if wait.timeout_at is not None and wait.clause_count == 1
         else None,
         condition_id=condition.condition_id,

@@ -13,28 +13,29 @@ import contextlib
 import heapq
 import logging
 import time
-from typing import Any
 
 import orjson
 from nats.aio.msg import Msg
-from nats.js.api import DeliverPolicy
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from tether.engine import ids
 from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
-from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
 from tether.engine.tracing import TRACEPARENT, messaging
+from tether.projections.follower import Follower
 
 log = logging.getLogger("tether.timer")
 
 KV_OPERATION = "KV-Operation"  # the header a KV delete or purge carries
 _KV_DELETE_OPS = ("DEL", "PURGE")
-LOAD_WAIT_S = 30.0  # how long start() waits for the deadlines already stored
+LOAD_WAIT_S = 30.0  # how long own() waits for a partition's deadlines already stored
 
 
 class TimerProjection:
+    """Fires the deadlines of the partitions it owns (``own``/``release``)."""
+
     def __init__(self, conn: Connection, *, retry_after_s: float = 5.0) -> None:
         self._conn = conn
         self._retry_after_s = retry_after_s
@@ -43,58 +44,63 @@ class TimerProjection:
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sub: Any = None
-        self._key_prefix = ""
+        self._followers: dict[int, Follower] = {}
+        bucket = conn.settings.names.deadlines_bucket
+        self._stream = f"KV_{bucket}"
+        self._key_prefix = f"$KV.{bucket}."
         self.fired = 0
 
     @property
     def pending(self) -> int:
         return len(self._due)
 
-    async def start(self) -> None:
-        """Load every deadline, then follow changes; returns once the deadlines are loaded."""
-        bucket = self._conn.settings.names.deadlines_bucket
-        stream = f"KV_{bucket}"
-        self._key_prefix = f"$KV.{bucket}."
-        loaded = asyncio.Event()
-        info = await self._conn.js.stream_info(stream)
-        if info.state.messages == 0:
-            loaded.set()
-
-        async def on_entry(msg: Msg) -> None:
-            self._on_entry(msg)
-            if msg.metadata.num_pending == 0:
-                loaded.set()
-
-        # Not nats-py's KV watcher: it cannot set the idle heartbeat of its ordered consumer,
-        # and with the default a NATS restart left new deadlines unseen for 10-20 s.
-        self._sub = await self._conn.js.subscribe(
-            f"{self._key_prefix}>",
-            stream=stream,
-            cb=on_entry,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-            idle_heartbeat=ORDERED_IDLE_HEARTBEAT_S,
-        )
+    async def start(self, partitions: list[int] | None = None) -> None:
+        """Own ``partitions`` (all when None); returns once their deadlines are loaded."""
         self._tasks = [asyncio.create_task(self._fire_loop(), name="timer-fire")]
-        try:
-            await asyncio.wait_for(loaded.wait(), LOAD_WAIT_S)
-        except TimeoutError:  # deadlines keep arriving and firing; start() just stops waiting
-            log.warning("deadlines still loading; starting anyway", extra={"loaded": self.pending})
+        wanted = range(self._conn.settings.names.partitions) if partitions is None else partitions
+        for partition in wanted:
+            await self.own(partition)
+
+    async def own(self, partition: int) -> None:
+        """Load ``partition``'s pending deadlines, then follow its changes."""
+        if partition in self._followers:
+            return
+        # The bucket holds pending deadlines and recent purge markers only (purges carry a
+        # TTL), so loading reads what is due, not history.
+        follower = Follower(
+            self._conn.js,
+            stream=self._stream,
+            subjects=[f"{self._key_prefix}{ids.deadline_prefix(partition)}>"],
+            handler=self._on_entry,
+            last_per_subject=True,
+        )
+        self._followers[partition] = follower
+        if not await follower.start(catch_up_timeout_s=LOAD_WAIT_S):
+            log.warning("deadlines still loading; going on", extra={"partition": partition})
+
+    async def release(self, partition: int) -> None:
+        """Stop firing ``partition``'s deadlines: another process owns them now."""
+        follower = self._followers.pop(partition, None)
+        if follower is not None:
+            await follower.stop()
+        prefix = ids.deadline_prefix(partition)
+        for key in [k for k in self._due if k.startswith(prefix)]:
+            del self._due[key]
+        self._compact_if_stale()
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        for partition in list(self._followers):
+            await self.release(partition)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     def _on_entry(self, msg: Msg) -> None:
         key = msg.subject[len(self._key_prefix) :]
+        if ids.deadline_partition(key) not in self._followers:
+            return  # a partition released while this was in flight
         operation = (msg.headers or {}).get(KV_OPERATION)
         if operation in _KV_DELETE_OPS or not msg.data:
             self._due.pop(key, None)
@@ -126,6 +132,9 @@ class TimerProjection:
                 current = self._due.get(key)
                 if current is None or current[0] != due:
                     continue  # deleted or moved since it was queued
+                if ids.deadline_partition(key) not in self._followers:
+                    self._due.pop(key, None)  # its partition was released meanwhile
+                    continue
                 await self._fire(key, current[1])
             delay = (self._heap[0][0] - now) if self._heap else 60.0
             self._wake.clear()
@@ -141,7 +150,7 @@ class TimerProjection:
             self._due.pop(key, None)
             return
         tracing, names = self._conn.tracing, self._conn.settings.names
-        template = names.command_subject(command.kind, "{run_id}")
+        template = names.command_template(command.kind)
         traceparent = body.get("traceparent")
         try:
             with tracing.span(

@@ -16,7 +16,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
 from tether.durations import Duration, optional_seconds
-from tether.engine import codec
+from tether.engine import codec, ids
 from tether.engine import events as ev
 from tether.engine.connection import Connection, ConnectionFactory
 from tether.engine.decide import CancelRun, decide
@@ -191,7 +191,7 @@ class RunsClient:
             parent_run_id=parent_run_id,
         )
         names = conn.settings.names
-        template = names.run_subject("{run_id}", "requested")
+        template = names.run_template("requested")
         try:
             # The trigger's span anchors the run's trace; its context is stored with the
             # request so that every attempt, however late, joins it.
@@ -210,7 +210,7 @@ class RunsClient:
                 await conn.store.append(
                     event,
                     expected_last_seq=0,
-                    msg_id=f"{run_id}:requested",
+                    msg_id=ids.request_msg_id(run_id),
                     headers=conn.tracing.inject({}),
                 )
         except ConcurrencyConflictError:
@@ -321,7 +321,7 @@ class RunsClient:
                 await conn.store.append(
                     event,
                     expected_last_seq=state.last_seq,
-                    msg_id=f"{run_id}:{state.last_seq}:cancel",
+                    msg_id=ids.cancel_msg_id(run_id, state.last_seq),
                     headers=conn.tracing.inject({}),
                 )
             except ConcurrencyConflictError:

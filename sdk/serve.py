@@ -9,8 +9,10 @@ from opentelemetry.trace import TracerProvider
 
 from tether.engine.config import Settings
 from tether.engine.connection import Connection, redact
+from tether.engine.provision import ensure_bucket
 from tether.engine.reconnect import ClosedConnectionWatch
 from tether.engine.service import EngineService
+from tether.projections.checkpoints import Checkpoints
 from tether.projections.matcher import Matcher
 from tether.projections.timer import TimerProjection
 
@@ -79,9 +81,12 @@ class TetherServer:
             tracer_provider=self._tracer_provider,
             manage_streams=True,
         )
-        self.engine = EngineService(self.conn)
-        self.matcher = Matcher(self.conn, window_s=self._matcher_window_s)
-        self.timer = TimerProjection(self.conn)
+        conn = self.conn
+        bucket = conn.settings.names.checkpoints_bucket
+        checkpoints = Checkpoints(await ensure_bucket(conn.js, conn.settings, bucket))
+        self.engine = EngineService(conn)
+        self.matcher = Matcher(conn, window_s=self._matcher_window_s, checkpoints=checkpoints)
+        self.timer = TimerProjection(conn)
         await self.engine.start()
         await self.matcher.start()
         await self.timer.start()

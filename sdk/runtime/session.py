@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import nats.errors
 import nats.js.errors
 
+from tether.engine import ids
 from tether.engine.events import RunEvent, subject_token
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
 from tether.engine.state import RunState
@@ -70,7 +71,9 @@ class Attempt:
         self._timeout: asyncio.Timeout | None = None
 
     async def append(self, event: RunEvent) -> int:
-        msg_id = f"{event.run_id}:{self.state.last_seq}:{subject_token(event)}:{self._token}"
+        msg_id = ids.attempt_msg_id(
+            event.run_id, self.state.last_seq, subject_token(event), self._token
+        )
         appending = self.store.append(
             event,
             expected_last_seq=self.state.last_seq,

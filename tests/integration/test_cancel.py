@@ -34,7 +34,7 @@ async def test_cancel_while_waiting_closes_wait_and_deadlines(
                 keys = await conn.deadlines.keys()
             except Exception:  # no keys at all
                 return []
-            return [k for k in keys if k.startswith(ref.run_id)]
+            return [k for k in keys if k.split(".")[1] == ref.run_id]  # p<n>.<run_id>.<what>
 
         await wait_until(deadline_keys, message="the run's deadlines to be recorded")
         info = await app.runs.cancel(ref.run_id, reason="customer withdrew")

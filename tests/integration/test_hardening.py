@@ -26,9 +26,9 @@ from tests.integration.test_bad_input import (
     wait_rejection,
 )
 from tether import DurableContext, RunFailedError, Tether
-from tether.engine.bookkeeping import wait_deadline_key
 from tether.engine.config import Settings
 from tether.engine.events import ConditionSpec, RunEvent, WaitStarted
+from tether.engine.ids import wait_deadline_key
 from tether.engine.state import WaitRecord
 from tether.serve import TetherServer
 
@@ -328,11 +328,12 @@ async def test_a_forged_wait_on_a_waiting_run_schedules_no_timeout(
         names = server.conn.settings.names
 
         async def booked() -> bool:
-            info = await conn.js.consumer_info(names.runs_stream, names.bookkeeper_consumer)
+            consumer = names.bookkeeper_consumer(names.partition(ref.run_id))
+            info = await conn.js.consumer_info(names.runs_stream, consumer)
             return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
 
         await wait_until(booked, message="the bookkeeper to handle the forged wait")
-        deadline_key = wait_deadline_key(ref.run_id, real.position)
+        deadline_key = wait_deadline_key(names.partition(ref.run_id), ref.run_id, real.position)
         with pytest.raises(KeyNotFoundError):
             await conn.deadlines.get(deadline_key)
         assert (await app.runs.get(ref.run_id)).status == "waiting"

@@ -35,14 +35,17 @@ from tether.engine import events as ev
 from tether.engine.codec import METADATA_HEADER
 from tether.engine.config import Settings
 from tether.engine.connection import Connection, NatsUnavailableError
+from tether.engine.ids import run_deadline_key
 from tether.engine.nats_server import find_binary
 from tether.engine.permissions import NatsPermissionError
 from tether.engine.provision import ProvisionError, ensure_pull_consumer
+from tether.engine.subjects import Names
 from tether.serve import TetherServer
 from tether.task import DurableTask
 
 KEY = "approval:decision"
 TASK = "payment-approval"
+NAMES = Names()  # the default namespace, with the default partition count
 
 
 def payments_app(settings: Settings) -> tuple[Tether, DurableTask[Any, Any]]:
@@ -208,7 +211,7 @@ async def test_an_approver_reads_only_its_own_inbox(
         for subject in (">", "tether.>", "tether.runs.>"):
             assert await raw.subscribe_refused(subject), subject
         # nor create consumers: the same call would reconfigure the engine's on that stream
-        config = ConsumerConfig(name="TETHER_BOOKKEEPER", filter_subject="tether.runs.x.>")
+        config = ConsumerConfig(name="TETHER_BOOKKEEPER_P0", filter_subject="tether.runs.0.x.>")
         subject = "$JS.API.CONSUMER.CREATE.TETHER_RUNS"
         request = raw.nc.request(subject, orjson.dumps({"config": config.as_dict()}))
         with pytest.raises(NatsPermissionError):
@@ -222,7 +225,7 @@ async def forge_completion(server: SecuredNats, run_id: str) -> int:
     raw = await Raw.open(server, "worker-payments")
     try:
         forged = ev.RunCompleted(run_id=run_id, at=time.time(), output={"forged": True})
-        ack = await raw.js.publish(f"tether.runs.{run_id}.completed", ev.encode(forged))
+        ack = await raw.js.publish(NAMES.run_subject(run_id, "completed"), ev.encode(forged))
         return int(ack.seq)
     finally:
         await raw.close()
@@ -236,7 +239,7 @@ async def test_a_worker_cannot_decide_or_end_a_waiting_run(
     raw = await Raw.open(server, "worker-payments")
     try:
         for token in ("wait_satisfied", "wait_timed_out", "condition_met", "cancelled"):
-            assert await raw.publish_refused(f"tether.runs.{run_id}.{token}"), token
+            assert await raw.publish_refused(NAMES.run_subject(run_id, token)), token
         for subject in (f"tether.events.{KEY}", f"tether.from.alice.{KEY}"):
             assert await raw.publish_refused(subject), subject
     finally:
@@ -252,11 +255,13 @@ async def test_a_worker_cannot_decide_or_end_a_waiting_run(
     conn, names = engine.conn, engine.conn.settings.names
 
     async def booked() -> bool:  # the bookkeeper has handled the forged event
-        info = await conn.js.consumer_info(names.runs_stream, names.bookkeeper_consumer)
+        consumer = names.bookkeeper_consumer(names.partition(run_id))
+        info = await conn.js.consumer_info(names.runs_stream, consumer)
         return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
 
     await wait_until(booked, message="the bookkeeper to handle the forged event")
-    assert (await engine.conn.deadlines.get(f"{run_id}.run")).value
+    deadline_key = run_deadline_key(names.partition(run_id), run_id)
+    assert (await engine.conn.deadlines.get(deadline_key)).value
 
 
 async def test_a_forged_completion_does_not_block_the_decision(
@@ -292,7 +297,7 @@ async def test_a_worker_cannot_disguise_a_decision_as_a_step(
     )
     raw = await Raw.open(server, "worker-payments")
     try:
-        await raw.js.publish(f"tether.runs.{run_id}.step", ev.encode(satisfied))
+        await raw.js.publish(NAMES.run_subject(run_id, "step"), ev.encode(satisfied))
     finally:
         await raw.close()
     state, _ = await app.runs.state(run_id)
@@ -313,11 +318,11 @@ async def test_a_worker_uses_only_its_own_tasks_consumer(
                 watch=raw.watch,
             )
         # nor take over or reconfigure another's, whatever the API subject
-        config = ConsumerConfig(durable_name="TETHER_ENGINE", filter_subject="tether.cmd.>")
+        config = ConsumerConfig(durable_name="TETHER_ENGINE_P0", filter_subject="tether.cmd.0.>")
         for subject in (
-            "$JS.API.CONSUMER.DURABLE.CREATE.TETHER_CMDS.TETHER_ENGINE",
-            "$JS.API.CONSUMER.CREATE.TETHER_CMDS.TETHER_ENGINE",
-            "$JS.API.CONSUMER.MSG.NEXT.TETHER_CMDS.TETHER_ENGINE",
+            "$JS.API.CONSUMER.DURABLE.CREATE.TETHER_CMDS.TETHER_ENGINE_P0",
+            "$JS.API.CONSUMER.CREATE.TETHER_CMDS.TETHER_ENGINE_P0",
+            "$JS.API.CONSUMER.MSG.NEXT.TETHER_CMDS.TETHER_ENGINE_P0",
             "$JS.API.CONSUMER.DELETE.TETHER_TASKS.TETHER_TASK_payment-approval",
             "$JS.API.STREAM.UPDATE.TETHER_TASKS",
         ):

@@ -84,7 +84,7 @@ async def test_approval_flow_is_one_trace(
     assert trigger.kind == SpanKind.PRODUCER
     assert trigger.attributes["messaging.system"] == "nats"
     assert trigger.attributes["messaging.destination.template"] == (
-        f"{namespace}.runs.{{run_id}}.requested"
+        f"{namespace}.runs.{{partition}}.{{run_id}}.requested"
     )
     assert trigger.attributes["tether.run_id"] == ref.run_id
     trace_id = trigger.context.trace_id
@@ -118,7 +118,7 @@ async def test_approval_flow_is_one_trace(
     [match] = named(spans, f"process {namespace}.events.")
     assert match.context.trace_id == trace_id
     assert [link.context.span_id for link in match.links] == [push.context.span_id]
-    [command] = named(spans, f"process {namespace}.cmd.resume")
+    [command] = named(spans, f"process {namespace}.cmd.{{partition}}.resume")
     assert command.parent is not None and command.parent.span_id == match.context.span_id
 
     [run] = named(spans, "run payment")
@@ -204,7 +204,7 @@ async def test_fired_timeout_appears_in_the_run_trace(
     async with app.worker("w", slots=1):
         ref = await expiring.run_no_wait({})
         assert await ref.result(timeout=15) == "expired"
-        [fired] = await finished(exporter, f"publish {namespace}.cmd.expire_wait")
+        [fired] = await finished(exporter, f"publish {namespace}.cmd.{{partition}}.expire_wait")
         [wait] = await finished(exporter, "wait approval:decision")
     [trigger] = named(list(exporter.get_finished_spans()), f"publish {namespace}.runs.")
     assert fired.kind == SpanKind.PRODUCER

@@ -1,0 +1,66 @@
+"""The deadlines bucket as the engine writes it: one key per pending deadline, holding the
+command to publish when it comes due. The timer projection (``tether.projections.timer``)
+follows the bucket and fires them.
+
+A deadline that is no longer needed is purged with a marker that expires by itself, so the
+bucket holds what is pending (plus the markers of the last few minutes), never one entry
+per deadline ever set: a timer starting after a million runs reads only what is open.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from nats.js.kv import KeyValue
+
+from tether.engine import commands, ids
+from tether.engine.provision import DEADLINE_MARKER_TTL_S
+from tether.engine.state import WaitRecord
+
+log = logging.getLogger("tether.engine")
+
+
+def wait_deadline_keys(partition: int, run_id: str, record: WaitRecord) -> list[str]:
+    """Every deadline key a wait may have set: its timeout and its sleep conditions."""
+    keys = []
+    if record.timeout_at is not None:
+        keys.append(ids.wait_deadline_key(partition, run_id, record.position))
+    for clause in record.clauses:
+        keys += [
+            ids.sleep_deadline_key(partition, run_id, record.position, spec.id)
+            for spec in clause
+            if spec.kind == "sleep"
+        ]
+    return keys
+
+
+class Deadlines:
+    def __init__(self, bucket: KeyValue) -> None:
+        self._bucket = bucket
+
+    async def put(
+        self,
+        key: str,
+        due_at: float,
+        command: commands.CommandMessage,
+        traceparent: str | None,
+    ) -> None:
+        body: dict[str, object] = {
+            "due_at": due_at,
+            "command": command.model_dump(mode="json", exclude_defaults=True),
+        }
+        if traceparent:  # the run's trace, so the timeout shows up in it when it fires
+            body["traceparent"] = traceparent
+        await self._bucket.put(key, orjson.dumps(body))
+
+    async def remove(self, key: str) -> None:
+        """Drop a deadline that is no longer needed. A failure is logged, not raised: the
+        deadline then fires, and the engine finds its command no longer applies."""
+        try:
+            await self._bucket.purge(key, msg_ttl=DEADLINE_MARKER_TTL_S)
+        except Exception as exc:
+            log.warning(
+                "deadline not removed; it will fire and find nothing to do",
+                extra={"key": key, "error": repr(exc)},
+            )
