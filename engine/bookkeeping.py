@@ -14,7 +14,7 @@ import logging
 import orjson
 from nats.aio.msg import Msg
 
-from tether.engine import commands, ids
+from tether.engine import commands, ids, wire
 from tether.engine import events as ev
 from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines, wait_deadline_keys
@@ -81,8 +81,8 @@ class Bookkeeper:
         headers = msg.headers or {}
         if (
             isinstance(event, ev.RunRequested)
-            and headers.get("Nats-Expected-Last-Subject-Sequence") == "0"
-            and headers.get("Nats-Expected-Last-Subject-Sequence-Subject")
+            and headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ) == "0"
+            and headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT)
             == names.run_filter(event.run_id)
         ):
             return None, None  # the server stored it only because the run's log was empty
@@ -210,6 +210,6 @@ class Bookkeeper:
             orjson.dumps(body),
             headers={
                 **({TRACEPARENT: traceparent} if traceparent else {}),
-                "Nats-Msg-Id": ids.run_ended_msg_id(event.run_id),
+                wire.MSG_ID: ids.run_ended_msg_id(event.run_id),
             },
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from opentelemetry.trace import TracerProvider
 
-from tether.engine import codec
+from tether.engine import codec, wire
 from tether.engine.config import Settings
 from tether.engine.event_reads import read_key_events
 from tether.engine.jetstream_store import JetStreamEventStore
@@ -136,10 +135,14 @@ class Connection:
             refused.cancel()
         if not connecting.done():
             connecting.cancel()
-            with contextlib.suppress(BaseException):
+            try:
                 await connecting
-            with contextlib.suppress(Exception):
+            except (asyncio.CancelledError, Exception) as exc:  # the timeout is reported below
+                log.debug("first connection attempt ended", extra={"error": repr(exc)})
+            try:
                 await nc.close()
+            except Exception as exc:  # never connected: nothing to close cleanly
+                log.debug("closing the unconnected client failed", extra={"error": repr(exc)})
             if credentials_refused.is_set():
                 raise NatsUnavailableError(
                     f"NATS at {redact(settings.nats_url)} refused the credentials "
@@ -185,7 +188,7 @@ class Connection:
         """The last sequence of the events stream: waits match events after it."""
         # A raw request: nats-py's StreamInfo parsing costs more than the round trip.
         reply = await self.nc.request(
-            f"$JS.API.STREAM.INFO.{self.settings.names.events_stream}", b"", timeout=5.0
+            wire.stream_info(self.settings.names.events_stream), b"", timeout=5.0
         )
         info = orjson.loads(reply.data)
         if "error" in info:
@@ -208,7 +211,7 @@ class Connection:
                 payload = codec.loads_object(message.data, "payload")
             except codec.InvalidJsonError:
                 continue
-            out.append((message.seq, payload, message.headers.get("Nats-Msg-Id")))
+            out.append((message.seq, payload, message.headers.get(wire.MSG_ID)))
         return out
 
     async def close(self) -> None:

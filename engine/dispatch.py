@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from nats.js import JetStreamContext
 
-from tether.engine import commands, ids
+from tether.engine import commands, ids, wire
 from tether.engine.subjects import Names
 
 
@@ -22,7 +22,7 @@ async def dispatch_task(
     await js.publish(
         names.task_subject(task),
         orjson.dumps({"run_id": run_id, "seq": seq}),
-        headers={**(headers or {}), "Nats-Msg-Id": ids.dispatch_msg_id(run_id, seq)},
+        headers={**(headers or {}), wire.MSG_ID: ids.dispatch_msg_id(run_id, seq)},
     )
 
 
@@ -35,5 +35,5 @@ async def send_command(
     await js.publish(
         names.command_subject(command.kind, command.run_id),
         commands.encode(command),
-        headers={**(headers or {}), "Nats-Msg-Id": command.msg_id()},
+        headers={**(headers or {}), wire.MSG_ID: command.msg_id()},
     )

@@ -7,16 +7,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
 from tether.engine import events as ev
+from tether.engine import wire
 from tether.engine.nats_io import DirectReader
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import Names
 
-# 10071: wrong last sequence; 10164: the same check on the subject-filter form.
-_OCC_CODES = (10071, 10164)
-
 
 def is_occ_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, APIError) and exc.err_code in _OCC_CODES
+    return isinstance(exc, APIError) and exc.err_code in wire.OCC_CONFLICT_CODES
 
 
 class JetStreamEventStore:
@@ -37,9 +35,9 @@ class JetStreamEventStore:
         run_id = event.run_id
         headers = {
             **(headers or {}),
-            "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
-            "Nats-Expected-Last-Subject-Sequence-Subject": self._names.run_filter(run_id),
-            "Nats-Msg-Id": msg_id,
+            wire.EXPECTED_LAST_SUBJECT_SEQ: str(expected_last_seq),
+            wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self._names.run_filter(run_id),
+            wire.MSG_ID: msg_id,
         }
         subject = self._names.run_subject(run_id, ev.subject_token(event))
         try:
@@ -60,7 +58,7 @@ class JetStreamEventStore:
             self._names.runs_stream, self._names.run_filter(run_id), start_seq=after + 1
         )
         for message in stored:
-            if message.headers.get("Nats-Msg-Id") == msg_id:
+            if message.headers.get(wire.MSG_ID) == msg_id:
                 return message.seq
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from dataclasses import dataclass
 
 import nats.errors
@@ -12,8 +13,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-STATUS = "Status"
-DESCRIPTION = "Description"
+from tether.engine import wire
+
+log = logging.getLogger("tether.nats")
+
+STATUS = wire.STATUS
+DESCRIPTION = wire.DESCRIPTION
 # A whole read of a run's log that comes back short (a replica behind) is tried this often.
 WHOLE_READ_ATTEMPTS = 5
 
@@ -152,7 +157,7 @@ class DirectReader:
         """One read; also whether every counted message at or below the cut came back."""
         await self._ensure_sub()
         reply = await self._nc.request(
-            f"$JS.API.STREAM.INFO.{stream}",
+            wire.stream_info(stream),
             orjson.dumps({"subjects_filter": subject_filter}),
             timeout=timeout,
         )
@@ -222,7 +227,7 @@ class DirectReader:
         request = orjson.dumps(body)
         out: list[StoredMessage] = []
         try:
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
+            await self._nc.publish(wire.direct_get(stream), request, reply=inbox)
             async with asyncio.timeout(timeout):
                 while True:
                     msg = await queue.get()
@@ -230,7 +235,7 @@ class DirectReader:
                     if status == "404":
                         return out, 0
                     if status == "204":  # end of batch
-                        return out, int((msg.headers or {}).get("Nats-Num-Pending", "0") or 0)
+                        return out, int((msg.headers or {}).get(wire.NUM_PENDING, "0") or 0)
                     if status == "503":  # (a 408 here means a bad request, not a timeout)
                         desc = (msg.headers or {}).get(DESCRIPTION, "")
                         raise StreamUnavailableError(f"direct get on stream {stream}: {desc}")
@@ -243,11 +248,11 @@ class DirectReader:
                     headers = dict(msg.headers or {})
                     out.append(
                         StoredMessage(
-                            seq=int(headers["Nats-Sequence"]),
-                            subject=headers.get("Nats-Subject", ""),
+                            seq=int(headers[wire.SEQUENCE]),
+                            subject=headers.get(wire.SUBJECT, ""),
                             data=msg.data,
                             headers=headers,
-                            timestamp=headers.get("Nats-Time-Stamp", ""),
+                            timestamp=headers.get(wire.TIME_STAMP, ""),
                         )
                     )
         finally:
@@ -257,3 +262,15 @@ class DirectReader:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+
+
+async def hand_back(msg: Msg, delay: float | None = None) -> None:
+    """Nak ``msg`` so it is delivered again (after ``delay``). A nak that cannot be sent
+    (NATS away) is logged, not raised: the server then redelivers it after its ack wait."""
+    try:
+        await msg.nak(delay=delay)
+    except Exception as exc:
+        log.warning(
+            "could not hand a message back; it returns after the consumer's ack wait",
+            extra={"subject": msg.subject, "error": repr(exc)},
+        )

@@ -30,15 +30,13 @@ from nats.js.api import (
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
+from tether.engine import wire
 from tether.engine.config import Settings
 from tether.engine.permissions import NatsPermissionError, PermissionWatch
 
 log = logging.getLogger("tether.provision")
 
 T = TypeVar("T")
-
-_STREAM_NAME_IN_USE = 10058
-_CONSUMER_EXISTS = 10148
 
 
 class ProvisionError(RuntimeError):
@@ -164,7 +162,7 @@ async def _stream_info(
 ) -> StreamConfig | None:
     """The stream's configuration, or None when it does not exist."""
     try:
-        info = await _guarded(watch, f"$JS.API.STREAM.INFO.{name}", js.stream_info(name))
+        info = await _guarded(watch, wire.stream_info(name), js.stream_info(name))
     except NotFoundError:
         return None
     except NatsPermissionError as exc:
@@ -194,9 +192,9 @@ async def _create(
 ) -> T | None:
     """Create a missing stream; None if another process created it meanwhile."""
     try:
-        return await _guarded(watch, f"$JS.API.STREAM.CREATE.{name}", operation)
+        return await _guarded(watch, wire.stream_create(name), operation)
     except APIError as exc:
-        if exc.err_code == _STREAM_NAME_IN_USE:
+        if exc.err_code == wire.STREAM_NAME_IN_USE:
             return None
         raise
     except (NatsPermissionError, TimeoutError):
@@ -225,7 +223,7 @@ async def _ensure_stream(
         )
         return
     try:
-        await _guarded(watch, f"$JS.API.STREAM.UPDATE.{name}", js.update_stream(config))
+        await _guarded(watch, wire.stream_update(name), js.update_stream(config))
     except (NatsPermissionError, TimeoutError):
         raise ProvisionError(
             f"stream {name} differs from these settings ({'; '.join(differences)}) and these "
@@ -321,7 +319,7 @@ async def ensure_pull_consumer(
         filter_subject=filter_subjects[0] if len(filter_subjects) == 1 else None,
         filter_subjects=filter_subjects if len(filter_subjects) > 1 else None,
     )
-    info_subject = f"$JS.API.CONSUMER.INFO.{stream}.{durable}"
+    info_subject = wire.consumer_info(stream, durable)
     with contextlib.suppress(NotFoundError, NatsPermissionError, TimeoutError):
         actual = (await _guarded(watch, info_subject, js.consumer_info(stream, durable))).config
         have = actual.filter_subjects or ([actual.filter_subject] if actual.filter_subject else [])
@@ -329,12 +327,12 @@ async def ensure_pull_consumer(
             config, actual, _CONSUMER_FIELDS
         ):
             return
-    create_subject = f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}"
+    create_subject = wire.consumer_create(stream, durable)
     try:
         try:
             await _guarded(watch, create_subject, js.add_consumer(stream, config))
         except BadRequestError as exc:
-            if exc.err_code != _CONSUMER_EXISTS:
+            if exc.err_code != wire.CONSUMER_EXISTS:
                 raise
             log.info("updating consumer", extra={"stream": stream, "consumer": durable})
             await _guarded(watch, create_subject, js.add_consumer(stream, config))

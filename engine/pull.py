@@ -21,7 +21,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from tether.engine.nats_io import DESCRIPTION, status_of
+from tether.engine import wire
+from tether.engine.nats_io import DESCRIPTION, hand_back, status_of
 
 log = logging.getLogger("tether.pull")
 
@@ -65,7 +66,7 @@ class SlotPuller:
         expires_s: float = PULL_EXPIRES_S,
     ) -> None:
         self._nc = nc
-        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._next_subject = wire.consumer_next(stream, consumer)
         self._consumer = consumer
         self._handler = handler
         self._budget = budget
@@ -149,7 +150,7 @@ class SlotPuller:
             if status == "100":
                 return
             request = self._requests.pop(msg.subject, None)
-            remainder = (msg.headers or {}).get("Nats-Pending-Messages")
+            remainder = (msg.headers or {}).get(wire.PENDING_MESSAGES)
             if remainder is not None:
                 self._owed -= int(remainder)
             elif request is not None:
@@ -180,8 +181,7 @@ class SlotPuller:
                 "message handler failed; redelivering", extra={"consumer": self._consumer}
             )
             # Soon, not after the whole ack wait: most failures are NATS passing trouble.
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=HANDLER_FAILED_REDELIVERY_S)
+            await hand_back(msg, HANDLER_FAILED_REDELIVERY_S)
         finally:
             self._budget.active -= 1
             self._budget.wake_all()
@@ -201,6 +201,8 @@ class SlotPuller:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # a closed connection has dropped it already
+                log.debug("puller unsubscribe failed", extra={"error": repr(exc)})

@@ -22,7 +22,7 @@ from tether.engine.dispatch import dispatch_task
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.state import RunState, fold
-from tether.engine.store import ConcurrencyConflictError
+from tether.engine.store import ConcurrencyConflictError, decide_and_append
 from tether.engine.tracing import EVENT_TRACEPARENT, messaging
 
 log = logging.getLogger("tether.engine")
@@ -219,9 +219,8 @@ class EngineService:
                     headers=headers,
                 )
                 return seq, event
-        for _ in range(10):
-            raw = await store.read_raw(run_id)
-            state = fold(run_id, [(seq, event) for seq, event, _ in raw])
+
+        def choose(state: RunState) -> ev.RunEvent | None:
             decided = decide(state, state_command, time.time())
             if not decided:
                 log.debug(
@@ -229,22 +228,21 @@ class EngineService:
                     extra={"run_id": run_id, "kind": command.kind, "status": state.status},
                 )
                 return None
-            try:
-                seq = await store.append(
-                    decided[0],
-                    expected_last_seq=state.last_seq,
-                    msg_id=ids.decision_msg_id(
-                        run_id, state.last_seq, command.kind, command.condition_id
-                    ),
-                    headers=headers,
-                )
-                if isinstance(decided[0], ev.RunTimedOut):
-                    self._conn.tracing.record_run(state, "timed_out", raw[0][2], time.time())
-                return seq, decided[0]
-            except ConcurrencyConflictError:
-                continue
-        log.error(
-            "gave up applying command after repeated conflicts",
-            extra={"run_id": run_id, "kind": command.kind},
+            return decided[0]
+
+        appended = await decide_and_append(
+            store,
+            run_id,
+            choose,
+            msg_id=lambda state: ids.decision_msg_id(
+                run_id, state.last_seq, command.kind, command.condition_id
+            ),
+            headers=headers,
         )
-        raise ConcurrencyConflictError(run_id, -1)
+        if appended is None:
+            return None
+        if isinstance(appended.event, ev.RunTimedOut):
+            self._conn.tracing.record_run(
+                appended.state, "timed_out", appended.log[0][2], time.time()
+            )
+        return appended.seq, appended.event

@@ -7,9 +7,12 @@ and replay) and ``JetStreamEventStore`` (the real one). A conflict is always
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from tether.engine.events import RunEvent
+from tether.engine.state import RunState, fold
 
 
 class ConcurrencyConflictError(Exception):
@@ -80,3 +83,44 @@ class InMemoryEventStore:
 
     async def read_raw(self, run_id: str) -> list[tuple[int, RunEvent, dict[str, str]]]:
         return [(seq, event, dict(h)) for seq, event, _, h in self._logs.get(run_id, [])]
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """An event appended by ``decide_and_append``, with the run as it was decided on."""
+
+    seq: int
+    event: RunEvent
+    state: RunState
+    log: list[tuple[int, RunEvent, dict[str, str]]]  # the run's log read for the decision
+
+
+DECISION_ATTEMPTS = 10
+
+
+async def decide_and_append(
+    store: EventStore,
+    run_id: str,
+    choose: Callable[[RunState], RunEvent | None],
+    *,
+    msg_id: Callable[[RunState], str],
+    headers: dict[str, str] | None = None,
+) -> Decided | None:
+    """The OCC loop every writer of a decision uses: read the run, ``choose`` its event
+    (None: nothing applies any more; ``choose`` may also raise), append it guarded by the
+    sequence read, and on a conflict read and decide again. ``msg_id`` names the write
+    from the state it was decided on, so a retried append dedupes."""
+    for _ in range(DECISION_ATTEMPTS):
+        log = await store.read_raw(run_id)
+        state = fold(run_id, [(seq, event) for seq, event, _ in log])
+        event = choose(state)
+        if event is None:
+            return None
+        try:
+            seq = await store.append(
+                event, expected_last_seq=state.last_seq, msg_id=msg_id(state), headers=headers
+            )
+        except ConcurrencyConflictError:
+            continue  # the run moved on (a step, a resolution): decide again
+        return Decided(seq, event, state, log)
+    raise ConcurrencyConflictError(run_id, -1)

@@ -21,7 +21,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from opentelemetry.trace import SpanKind
 
-from tether.engine import codec
+from tether.engine import codec, wire
 from tether.engine.commands import CommandMessage, encode
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
@@ -39,15 +39,10 @@ from tether.projections.checkpoints import Checkpoint, Checkpoints
 from tether.projections.follower import Follower
 from tether.projections.open_waits import (
     MATCHER_TOKENS,
-    ConditionRef,
     OpenCondition,
     OpenWait,
-    attempt_may_resolve,
-    followed_body,
-    parse_wait,
     resume_command,
     wait_from_record,
-    wait_record,
 )
 from tether.projections.pushed_events import (
     PushedEvent,
@@ -56,7 +51,7 @@ from tether.projections.pushed_events import (
     stored_events,
 )
 from tether.projections.rejections import record_rejection
-from tether.projections.wait_index import WaitIndex
+from tether.projections.wait_registry import WaitRegistry
 
 log = logging.getLogger("tether.matcher")
 
@@ -91,11 +86,7 @@ class Matcher:
         self._conn = conn
         self._names = conn.settings.names
         self._js: JetStreamContext = conn.js
-        self.waits: dict[str, OpenWait] = {}
-        # waits closed here by a match whose resolution the run log does not show yet
-        self._unlogged: dict[str, OpenWait] = {}
-        self._open_by_run: dict[str, str] = {}
-        self._index: WaitIndex[ConditionRef] = WaitIndex()
+        self.registry = WaitRegistry(self._names)
         # events handled so far: everything with seq <= cursor has been matched
         self.events_cursor: int | None = None
         # recent events by key, for waits that register "behind" the cursor
@@ -111,6 +102,11 @@ class Matcher:
         self.rejected = 0
         self.evaluation_errors = 0
 
+    @property
+    def waits(self) -> dict[str, OpenWait]:
+        """Open waits that events may still match."""
+        return self.registry.waits
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, partitions: list[int] | None = None) -> None:
@@ -119,6 +115,11 @@ class Matcher:
         wanted = range(self._names.partitions) if partitions is None else partitions
         for partition in wanted:
             await self.own(partition)
+        await self.follow_events()
+
+    async def follow_events(self) -> None:
+        """Match pushed events from the oldest position a loaded wait still needs (waits
+        of partitions owned later catch up on their own, see ``_catch_up``)."""
         info = await self._js.stream_info(self._names.events_stream)
         start = int(info.state.last_seq) + 1
         if self.waits:
@@ -171,7 +172,9 @@ class Matcher:
             )
             return 0
         for wait in waits:
-            self._register(wait)
+            self.registry.register(wait)
+            if self.events_cursor is not None and wait.events_position < self.events_cursor:
+                self._catch_up(wait)
         return checkpoint.position
 
     async def release(self, partition: int) -> None:
@@ -182,9 +185,7 @@ class Matcher:
         await follower.stop()
         await self._write_checkpoint(partition, follower.position)
         self._checkpointed.pop(partition, None)
-        for wait in [*self.waits.values(), *self._unlogged.values()]:
-            if wait.partition == partition:
-                self._close_wait(wait.wait_id, logged=True)
+        self.registry.forget_partition(partition)
 
     async def stop(self) -> None:
         if self._checkpoint_task is not None:
@@ -209,6 +210,9 @@ class Matcher:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
 
+    def open_waits_by_partition(self) -> dict[int, int]:
+        return self.registry.open_waits_by_partition()
+
     # -- checkpoints ----------------------------------------------------------------------------
 
     async def _checkpoint_loop(self) -> None:
@@ -223,100 +227,17 @@ class Matcher:
         step of the event loop, so state and position agree)."""
         if self._checkpoints is None or position <= 0:
             return
-        records = [
-            wait_record(wait)
-            for wait in itertools.chain(self.waits.values(), self._unlogged.values())
-            if wait.partition == partition
-        ]
+        records = self.registry.records(partition)
         if await self._checkpoints.save(checkpoint_name(partition), Checkpoint(position, records)):
             self._checkpointed[partition] = position
 
     # -- the run log: waits opening and closing ------------------------------------------------
 
     def _on_run_msg(self, msg: Msg) -> None:
-        followed = followed_body(msg.subject, msg.data)
-        if followed is None:
-            return
-        run_id, token, body = followed
-        wait_id = self._open_by_run.get(run_id, "")
-        open_wait = self.waits.get(wait_id) or self._unlogged.get(wait_id)
-        if token == "wait_started":
-            if open_wait is not None:  # only a running attempt registers waits
-                log.warning("wait registered on a waiting run ignored", extra={"run_id": run_id})
-                return
-            self._on_wait_started(msg, body)
-        elif open_wait is None or body.get("wait_id", open_wait.wait_id) != open_wait.wait_id:
-            return  # nothing open here (a terminal event, or a resolution already seen)
-        elif token.endswith("_in_attempt") and not attempt_may_resolve(open_wait, body):
-            log.warning("in-attempt resolution ignored", extra={"subject": msg.subject})
-        elif token in ("wait_satisfied", "wait_satisfied_in_attempt", "wait_timed_out"):
-            self._close_wait(open_wait.wait_id, logged=True)
-        elif token in ("condition_met", "condition_met_in_attempt"):
-            self._clause_met(open_wait, str(body.get("condition_id", "")), logged=True)
-        elif token in ("timed_out", "cancelled"):
-            # (completed and failed end only a running attempt: a waiting run ignores them)
-            self._close_wait(open_wait.wait_id, logged=True)
-
-    def _on_wait_started(self, msg: Msg, body: dict[str, Any]) -> None:
-        try:
-            partition = self._names.partition(str(body["run_id"]))
-            wait = parse_wait(body, msg.metadata.sequence.stream, partition)
-            wait.traceparent = (msg.headers or {}).get(TRACEPARENT)
-        except InvalidExpressionError as exc:
-            # Workers validate before recording, so this means a foreign writer; skip it.
-            log.error("wait with an invalid expression ignored", extra={"error": str(exc)})
-            return
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error("malformed wait_started skipped", extra={"error": repr(exc)})
-            return
-        self._register(wait)
-
-    def _register(self, wait: OpenWait) -> None:
-        self._open_by_run[wait.run_id] = wait.wait_id
-        if len(wait.met_clauses) >= wait.clause_count:  # (from a checkpoint) nothing to match
-            self._unlogged[wait.wait_id] = wait
-            return
-        self.waits[wait.wait_id] = wait
-        for condition in wait.open_conditions():
-            self._index.add(
-                (wait.wait_id, condition.condition_id), condition.event_key, condition.shape
-            )
-        if self.events_cursor is not None and wait.events_position < self.events_cursor:
-            self._catch_up(wait)
-
-    def _clause_met(self, wait: OpenWait, condition_id: str, *, logged: bool) -> None:
-        """A clause is satisfied (here by a match, or in the run log): its other
-        alternatives need no more matching."""
-        clause = next((c.clause for c in wait.conditions if c.condition_id == condition_id), None)
-        if clause is None:  # a sleep condition: find its clause from the id "c<i>.<j>"
-            with contextlib.suppress(ValueError, IndexError):
-                clause = int(condition_id[1:].split(".")[0])
-        if clause is None:
-            return
-        wait.met_clauses = wait.met_clauses | {clause}
-        if logged:
-            wait.logged_met = wait.logged_met | {clause}
-        for condition in wait.conditions:
-            if condition.clause == clause:
-                self._index.remove((wait.wait_id, condition.condition_id))
-        if len(wait.logged_met) >= wait.clause_count:
-            self._close_wait(wait.wait_id, logged=True)
-        elif len(wait.met_clauses) >= wait.clause_count:
-            self._close_wait(wait.wait_id, logged=False)
-
-    def _close_wait(self, wait_id: str, *, logged: bool) -> None:
-        """Stop matching a wait; forget it once the run log shows it resolved (``logged``)."""
-        wait = self.waits.pop(wait_id, None)
-        if wait is not None:
-            for condition in wait.conditions:
-                self._index.remove((wait_id, condition.condition_id))
-            if not logged:
-                self._unlogged[wait_id] = wait
-                return
-        else:
-            wait = self._unlogged.pop(wait_id, None) if logged else None
-        if wait is not None and self._open_by_run.get(wait.run_id) == wait_id:
-            del self._open_by_run[wait.run_id]
+        registered = self.registry.on_run_msg(msg)
+        if registered is not None and self.events_cursor is not None:
+            if registered.events_position < self.events_cursor:
+                self._catch_up(registered)
 
     # -- pushed events --------------------------------------------------------------------------
 
@@ -342,13 +263,13 @@ class Matcher:
             seq,
             key,
             payload,
-            headers.get("Nats-Msg-Id"),
+            headers.get(wire.MSG_ID),
             metadata,
             time.time(),
             headers.get(TRACEPARENT),
         )
         self._recent.remember(event)
-        for wait_id, condition_id in self._index.candidates(key, payload):
+        for wait_id, condition_id in self.registry.candidates(key, payload):
             wait = self.waits.get(wait_id)
             if wait is None:
                 continue
@@ -382,7 +303,7 @@ class Matcher:
             # leave the wait open for one that can, not hang it.
             self._reject(event.seq, event.key, f"cannot pass the event to the run: {exc}", b"")
             return
-        self._clause_met(wait, condition.condition_id, logged=False)
+        self.registry.clause_met(wait, condition.condition_id, logged=False)
         tracing = self._conn.tracing
         template = self._names.event_subject("{event_key}")
         with tracing.span(

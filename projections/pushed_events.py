@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tether.engine import codec
+from tether.engine import codec, wire
 from tether.engine.nats_io import StoredMessage
 from tether.engine.subjects import Names
 from tether.engine.tracing import TRACEPARENT
@@ -98,7 +98,7 @@ def stored_events(
             message.seq,
             key,
             payload,
-            message.headers.get("Nats-Msg-Id"),
+            message.headers.get(wire.MSG_ID),
             metadata,
             time.time(),
             message.headers.get(TRACEPARENT),

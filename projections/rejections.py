@@ -7,7 +7,7 @@ import logging
 import orjson
 from nats.js.client import JetStreamContext
 
-from tether.engine import ids
+from tether.engine import ids, wire
 from tether.engine.subjects import Names
 
 log = logging.getLogger("tether.rejections")
@@ -29,7 +29,7 @@ async def record_rejection(
         await js.publish(
             names.rejected_subject(key),
             orjson.dumps(body),
-            headers={"Nats-Msg-Id": ids.rejection_msg_id(seq)},
+            headers={wire.MSG_ID: ids.rejection_msg_id(seq)},
         )
     except Exception:
         log.exception("could not record a rejected event", extra={"event_seq": seq})

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from tether.engine import ids
+from tether.engine import ids, wire
 from tether.engine.commands import CommandMessage
 from tether.engine.connection import Connection
 from tether.engine.dispatch import send_command
@@ -28,8 +28,6 @@ from tether.projections.follower import Follower
 
 log = logging.getLogger("tether.timer")
 
-KV_OPERATION = "KV-Operation"  # the header a KV delete or purge carries
-_KV_DELETE_OPS = ("DEL", "PURGE")
 LOAD_WAIT_S = 30.0  # how long own() waits for a partition's deadlines already stored
 
 
@@ -101,8 +99,8 @@ class TimerProjection:
         key = msg.subject[len(self._key_prefix) :]
         if ids.deadline_partition(key) not in self._followers:
             return  # a partition released while this was in flight
-        operation = (msg.headers or {}).get(KV_OPERATION)
-        if operation in _KV_DELETE_OPS or not msg.data:
+        operation = (msg.headers or {}).get(wire.KV_OPERATION)
+        if operation in wire.KV_REMOVALS or not msg.data:
             self._due.pop(key, None)
             self._compact_if_stale()
             return

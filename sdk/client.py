@@ -22,8 +22,8 @@ from tether.engine.connection import Connection, ConnectionFactory
 from tether.engine.decide import CancelRun, decide
 from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
-from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, fold
-from tether.engine.store import ConcurrencyConflictError
+from tether.engine.state import TERMINAL_STATUSES, RunState, evolve
+from tether.engine.store import ConcurrencyConflictError, decide_and_append
 from tether.engine.subjects import check_run_id
 from tether.engine.tracing import messaging
 from tether.errors import (
@@ -309,24 +309,22 @@ class RunsClient:
         unknown run and ``RunAlreadyFinishedError`` for one that has already ended.
         """
         conn = await self._connect()
-        for _ in range(10):
-            raw = await conn.store.read_raw(run_id)
-            state = fold(run_id, [(seq, event) for seq, event, _ in raw])
+
+        def choose(state: RunState) -> ev.RunEvent:
             if not state.exists:
                 raise RunNotFoundError(run_id)
             if state.is_terminal:
                 raise RunAlreadyFinishedError(run_id, state.status)
-            [event] = decide(state, CancelRun(reason=reason), time.time())
-            try:
-                await conn.store.append(
-                    event,
-                    expected_last_seq=state.last_seq,
-                    msg_id=ids.cancel_msg_id(run_id, state.last_seq),
-                    headers=conn.tracing.inject({}),
-                )
-            except ConcurrencyConflictError:
-                continue  # the run moved on (e.g. a step was recorded): decide again
-            # The run's trace ends here too, as it does when a worker or the engine ends it.
-            conn.tracing.record_run(state, "cancelled", raw[0][2], event.at)
-            return await self.get(run_id)
-        raise ConcurrencyConflictError(run_id, -1)
+            return decide(state, CancelRun(reason=reason), time.time())[0]
+
+        appended = await decide_and_append(
+            conn.store,
+            run_id,
+            choose,
+            msg_id=lambda state: ids.cancel_msg_id(run_id, state.last_seq),
+            headers=conn.tracing.inject({}),
+        )
+        assert appended is not None  # choose never declines: it decides or raises
+        # The run's trace ends here too, as it does when a worker or the engine ends it.
+        conn.tracing.record_run(appended.state, "cancelled", appended.log[0][2], appended.event.at)
+        return await self.get(run_id)

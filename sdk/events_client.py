@@ -8,7 +8,7 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 
-from tether.engine import codec
+from tether.engine import codec, wire
 from tether.engine.connection import ConnectionFactory
 from tether.engine.subjects import check_event_key, check_identity
 from tether.engine.tracing import messaging
@@ -72,7 +72,7 @@ class EventsClient:
         if approver is not None:
             check_identity(str(approver))
         event_id = id or uuid.uuid4().hex
-        headers = {"Nats-Msg-Id": event_id}
+        headers = {wire.MSG_ID: event_id}
         if metadata:
             codec.check_json_value(metadata, "event metadata", max_depth=codec.MAX_METADATA_DEPTH)
             encoded = codec.dumps(metadata).decode()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import TYPE_CHECKING
 
 from opentelemetry.trace import TracerProvider
@@ -12,6 +14,7 @@ from tether.engine.connection import Connection, redact
 from tether.engine.provision import ensure_bucket
 from tether.engine.reconnect import ClosedConnectionWatch
 from tether.engine.service import EngineService
+from tether.partition_owner import PartitionOwner
 from tether.projections.checkpoints import Checkpoints
 from tether.projections.matcher import Matcher
 from tether.projections.timer import TimerProjection
@@ -21,6 +24,11 @@ if TYPE_CHECKING:
     from tether.operator.auth import TokenAuth
 
 log = logging.getLogger("tether.serve")
+
+
+def default_name() -> str:
+    """``host:pid``: unique among running processes, and new at every restart."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class TetherServer:
@@ -35,8 +43,11 @@ class TetherServer:
         http: str | None = None,
         auth: TokenAuth | None = None,
         tracer_provider: TracerProvider | None = None,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
+        # Unique per running process: leases are held in this name.
+        self.name = name or default_name()
         self._matcher_window_s = matcher_window_s
         self._tracer_provider = tracer_provider
         self._http = http
@@ -46,6 +57,7 @@ class TetherServer:
         self.engine: EngineService | None = None
         self.matcher: Matcher | None = None
         self.timer: TimerProjection | None = None
+        self.owner: PartitionOwner | None = None
         self._watch: ClosedConnectionWatch | None = None
 
     async def start(self) -> None:
@@ -71,6 +83,8 @@ class TetherServer:
             extra={
                 "nats_url": redact(self.settings.nats_url),
                 "namespace": self.settings.namespace,
+                "serve_name": self.name,
+                "partitions": self.owner.partitions if self.owner else [],
             },
         )
 
@@ -87,11 +101,19 @@ class TetherServer:
         self.engine = EngineService(conn)
         self.matcher = Matcher(conn, window_s=self._matcher_window_s, checkpoints=checkpoints)
         self.timer = TimerProjection(conn)
-        await self.engine.start()
-        await self.matcher.start()
-        await self.timer.start()
+        await self.timer.start(partitions=[])
+        # Partitions come from leases: the first share is loaded before pushed events are
+        # followed (so their waits match from the stream in one pass), later ones catch up.
+        self.owner = PartitionOwner(
+            conn, self.name, engine=self.engine, matcher=self.matcher, timer=self.timer
+        )
+        await self.owner.start()
+        await self.matcher.follow_events()
 
     async def _stop_parts(self) -> None:
+        if self.owner is not None:
+            await self.owner.stop()
+            self.owner = None
         for part in (self.timer, self.matcher, self.engine):
             if part is not None:
                 await part.stop()

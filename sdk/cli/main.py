@@ -10,10 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tether.cli import runs as cli_runs
+from tether.cli import status as cli_status
 from tether.engine.config import Settings
 from tether.engine.connection import NatsUnavailableError, redact
 from tether.engine.nats_server import NatsServer, NatsServerError
 from tether.engine.permissions import NatsPermissionError
+from tether.engine.provision import ProvisionError
 from tether.engine.tracing import configure_from_env
 from tether.errors import TetherError
 from tether.http.server import DEFAULT_HTTP, ApiServer, HttpAddressError, check_address_free
@@ -35,12 +37,15 @@ async def _serve(
     http: str | None = None,
     auth: TokenAuth | None = None,
     show_token: str | None = None,
+    name: str | None = None,
 ) -> None:
-    server = TetherServer(settings, http=http, auth=auth)
+    server = TetherServer(settings, http=http, auth=auth, name=name)
     await server.start()
+    owned = server.owner.partitions if server.owner else []
     print(
         f"tether serve: engine, matcher and timer running against {redact(settings.nats_url)} "
-        f"(namespace {settings.namespace}); Ctrl-C or SIGTERM stops",
+        f"(namespace {settings.namespace}) as {server.name}, owning {len(owned)} partitions "
+        "for now; Ctrl-C or SIGTERM stops",
         flush=True,
     )
     if server.api is not None:
@@ -53,7 +58,10 @@ async def _serve(
 
 def cmd_serve(args: argparse.Namespace) -> None:
     auth = load_token_auth(args.tokens) if args.http else None
-    asyncio.run(_serve(Settings.from_env(args.nats_url, args.namespace), http=args.http, auth=auth))
+    settings = Settings.from_env(args.nats_url, args.namespace)
+    if args.partitions is not None:
+        settings = settings.with_partitions(args.partitions)
+    asyncio.run(_serve(settings, http=args.http, auth=auth, name=args.name))
 
 
 async def _api(settings: Settings, http: str, auth: TokenAuth) -> None:
@@ -112,7 +120,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _run(fn: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
     try:
         fn(args)
-    except (NatsUnavailableError, NatsServerError, NatsPermissionError, HttpAddressError) as exc:
+    except (
+        NatsUnavailableError,
+        NatsServerError,
+        NatsPermissionError,
+        HttpAddressError,
+        ProvisionError,
+    ) as exc:
         print(f"tether: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # a malformed argument
@@ -157,7 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="API tokens (JSON); default: $TETHER_API_TOKENS(_FILE)",
     )
+    serve.add_argument(
+        "--name",
+        default=None,
+        help="this process among the serve processes (default: host:pid); unique per process",
+    )
+    serve.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partition count of a new namespace (default: $TETHER_PARTITIONS or 32); an "
+        "existing namespace keeps its own, and another count is refused",
+    )
     serve.set_defaults(fn=cmd_serve)
+    cli_status.register(sub)
 
     api = sub.add_parser("api", allow_abbrev=False, help="only the HTTP API and dashboard")
     cli_runs.connection_args(api)

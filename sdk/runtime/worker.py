@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from tether.engine.connection import ConnectionFactory
+from tether.engine.nats_io import hand_back
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.reconnect import ClosedConnectionWatch
@@ -146,14 +147,12 @@ class Worker:
                 trigger_child=self._trigger_child,
             )
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await msg.nak()
+            await hand_back(msg)
             raise
         except Exception:
             # NATS trouble mid-attempt: hand the message back for another try.
             log.exception("attempt crashed", extra={"run_id": run_id, "task": task.name})
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+            await hand_back(msg, 1.0)
             return
         finally:
             heartbeat.cancel()
@@ -165,8 +164,7 @@ class Worker:
                 "attempt interrupted; handing the run back",
                 extra={"run_id": run_id, "detail": result.detail, "retry_in_s": delay},
             )
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=delay)
+            await hand_back(msg, delay)
             return
         if result.outcome == "behind" and msg.metadata.num_delivered < BEHIND_RETRIES:
             log.info("run log not caught up yet; retrying", extra={"run_id": run_id})
@@ -185,8 +183,10 @@ class Worker:
     async def _keep_alive(msg: Msg, ack_wait_s: float) -> None:
         while True:
             await asyncio.sleep(max(ack_wait_s / 3, 0.5))
-            with contextlib.suppress(Exception):
+            try:
                 await msg.in_progress()
+            except Exception as exc:  # NATS away: the next beat tries again
+                log.debug("in-progress beat failed", extra={"error": repr(exc)})
 
     def run(self) -> None:
         """Run the worker in this process until SIGINT (Ctrl-C) or SIGTERM, then stop

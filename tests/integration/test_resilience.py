@@ -155,7 +155,9 @@ class Children:
         ready = await child.line_starting("READY ")
         return child, ready.split(" ", 1)[1]
 
-    async def serve(self, label: str, nats_url: str, namespace: str) -> Child:
+    async def serve(
+        self, label: str, nats_url: str, namespace: str, *, name: str | None = None
+    ) -> Child:
         child = await self.spawn(
             label,
             "-m",
@@ -165,6 +167,7 @@ class Children:
             nats_url,
             "--namespace",
             namespace,
+            *(("--name", name) if name else ()),
         )
         await child.line_starting("tether serve:")
         return child
