@@ -11,7 +11,10 @@ Phases:
      ``app.events.push`` (pipelined in chunks), all completed.
   3. Resume latency on an idle system: one run at a time, push ack -> ``ref.result()``.
 
-Usage: python bench/hitl_cycle.py [--runs 2000] [--slots 200] [--nats-url URL] [--sync-always]
+Usage: python bench/hitl_cycle.py [--runs 2000] [--slots 200] [--serves 1] [--nats-url URL]
+       [--sync-always]
+With ``--serves 2`` two ``tether serve`` processes share the partitions; the summary then
+shows the engine commands each handled.
 Writes bench/results/hitl_cycle.json.
 """
 
@@ -39,6 +42,7 @@ from pydantic import BaseModel
 from reporting import load_before_start, machine, write_results
 
 from tether import DurableContext, Tether
+from tether.cli.status import read_status
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
 from tether.serve import TetherServer
@@ -108,14 +112,44 @@ def spawn_ready(
     raise RuntimeError(f"{what} not ready within {timeout}s")
 
 
-def start_serve(nats_url: str, namespace: str, *, tracing: bool = False) -> subprocess.Popen[str]:
-    """``tether serve`` in its own process, once it is running."""
-    cmd = [sys.executable, "-m", "tether.cli.main", "serve"]
+def start_serve(
+    nats_url: str, namespace: str, name: str, *, tracing: bool = False
+) -> subprocess.Popen[str]:
+    """``tether serve --name NAME`` in its own process, once it is running."""
+    cmd = [sys.executable, "-m", "tether.cli.main", "serve", "--name", name]
     if tracing:  # the same TetherServer, given a tracer provider
-        cmd = [sys.executable, __file__, "--role", "serve", "--tracing"]
+        cmd = [sys.executable, __file__, "--role", "serve", "--tracing", "--name", name]
     return spawn_ready(
         [*cmd, "--nats-url", nats_url, "--namespace", namespace], "running", "tether serve"
     )
+
+
+async def partition_status(nats_url: str, namespace: str) -> dict[str, Any]:
+    return await read_status(Settings(nats_url=nats_url, namespace=namespace))
+
+
+async def until_shared(nats_url: str, namespace: str, serves: int, within_s: float = 60) -> None:
+    """Wait until ``serves`` processes own the partitions evenly, so each does its share."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        owners = (await partition_status(nats_url, namespace))["owners"]
+        shares = [len(p) for p in owners.values()]
+        if len(shares) == serves and max(shares) - min(shares) <= 1:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"{serves} serve processes did not share the partitions in {within_s}s")
+
+
+async def commands_per_serve(nats_url: str, namespace: str, total: int) -> dict[str, int]:
+    """Engine commands each serve process handled (from ``tether status``), once their
+    sum reaches ``total`` (members report it every second) or 10 s have passed."""
+    deadline = time.monotonic() + 10
+    while True:
+        members = (await partition_status(nats_url, namespace))["members"]
+        handled = {name: int(m["commands_handled"]) for name, m in members.items()}
+        if sum(handled.values()) >= total or time.monotonic() > deadline:
+            return handled
+        await asyncio.sleep(0.5)
 
 
 def start_worker(
@@ -170,7 +204,7 @@ def tracer_provider(enabled: bool) -> Any:
 async def serve_main(args: argparse.Namespace) -> None:
     """``tether serve`` with a tracer provider (the CLI reads OTEL_* variables instead)."""
     settings = Settings(nats_url=args.nats_url, namespace=args.namespace)
-    server = TetherServer(settings, tracer_provider=tracer_provider(args.tracing))
+    server = TetherServer(settings, tracer_provider=tracer_provider(args.tracing), name=args.name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -538,6 +572,13 @@ def report(results: dict[str, Any], config: dict[str, Any]) -> None:
         f"  push call -> ack: p50 {p['p50_ms']:.2f} ms, p99 {p['p99_ms']:.2f} ms; "
         f"trigger -> waiting observed: p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms"
     )
+    handled = results.get("commands_per_serve", {})
+    if handled:
+        total = sum(handled.values()) or 1
+        print(
+            "engine commands handled per serve process: "
+            + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in handled.items())
+        )
 
 
 def parse_args() -> argparse.Namespace:
@@ -546,6 +587,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--slots", type=int, default=200, help="worker slots")
+    parser.add_argument(
+        "--serves", type=int, default=1, help="tether serve processes sharing the partitions"
+    )
+    parser.add_argument("--name", default=None, help=argparse.SUPPRESS)  # of a --role serve
     parser.add_argument("--chunk", type=int, default=200, help="triggers per gather")
     parser.add_argument("--approve-chunk", type=int, default=500, help="pushes per gather")
     parser.add_argument("--latency-samples", type=int, default=200)
@@ -588,7 +633,8 @@ def main() -> None:
     args.namespace = args.namespace or f"bench{uuid.uuid4().hex[:8]}"
     load_start = load_before_start()
     server: NatsServer | None = None
-    serve = worker = None
+    worker = None
+    serves: list[subprocess.Popen[str]] = []
     pids: dict[str, int] = {}
     try:
         if args.nats_url:
@@ -604,27 +650,38 @@ def main() -> None:
             f"namespace {args.namespace}",
             flush=True,
         )
-        serve = start_serve(nats_url, args.namespace, tracing=args.tracing)
-        pids["serve"] = serve.pid
+        serves = []
+        for number in range(1, args.serves + 1):
+            name = f"serve-{number}"
+            serves.append(start_serve(nats_url, args.namespace, name, tracing=args.tracing))
+            pids[name if args.serves > 1 else "serve"] = serves[-1].pid
+        asyncio.run(until_shared(nats_url, args.namespace, args.serves))
         worker = start_worker(
             nats_url, args.namespace, args.slots, args.wait_timeout_s, tracing=args.tracing
         )
         pids["worker"] = worker.pid
         layout = (
-            "nats-server | `tether serve` (engine+matcher+timer) | worker process | "
-            f"client (this process): 4 processes on {os.cpu_count()} cores"
+            f"nats-server | {args.serves} x `tether serve` (engine+matcher+timer) | worker "
+            f"process | client (this process): {3 + args.serves} processes on "
+            f"{os.cpu_count()} cores"
         )
         print(f"layout: {layout}", flush=True)
         results = asyncio.run(client_main(args, nats_url, pids))
+        expected = args.runs + args.latency_samples  # one resume command per cycle
+        results["commands_per_serve"] = asyncio.run(
+            commands_per_serve(nats_url, args.namespace, expected)
+        )
     finally:
         stop_child(worker)
-        stop_child(serve)
+        for serve in serves:
+            stop_child(serve)
         if server is not None:
             server.cleanup()
     config = {
         **machine(load_start),
         "layout": layout,
         "runs": args.runs,
+        "serves": args.serves,
         "slots": args.slots,
         "trigger_chunk": args.chunk,
         "approve_chunk": args.approve_chunk,

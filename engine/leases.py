@@ -85,6 +85,7 @@ class PartitionLeases:
         on_acquire: PartitionHook,
         on_release: PartitionHook,
         open_waits: Callable[[], dict[int, int]] = dict,
+        member_stats: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.name = name
         self._bucket = bucket
@@ -92,6 +93,7 @@ class PartitionLeases:
         self._on_acquire = on_acquire
         self._on_release = on_release
         self._open_waits = open_waits
+        self._member_stats = member_stats
         self.seen: dict[str, Seen] = {}
         self.owned: dict[int, int] = {}  # partition -> revision of our lease
         self._tasks: list[asyncio.Task[None]] = []
@@ -165,7 +167,7 @@ class PartitionLeases:
     # -- renewing -----------------------------------------------------------------------------
 
     async def _renew_member(self) -> None:
-        body = {"name": self.name, "renewed_at": time.time()}
+        body = {"name": self.name, "renewed_at": time.time(), **self._member_stats()}
         await self._bucket.put(member_key(self.name), orjson.dumps(body))
 
     def _lease_body(self, partition: int, open_waits: int = 0) -> bytes:

@@ -53,6 +53,7 @@ class PartitionOwner:
             on_acquire=self._acquire,
             on_release=self._release,
             open_waits=self._matcher.open_waits_by_partition,
+            member_stats=lambda: {"commands_handled": self._engine.commands_handled},
         )
         self._follower = Follower(
             conn.js,

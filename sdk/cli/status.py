@@ -44,10 +44,14 @@ async def _entries(bucket: KeyValue) -> dict[str, dict[str, Any]]:
 def summarize(entries: dict[str, dict[str, Any]], partitions: int, now: float) -> dict[str, Any]:
     """The status document (``--json`` prints it as is)."""
     owners: dict[str, list[int]] = {}
+    members: dict[str, dict[str, Any]] = {}
     for key, member in entries.items():
         alive = now - float(member.get("renewed_at", 0)) < LEASE_TTL_S
         if key.startswith(MEMBER_PREFIX) and alive:
             owners.setdefault(str(member.get("name")), [])
+            members[str(member.get("name"))] = {
+                "commands_handled": int(member.get("commands_handled", 0))
+            }
     leases: list[dict[str, Any]] = []
     for partition in range(partitions):
         value = entries.get(f"{LEASE_PREFIX}{partition}")
@@ -74,6 +78,7 @@ def summarize(entries: dict[str, dict[str, Any]], partitions: int, now: float) -
         "unowned": [p for p in range(partitions) if p not in owned],
         "leases": leases,
         "open_waits": sum(lease["open_waits"] for lease in leases if not lease["lapsed"]),
+        "members": dict(sorted(members.items())),
     }
 
 

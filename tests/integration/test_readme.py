@@ -154,6 +154,17 @@ async def test_the_curl_block_approves_a_run_through_the_api(
     assert '"status": 401' not in out and '"status": 403' not in out, out
 
 
+async def test_the_scaling_block_shares_the_partitions(settings: Settings) -> None:
+    [block] = [b for b in blocks("bash") if "tether status" in b]
+    # a namespace of its own: no serve of this test session may take a share
+    env = {**reader_env(settings), "TETHER_NAMESPACE": f"{settings.namespace}scale"}
+    script = block + "\nkill $(jobs -p)\nwait\n"  # stop the two serve processes again
+    code, out = await run("bash", "-euo", "pipefail", env=env, stdin=script)
+    assert code == 0, out
+    assert "32 partitions, 2 serve processes, 0 partitions unowned" in out, out
+    assert re.search(r"serve-1\s+16\s", out) and re.search(r"serve-2\s+16\s", out), out
+
+
 async def test_the_console_session_runs_its_commands(
     app: Tether, server: TetherServer, settings: Settings
 ) -> None:
