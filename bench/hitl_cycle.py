@@ -242,9 +242,9 @@ class RunWatch:
         self._waiters: dict[str, asyncio.Future[None]] = {}
 
     async def start(self, nc: nats.NATS) -> None:
-        await nc.subscribe(f"{self.ns}.runs.*.wait_started", cb=self._on_wait)
+        await nc.subscribe(f"{self.ns}.runs.*.*.wait_started", cb=self._on_wait)
         for token in ("completed", "failed", "timed_out", "cancelled"):
-            await nc.subscribe(f"{self.ns}.runs.*.{token}", cb=self._on_terminal)
+            await nc.subscribe(f"{self.ns}.runs.*.*.{token}", cb=self._on_terminal)
 
     async def _on_wait(self, msg: Msg) -> None:
         run_id = msg.subject.split(".")[-2]

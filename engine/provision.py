@@ -254,9 +254,10 @@ async def ensure_streams(
     )
 
 
-# How long the marker of a removed deadline stays: long enough for every timer following
-# the bucket live to see it, short enough that start-up never reads history.
-DEADLINE_MARKER_TTL_S = 300
+# How long the marker of a removed deadline stays: every timer following the bucket live
+# sees it at once; one that reconnects after it expired fires that deadline, and the engine
+# finds nothing to do. Short, so that start-up reads what is due, not recent history.
+DEADLINE_MARKER_TTL_S = 60
 
 
 async def ensure_bucket(

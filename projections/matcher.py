@@ -235,9 +235,9 @@ class Matcher:
 
     def _on_run_msg(self, msg: Msg) -> None:
         registered = self.registry.on_run_msg(msg)
-        if registered is not None and self.events_cursor is not None:
-            if registered.events_position < self.events_cursor:
-                self._catch_up(registered)
+        cursor = self.events_cursor
+        if registered is not None and cursor is not None and registered.events_position < cursor:
+            self._catch_up(registered)
 
     # -- pushed events --------------------------------------------------------------------------
 

@@ -156,10 +156,14 @@ class RunView:
     """One run folded from its log: state plus the notes an inbox needs. Used incrementally
     by the index and, over a freshly read log, for a single run."""
 
-    def __init__(self, run_id: str, *, keep_events: int = 10) -> None:
+    def __init__(self, run_id: str, *, keep_events: int = 10, payloads: bool = True) -> None:
         self.state = RunState(run_id=run_id)
         self.created_at = 0.0
         self.updated_at = 0.0
+        self.ended_seq = 0  # log sequence of the event that ended the run (0: not ended)
+        # False: drop the run's input, output and metadata, which only its detail shows (the
+        # detail is read from the log); a run list holds many views
+        self._payloads = payloads
         self.recent: deque[EventBrief] = deque(maxlen=keep_events)
         self._notes: dict[str, _WaitNotes] = {}
         self._wait: PendingWait | None = None
@@ -188,7 +192,14 @@ class RunView:
             else:
                 notes.description = event.description or notes.description
                 notes.details = event.details or notes.details
+        was_terminal = state.is_terminal
         evolve(state, event, seq)
+        if state.is_terminal and not was_terminal:
+            self.ended_seq = seq
+        if not self._payloads:
+            state.input = state.output = None
+            if state.metadata:
+                state.metadata = {}
         self.decision = _decision(state, seq, event) or self.decision
         if isinstance(event, ev.RunRequested):
             self.created_at = event.at

@@ -2,8 +2,10 @@
 ``events push``, ``approve`` and ``reject``.
 
 They talk to NATS directly (``--nats-url``/``TETHER_NATS_URL``, ``--namespace``): lists
-replay the run log into a run index, single runs are read from their own log. The caller's
-name (``--as``, else ``$TETHER_APPROVER``, else the login name) is recorded as the approver.
+start a run index from its checkpoint (open and recently finished runs, written by the HTTP
+API) and the run log after it, ``runs list --before SEQ`` pages through older finished runs
+in the run log, single runs are read from their own log. The caller's name (``--as``, else
+``$TETHER_APPROVER``, else the login name) is recorded as the approver.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import getpass
 import json
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,7 +30,9 @@ from tether.http import schemas
 from tether.operator import views
 from tether.operator.auth import Identity
 from tether.operator.decisions import Decision, cancel, push_decision, push_event
+from tether.projections.run_history import finished_page
 from tether.projections.run_index import RunIndex
+from tether.projections.run_view import RunView
 
 
 def _print_json(body: BaseModel) -> None:
@@ -70,7 +75,8 @@ def _with_app(
 
 
 async def _index(app: Tether) -> RunIndex:
-    index = RunIndex(await app.connection())
+    # it reads the checkpoint and leaves writing it to the API, which runs for longer
+    index = RunIndex(await app.connection(), write_checkpoints=False)
     async with asyncio.timeout(120):
         await index.start()
     return index
@@ -84,13 +90,10 @@ async def runs_list(app: Tether, args: argparse.Namespace) -> None:
     unknown = [s for s in statuses if s not in schemas.STATUSES]
     if unknown:
         raise ValueError(f"unknown status {', '.join(unknown)}; use {', '.join(schemas.STATUSES)}")
-    index = await _index(app)
-    try:
-        found = views.run_list(
-            index.list_runs(statuses=statuses or None, task=args.task, limit=args.limit)
-        )
-    finally:
-        await index.stop()
+    runs, next_before = await _runs_page(app, args, statuses or None)
+    found = views.run_list(runs)
+    if next_before is not None:  # on stderr: stdout stays the table or the API's JSON
+        print(f"older finished runs: tether runs list --before {next_before}", file=sys.stderr)
     if args.json:
         _print_json(found)
         return
@@ -112,6 +115,27 @@ async def runs_list(app: Tether, args: argparse.Namespace) -> None:
     ]
     headers = ["RUN ID", "TASK", "STATUS", "DECISION", "WAITING ON", "CREATED", "UPDATED"]
     print(table(headers, rows))
+
+
+async def _runs_page(
+    app: Tether, args: argparse.Namespace, statuses: list[str] | None
+) -> tuple[list[RunView], int | None]:
+    """The runs to list, and the ``--before`` of the next page of older finished runs."""
+    if args.before is not None:  # read from the run log; no index needed
+        page = await finished_page(
+            await app.connection(),
+            args.before,
+            statuses=statuses,
+            task=args.task,
+            limit=args.limit,
+        )
+        return page.runs, page.next_before
+    index = await _index(app)
+    try:
+        runs = index.list_runs(statuses=statuses, task=args.task, limit=args.limit)
+        return runs, index.next_before(runs, statuses)
+    finally:
+        await index.stop()
 
 
 def decision_text(decision: schemas.RunDecision | None) -> str:
@@ -279,6 +303,19 @@ def _as_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _sequence(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not a run-log sequence: use a positive integer, as printed after "
+            "'older finished runs:'"
+        )
+    return value
+
+
 def register(sub: Any) -> None:
     """Add the commands to the ``tether`` parser's subcommands."""
     runs = sub.add_parser("runs", allow_abbrev=False, help="list, show or cancel runs")
@@ -289,6 +326,14 @@ def register(sub: Any) -> None:
     p.add_argument("--status", default=None, help=f"comma-separated: {', '.join(schemas.STATUSES)}")
     p.add_argument("--task", default=None, help="only runs of this task")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    p.add_argument(
+        "--before",
+        type=_sequence,
+        default=None,
+        metavar="SEQ",
+        help="older finished runs: those that ended before this run-log sequence, most "
+        "recently finished first (each list prints the SEQ of the next page on stderr)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(fn=_with_app(runs_list))
 

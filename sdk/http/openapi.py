@@ -118,6 +118,18 @@ def _op(
     return op
 
 
+def _runs_page() -> dict[str, Any]:
+    answer = _json(schemas.RunList, "runs")
+    answer["headers"] = {
+        schemas.NEXT_BEFORE_HEADER: {
+            "description": "the before of the next page of older finished runs; absent when "
+            "there is none (or the status filter admits no finished run)",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    }
+    return answer
+
+
 def _decision(verb: str) -> dict[str, Any]:
     return _op(
         f"{verb.capitalize()} the run's open wait: pushes "
@@ -141,13 +153,22 @@ def _paths() -> dict[str, dict[str, Any]]:
     return {
         "/api/runs": {
             "get": _op(
-                "List runs, most recently updated first",
-                {200: _json(schemas.RunList, "runs")},
+                "List runs: without before, the open runs and the most recently finished "
+                "ones, most recently updated first; with before, finished runs whose final "
+                "event is stored before that run-log sequence, most recently finished first",
+                {200: _runs_page()},
                 {422: None},
                 parameters=(
                     _query("status", f"comma-separated, of: {statuses}"),
                     _query("task", "only runs of this task"),
                     _limit(100, 1000),
+                    _query(
+                        "before",
+                        "page through older finished runs: a run-log sequence, as the "
+                        f"{schemas.NEXT_BEFORE_HEADER} header of the previous page gives "
+                        "(any number past the end starts from the most recently finished)",
+                        {"type": "integer", "minimum": 1},
+                    ),
                 ),
             )
         },

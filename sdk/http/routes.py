@@ -199,10 +199,36 @@ async def list_runs(request: web.Request) -> web.Response:
             f"{', '.join(schemas.STATUSES)}",
         )
     limit = _limit(request, 100, 1000)
-    runs = _ctx(request).index.list_runs(
-        statuses=statuses or None, task=query.get("task") or None, limit=limit
-    )
-    return _json(views.run_list(runs))
+    before = _before(request)
+    task = query.get("task") or None
+    index = _ctx(request).index
+    if before is None:  # the runs held: open and recently finished
+        runs = index.list_runs(statuses=statuses or None, task=task, limit=limit)
+        next_before = index.next_before(runs, statuses or None)
+    else:  # older finished runs, read from the run log where not held
+        page = await index.list_finished(before, statuses=statuses or None, task=task, limit=limit)
+        runs, next_before = page.runs, page.next_before
+    response = _json(views.run_list(runs))
+    if next_before is not None:
+        response.headers[schemas.NEXT_BEFORE_HEADER] = str(next_before)
+    return response
+
+
+def _before(request: web.Request) -> int | None:
+    raw = request.query.get("before")
+    if raw is None:
+        return None
+    try:
+        before = int(raw)
+    except ValueError:
+        before = 0
+    if before < 1:
+        raise ApiError(
+            422,
+            f"before must be a run-log sequence (a positive integer, as the "
+            f"{schemas.NEXT_BEFORE_HEADER} header of the previous page gives), got {raw!r}",
+        )
+    return before
 
 
 async def get_run(request: web.Request) -> web.Response:

@@ -18,6 +18,9 @@ from tether.engine.state import RunStatus
 
 STATUSES: tuple[str, ...] = get_args(RunStatus)
 MAX_REASON = 2000
+# ``GET /api/runs`` answers where the next page of older finished runs starts (its
+# ``before``) in this header, when there may be one.
+NEXT_BEFORE_HEADER = "X-Tether-Next-Before"
 
 # -- requests ---------------------------------------------------------------------------------
 
@@ -231,8 +234,14 @@ class PushResult(_Response):
 
 
 class Overview(_Response):
-    tasks: list[str] = Field(description="names of the tasks that have runs, sorted")
-    statuses: dict[RunStatus, int] = Field(description="number of runs in each status")
+    """Counted over the runs the API holds: every open run and the most recently finished
+    ones, not the whole history."""
+
+    tasks: list[str] = Field(description="names of the tasks with open or recent runs, sorted")
+    statuses: dict[RunStatus, int] = Field(
+        description="number of runs in each status: every open run, and among finished "
+        "runs only the most recent ones"
+    )
 
 
 class Identity(_Response):
