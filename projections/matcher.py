@@ -98,6 +98,9 @@ class Matcher:
         self._events_sub: Any = None
         self._background: set[asyncio.Task[None]] = set()
         self._checkpoint_task: asyncio.Task[None] | None = None
+        # waits registered behind the recent-events window, to match from the stream
+        self._behind: dict[str, OpenWait] = {}
+        self._behind_task: asyncio.Task[None] | None = None
         self.matched = 0
         self.rejected = 0
         self.evaluation_errors = 0
@@ -368,19 +371,37 @@ class Matcher:
                         self._resolve(wait, condition, event)
                         break
             return
-        self._spawn(self._catch_up_from_stream(wait, until=self.events_cursor or 0))
+        # Older than the window: read from the stream, in batches. A partition taken over
+        # brings many waits at once; each event key is read once per batch, from the
+        # oldest position its waits need, not once per wait.
+        self._behind[wait.wait_id] = wait
+        if self._behind_task is None or self._behind_task.done():
+            self._behind_task = asyncio.create_task(self._catch_up_from_stream())
+            self._background.add(self._behind_task)
+            self._behind_task.add_done_callback(self._background.discard)
 
-    async def _catch_up_from_stream(self, wait: OpenWait, until: int) -> None:
-        for condition in wait.open_conditions():
-            stored = await read_key_events(
-                self._conn.reader,
-                self._names,
-                condition.event_key,
-                start_seq=wait.events_position + 1,
-            )
-            for event in stored_events(self._names, condition.event_key, stored, until):
-                if wait.wait_id not in self.waits:
-                    break
-                if self._matches(wait, condition, event):
-                    self._resolve(wait, condition, event)
-                    break
+    async def _catch_up_from_stream(self) -> None:
+        while self._behind:
+            batch, self._behind = self._behind, {}
+            until = self.events_cursor or 0
+            oldest: dict[str, int] = {}  # event key -> oldest position a wait needs
+            for wait in batch.values():
+                for condition in wait.open_conditions():
+                    key = condition.event_key
+                    oldest[key] = min(oldest.get(key, wait.events_position), wait.events_position)
+            for key, position in oldest.items():
+                stored = await read_key_events(
+                    self._conn.reader, self._names, key, start_seq=position + 1
+                )
+                for event in stored_events(self._names, key, stored, until):
+                    self._match_behind(batch, event)
+
+    def _match_behind(self, batch: dict[str, OpenWait], event: PushedEvent) -> None:
+        """Match a stored event against the waits of ``batch`` still open."""
+        for wait_id, condition_id in self.registry.candidates(event.key, event.payload):
+            wait = batch.get(wait_id)
+            if wait is None or wait_id not in self.waits:
+                continue
+            condition = next((c for c in wait.conditions if c.condition_id == condition_id), None)
+            if condition is not None and self._matches(wait, condition, event):
+                self._resolve(wait, condition, event)
