@@ -32,6 +32,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from tether.engine import wire
+from tether.engine.nats_io import TRANSIENT_NATS_ERRORS, retry_transient
 
 log = logging.getLogger("tether.leases")
 
@@ -39,6 +40,9 @@ log = logging.getLogger("tether.leases")
 # SIGKILLed owner's partitions are taken over within about LEASE_TTL_S + HEARTBEAT_S.
 HEARTBEAT_S = 1.0
 LEASE_TTL_S = 5.0
+
+# How long a process tries to announce itself while the bucket cannot take writes yet.
+JOIN_WITHIN_S = 15.0
 
 MEMBER_PREFIX = "member."
 LEASE_PREFIX = "partition."
@@ -99,6 +103,9 @@ class PartitionLeases:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()  # one claim/release round at a time
+        # Loops also check this flag: a cancellation can be swallowed by a wait_for inside
+        # nats-py (Python 3.11), and leave() must not wait on a loop that goes on forever.
+        self._leaving = False
 
     # -- what the bucket says ---------------------------------------------------------------
 
@@ -141,8 +148,11 @@ class PartitionLeases:
     async def join(self) -> None:
         """Announce this process and claim its first share; returns once those partitions'
         work has started."""
-        await self._renew_member()
-        await self.balance()
+        await retry_transient(self._renew_member, within_s=JOIN_WITHIN_S, what="joining")
+        try:
+            await self.balance()
+        except TRANSIENT_NATS_ERRORS as exc:  # (a new cluster's bucket) the loop goes on
+            log.warning("first claim round failed; retrying", extra={"error": repr(exc)})
         self._tasks = [
             asyncio.create_task(self._renew_loop(), name="leases-renew"),
             asyncio.create_task(self._balance_loop(), name="leases-balance"),
@@ -150,12 +160,12 @@ class PartitionLeases:
 
     async def leave(self) -> None:
         """Release every partition (their work stops first) and the member key."""
-        for task in self._tasks:
+        self._leaving = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        if tasks:
+            await asyncio.wait(tasks, timeout=2 * HEARTBEAT_S)
         async with self._lock:
             for partition in sorted(self.owned):
                 await self._release(partition)
@@ -175,7 +185,7 @@ class PartitionLeases:
         return orjson.dumps(body)
 
     async def _renew_loop(self) -> None:
-        while True:
+        while not self._leaving:
             await asyncio.sleep(HEARTBEAT_S)
             try:
                 await self._renew_member()
@@ -204,7 +214,7 @@ class PartitionLeases:
     # -- balancing ----------------------------------------------------------------------------
 
     async def _balance_loop(self) -> None:
-        while True:
+        while not self._leaving:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), HEARTBEAT_S)
             self._changed.clear()
@@ -238,8 +248,23 @@ class PartitionLeases:
         except KeyWrongLastSequenceError:
             return  # another process claimed it first
         self.owned[partition] = revision
+        try:
+            await self._on_acquire(partition)
+        except Exception as exc:
+            # Its work did not (fully) start, e.g. a consumer not created while a stream
+            # elects a leader. Kept, the lease would be renewed while no one serves the
+            # partition: undo what started and give the lease up, so that a later round
+            # (of this process or another) claims it afresh.
+            log.warning(
+                "partition not started; releasing it",
+                extra={"partition": partition, "error": repr(exc)},
+            )
+            try:
+                await self._release(partition)
+            except Exception as undo:  # the lease lapses by itself within LEASE_TTL_S
+                log.warning("partition release failed", extra={"error": repr(undo)})
+            raise
         log.info("partition acquired", extra={"partition": partition, "owner": self.name})
-        await self._on_acquire(partition)
 
     async def _release(self, partition: int) -> None:
         revision = self.owned.pop(partition, None)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import nats.errors
+import nats.js.errors
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -16,6 +20,7 @@ from nats.aio.subscription import Subscription
 from tether.engine import wire
 
 log = logging.getLogger("tether.nats")
+T = TypeVar("T")
 
 STATUS = wire.STATUS
 DESCRIPTION = wire.DESCRIPTION
@@ -34,7 +39,27 @@ TRANSIENT_NATS_ERRORS: tuple[type[Exception], ...] = (
     nats.errors.NoRespondersError,
     nats.errors.ConnectionReconnectingError,
     StreamUnavailableError,
+    nats.js.errors.NoStreamResponseError,  # a publish while the stream has no leader
 )
+
+
+async def retry_transient(
+    operation: Callable[[], Awaitable[T]], *, within_s: float, what: str
+) -> T:
+    """Run ``operation``, trying again while it fails transiently (a stream just created on
+    a cluster, a leader election), for up to ``within_s``; then the last error is raised."""
+    deadline = time.monotonic() + within_s
+    delay = 0.1
+    while True:
+        try:
+            return await operation()
+        except TRANSIENT_NATS_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("retrying", extra={"what": what, "error": repr(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
 
 # Ordered consumers live in server memory. After a NATS restart nats-py recreates one only
 # once it has missed two idle heartbeats, so the heartbeat bounds how long a projection

@@ -61,6 +61,8 @@ OVERLONG_KEY = "tether:overlong-key"
 # retried from this delay, doubling up to the cap, for as long as it takes.
 PUBLISH_RETRY_FIRST_S = 0.2
 PUBLISH_RETRY_MAX_S = 5.0
+# A catch-up read of the events stream that failed is tried again after this delay.
+CATCH_UP_RETRY_S = 1.0
 # How often an owner writes a partition's checkpoint (when its run log moved on).
 CHECKPOINT_EVERY_S = 5.0
 
@@ -389,12 +391,20 @@ class Matcher:
                 for condition in wait.open_conditions():
                     key = condition.event_key
                     oldest[key] = min(oldest.get(key, wait.events_position), wait.events_position)
-            for key, position in oldest.items():
-                stored = await read_key_events(
-                    self._conn.reader, self._names, key, start_seq=position + 1
+            try:
+                for key, position in oldest.items():
+                    stored = await read_key_events(
+                        self._conn.reader, self._names, key, start_seq=position + 1
+                    )
+                    for event in stored_events(self._names, key, stored, until):
+                        self._match_behind(batch, event)
+            except Exception as exc:  # NATS away or a leader election: read the batch again
+                log.warning(
+                    "catching up waits from the events stream failed; retrying",
+                    extra={"waits": len(batch), "error": repr(exc)},
                 )
-                for event in stored_events(self._names, key, stored, until):
-                    self._match_behind(batch, event)
+                self._behind = {**batch, **self._behind}
+                await asyncio.sleep(CATCH_UP_RETRY_S)
 
     def _match_behind(self, batch: dict[str, OpenWait], event: PushedEvent) -> None:
         """Match a stored event against the waits of ``batch`` still open."""

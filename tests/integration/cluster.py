@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats
+from nats.js import JetStreamContext
+from nats.js.api import StreamConfig
+
+from tests.helpers import wait_until
 from tether.engine.nats_server import find_binary, free_port
+
+
+async def _quiet(exc: Exception) -> None:
+    """Refused connections to nodes still starting are expected: do not log them."""
 
 
 @dataclass
@@ -65,6 +75,43 @@ class NatsCluster:
 
     def node(self, name: str) -> Node:
         return next(node for node in self.nodes if node.name == name)
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until JetStream can place a stream on every node: a `tether serve` started
+        before the cluster has elected its meta leader fails to provision its streams."""
+
+        async def placed() -> bool:
+            probe = f"READY_{uuid.uuid4().hex[:8]}"
+            try:  # the nodes may not even listen yet
+                nc = await nats.connect(
+                    [node.url for node in self.nodes],
+                    allow_reconnect=False,
+                    connect_timeout=1,
+                    error_cb=_quiet,
+                )
+            except Exception:
+                return False
+            try:
+                js = nc.jetstream()
+                config = StreamConfig(
+                    name=probe, subjects=[f"ready.{probe}"], num_replicas=self.size
+                )
+                await js.add_stream(config)
+                await js.delete_stream(probe)
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+            return True
+
+        await wait_until(placed, timeout=timeout, interval=0.2, message="JetStream on the cluster")
+
+    @staticmethod
+    async def leader(js: JetStreamContext, stream: str) -> str:
+        """The name of the node that leads ``stream`` (as ``kill`` takes it)."""
+        info = (await js.stream_info(stream)).cluster
+        assert info is not None and info.leader is not None, f"{stream} has no leader"
+        return info.leader
 
     def kill(self, name: str) -> None:
         node = self.node(name)
