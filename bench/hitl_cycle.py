@@ -45,6 +45,7 @@ from tether import DurableContext, Tether
 from tether.cli.status import read_status
 from tether.engine.config import Settings
 from tether.engine.nats_server import NatsServer
+from tether.engine.subjects import run_subject_parts
 from tether.serve import TetherServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -242,20 +243,20 @@ class RunWatch:
         self._waiters: dict[str, asyncio.Future[None]] = {}
 
     async def start(self, nc: nats.NATS) -> None:
-        await nc.subscribe(f"{self.ns}.runs.*.*.wait_started", cb=self._on_wait)
+        await nc.subscribe(f"{self.ns}.runs.*.wait_started.*", cb=self._on_wait)
         for token in ("completed", "failed", "timed_out", "cancelled"):
-            await nc.subscribe(f"{self.ns}.runs.*.*.{token}", cb=self._on_terminal)
+            await nc.subscribe(f"{self.ns}.runs.*.{token}.*", cb=self._on_terminal)
 
     async def _on_wait(self, msg: Msg) -> None:
-        run_id = msg.subject.split(".")[-2]
+        run_id, _ = run_subject_parts(msg.subject)
         self.waiting.add(run_id)
         fut = self._waiters.pop(run_id, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 
     async def _on_terminal(self, msg: Msg) -> None:
-        parts = msg.subject.split(".")
-        self.terminal[parts[-2]] = parts[-1]
+        run_id, token = run_subject_parts(msg.subject)
+        self.terminal[run_id] = token
 
     def waiting_future(self, run_id: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

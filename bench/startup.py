@@ -188,8 +188,8 @@ async def build_history(
     quick, left_open = define_tasks(app)
     nc = await nats.connect(nats_url)
     waiting, completed = Counter(), Counter()
-    await waiting.start(nc, f"{namespace}.runs.*.*.wait_started")
-    await completed.start(nc, f"{namespace}.runs.*.*.completed")
+    await waiting.start(nc, f"{namespace}.runs.*.wait_started.*")
+    await completed.start(nc, f"{namespace}.runs.*.completed.*")
     try:
         async with app:
             for i in range(args.open):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from tether.engine import codec
+from tether.engine.subjects import run_subject_parts
 
 
 class _Event(BaseModel):
@@ -243,7 +244,7 @@ def subject_token(event: RunEvent) -> str:
 def decode_stored(subject: str, data: bytes) -> RunEvent:
     """Decode a message of a run's log (``<ns>.runs.<run_id>.<token>``); what does not
     decode, or does not belong on its subject, comes back as an :class:`UnusableEntry`."""
-    *_, run_id, token = subject.split(".")
+    run_id, token = run_subject_parts(subject)
     try:
         event = decode(data)
     except EventDecodeError as exc:

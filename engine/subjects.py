@@ -39,6 +39,13 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def run_subject_parts(subject: str) -> tuple[str, str]:
+    """(run id, event token) of a run-log subject, ``<ns>.runs.<run_id>.<token>[.<p>]``
+    (namespaces and run ids hold no dots)."""
+    parts = subject.split(".")
+    return parts[2], parts[3]
+
+
 def check_event_key(key: str) -> str:
     """Event keys may contain dots (they become several subject tokens), never wildcards."""
     if len(key) > MAX_EVENT_KEY_LENGTH:
@@ -68,7 +75,8 @@ def check_identity(identity: str) -> str:
 class Names:
     """Every NATS name Tether uses, for one namespace and its partition count.
 
-    A run's partition is the second token of its subjects (``<ns>.runs.<p>.<run_id>.<event>``,
+    A run's partition is in its subjects (``<ns>.runs.<run_id>.<event>.<p>``, last, so the
+    run's own prefix and any client's ``<ns>.runs.*.<event>.>`` stay as they were;
     ``<ns>.cmd.<p>.<kind>.<run_id>``), so one consumer can take one partition's work."""
 
     namespace: str = "tether"
@@ -123,22 +131,19 @@ class Names:
 
     # subjects
     def run_subject(self, run_id: str, token: str) -> str:
-        return f"{self.namespace}.runs.{self.partition(run_id)}.{run_id}.{token}"
+        return f"{self.namespace}.runs.{run_id}.{token}.{self.partition(run_id)}"
 
     def run_template(self, token: str) -> str:
         """A run subject with placeholders, for span names."""
-        return f"{self.namespace}.runs.{{partition}}.{{run_id}}.{token}"
+        return f"{self.namespace}.runs.{{run_id}}.{token}.{{partition}}"
 
     def run_filter(self, run_id: str) -> str:
-        return f"{self.namespace}.runs.{self.partition(run_id)}.{run_id}.>"
+        return f"{self.namespace}.runs.{run_id}.>"
 
     def runs_token_filter(self, token: str, partition: int | None = None) -> str:
         """Every run's ``token`` events, of one partition or of all."""
         where = "*" if partition is None else str(partition)
-        return f"{self.namespace}.runs.{where}.*.{token}"
-
-    def partition_runs(self, partition: int) -> str:
-        return f"{self.namespace}.runs.{partition}.>"
+        return f"{self.namespace}.runs.*.{token}.{where}"
 
     @property
     def runs_all(self) -> str:

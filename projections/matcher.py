@@ -223,16 +223,24 @@ class Matcher:
     async def _checkpoint_loop(self) -> None:
         while True:
             await asyncio.sleep(self._checkpoint_every_s)
-            for partition, follower in list(self._followers.items()):
-                if follower.position > self._checkpointed.get(partition, 0):
-                    await self._write_checkpoint(partition, follower.position)
+            due = {
+                partition: follower.position
+                for partition, follower in self._followers.items()
+                if follower.position > self._checkpointed.get(partition, 0)
+            }
+            # one pass over the waits for every partition due, in one step of the event
+            # loop, so each partition's waits and position agree
+            records = self.registry.records_by_partition(set(due))
+            for partition, position in due.items():
+                await self._save_checkpoint(partition, position, records.get(partition, []))
 
     async def _write_checkpoint(self, partition: int, position: int) -> None:
-        """The partition's waits as the run log has them up to ``position`` (taken in one
-        step of the event loop, so state and position agree)."""
+        """The partition's waits as the run log has them up to ``position``."""
+        await self._save_checkpoint(partition, position, self.registry.records(partition))
+
+    async def _save_checkpoint(self, partition: int, position: int, records: list[Any]) -> None:
         if self._checkpoints is None or position <= 0:
             return
-        records = self.registry.records(partition)
         if await self._checkpoints.save(checkpoint_name(partition), Checkpoint(position, records)):
             self._checkpointed[partition] = position
 

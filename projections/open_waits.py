@@ -20,6 +20,7 @@ from tether.engine.commands import CommandMessage
 from tether.engine.events import IN_ATTEMPT_TOKENS, SUBJECT_TOKENS
 from tether.engine.expression_shapes import ExpressionShape
 from tether.engine.expressions import analyze
+from tether.engine.subjects import run_subject_parts
 from tether.projections.pushed_events import PushedEvent
 
 log = logging.getLogger("tether.matcher")
@@ -172,7 +173,7 @@ def followed_body(subject: str, data: bytes) -> tuple[str, str, dict[str, Any]] 
     a token it does not follow or a body that does not belong on its subject. A lighter twin
     of ``events.decode_stored``: the matcher sees every run event and needs a few fields of
     a few kinds, so it checks type and run on the raw JSON instead of a full decode."""
-    *_, run_id, token = subject.split(".")
+    run_id, token = run_subject_parts(subject)
     expected_type = _RUN_TOKEN_TYPES.get(token)
     if expected_type is None:
         return None

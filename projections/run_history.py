@@ -21,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from tether.engine.connection import Connection
 from tether.engine.events import TERMINAL_TOKENS
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
-from tether.engine.subjects import Names
+from tether.engine.subjects import Names, run_subject_parts
 from tether.projections.run_view import RunView
 
 log = logging.getLogger("tether.run_history")
@@ -110,7 +110,7 @@ async def _terminal_window(
                 seq = message.metadata.sequence.stream
                 if seq >= hi:
                     return found
-                found.append((seq, message.subject.split(".")[-2]))
+                found.append((seq, run_subject_parts(message.subject)[0]))
             pending = int(messages[-1].metadata.num_pending or 0)
         return found
     finally:

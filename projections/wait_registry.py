@@ -51,6 +51,14 @@ class WaitRegistry:
             if wait.partition == partition
         ]
 
+    def records_by_partition(self, partitions: set[int]) -> dict[int, list[list[Any]]]:
+        """``records`` of several partitions, in one pass over the waits."""
+        out: dict[int, list[list[Any]]] = {p: [] for p in partitions}
+        for wait in (*self.waits.values(), *self._unlogged.values()):
+            if wait.partition in out:
+                out[wait.partition].append(wait_record(wait))
+        return out
+
     def forget_partition(self, partition: int) -> None:
         for wait in [*self.waits.values(), *self._unlogged.values()]:
             if wait.partition == partition:

@@ -24,7 +24,7 @@ from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
 from tether.engine.state import TERMINAL_STATUSES, RunState, evolve
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
-from tether.engine.subjects import check_run_id
+from tether.engine.subjects import check_run_id, run_subject_parts
 from tether.engine.tracing import messaging
 from tether.errors import (
     RunAlreadyFinishedError,
@@ -121,7 +121,7 @@ class _TerminalWatcher:
         self.conn.on_reconnect(self.wake_all)
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._wake(msg.subject.split(".")[-2])
+        self._wake(run_subject_parts(msg.subject)[0])
 
     def _wake(self, run_id: str) -> None:
         for fut in self._waiters.pop(run_id, []):

@@ -84,7 +84,7 @@ async def test_approval_flow_is_one_trace(
     assert trigger.kind == SpanKind.PRODUCER
     assert trigger.attributes["messaging.system"] == "nats"
     assert trigger.attributes["messaging.destination.template"] == (
-        f"{namespace}.runs.{{partition}}.{{run_id}}.requested"
+        f"{namespace}.runs.{{run_id}}.requested.{{partition}}"
     )
     assert trigger.attributes["tether.run_id"] == ref.run_id
     trace_id = trigger.context.trace_id
