@@ -20,9 +20,15 @@ from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines, wait_deadline_keys
 from tether.engine.dispatch import dispatch_task
 from tether.engine.state import RunState, WaitRecord, fold
+from tether.engine.subjects import run_subject_parts
 from tether.engine.tracing import TRACEPARENT
 
 log = logging.getLogger("tether.engine")
+
+# The run-log events that change dispatches, deadlines or parents.
+BOOKED_TOKENS = frozenset(
+    {"requested", "wait_started", "attempt_failed", "timeout_refreshed", *ev.TERMINAL_TOKENS}
+)
 
 
 class Bookkeeper:
@@ -55,6 +61,9 @@ class Bookkeeper:
         await self._deadlines.put(key, due_at, command, traceparent)
 
     async def on_run_event(self, msg: Msg) -> None:
+        if run_subject_parts(msg.subject)[1] not in BOOKED_TOKENS:
+            await msg.ack()  # a step, a start, a resolution: nothing to book
+            return
         seq = msg.metadata.sequence.stream
         # read as every reader of the log reads it: a body that does not decode, or does not
         # belong on its subject, is an unusable entry, which the state machine ignores

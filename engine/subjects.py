@@ -145,6 +145,10 @@ class Names:
         where = "*" if partition is None else str(partition)
         return f"{self.namespace}.runs.*.{token}.{where}"
 
+    def partition_runs(self, partition: int) -> str:
+        """Every run event of one partition."""
+        return f"{self.namespace}.runs.*.*.{partition}"
+
     @property
     def runs_all(self) -> str:
         return f"{self.namespace}.runs.>"

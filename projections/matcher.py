@@ -38,7 +38,6 @@ from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.checkpoints import Checkpoint, Checkpoints
 from tether.projections.follower import Follower
 from tether.projections.open_waits import (
-    MATCHER_TOKENS,
     OpenCondition,
     OpenWait,
     resume_command,
@@ -159,7 +158,8 @@ class Matcher:
         follower = Follower(
             self._js,
             stream=self._names.runs_stream,
-            subjects=[self._names.runs_token_filter(t, partition) for t in sorted(MATCHER_TOKENS)],
+            # one filter (see the engine's bookkeeping consumer); other tokens are skipped
+            subjects=[self._names.partition_runs(partition)],
             handler=self._on_run_msg,
             after_seq=after,
         )
