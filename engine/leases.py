@@ -41,6 +41,8 @@ log = logging.getLogger("tether.leases")
 HEARTBEAT_S = 1.0
 LEASE_TTL_S = 5.0
 
+# A member key unchanged this long belongs to a process that is gone: it is deleted.
+DEPARTED_AFTER_S = 12 * LEASE_TTL_S
 # How long a process tries to announce itself while the bucket cannot take writes yet.
 JOIN_WITHIN_S = 15.0
 
@@ -225,6 +227,7 @@ class PartitionLeases:
 
     async def balance(self) -> None:
         """One round: release what is above this process's fair share, claim up to it."""
+        await self._forget_departed()
         async with self._lock:
             target = fair_share(self.live_members(), self.name, self._partitions)
             for partition in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - target)]:
@@ -235,6 +238,18 @@ class PartitionLeases:
                     break
                 if partition not in self.owned:
                     await self._claim(partition, self._claimable(partition, now))
+
+    async def _forget_departed(self) -> None:
+        """Delete member keys long lapsed (a killed process under a `host:pid` name leaves
+        one behind), guarded by the revision seen so a process that came back is kept."""
+        now = time.monotonic()
+        for key, seen in list(self.seen.items()):
+            departed = seen.value is not None and now - seen.changed_at > DEPARTED_AFTER_S
+            if key.startswith(MEMBER_PREFIX) and departed:
+                # (a wrong revision means it was renewed meanwhile: alive after all)
+                with contextlib.suppress(KeyWrongLastSequenceError):
+                    await self._bucket.delete(key, last=seen.revision)
+                seen.value = None
 
     async def _claim(self, partition: int, claimable: Seen | bool | None) -> None:
         if claimable is False:

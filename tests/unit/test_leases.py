@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 from tether.cli.status import summarize
-from tether.engine.leases import LEASE_TTL_S, fair_share, lease_key, member_key
+from tether.engine.leases import (
+    DEPARTED_AFTER_S,
+    LEASE_TTL_S,
+    PartitionLeases,
+    Seen,
+    fair_share,
+    lease_key,
+    member_key,
+)
 
 
 def test_fair_shares_add_up_and_differ_by_at_most_one() -> None:
@@ -37,3 +47,29 @@ def test_status_counts_live_leases_and_reports_lapsed_ones() -> None:
     assert status["unowned"] == [1, 2, 3]
     assert [lease["lapsed"] for lease in status["leases"]] == [False, True]
     assert status["open_waits"] == 3
+
+
+async def test_member_keys_of_departed_processes_are_deleted() -> None:
+    deleted: list[tuple[str, int | None]] = []
+
+    class Bucket:
+        async def delete(self, key: str, last: int | None = None) -> bool:
+            deleted.append((key, last))
+            return True
+
+    async def nothing(_: int) -> None:
+        return None
+
+    leases = PartitionLeases(
+        Bucket(),  # type: ignore[arg-type]
+        "me",
+        4,
+        on_acquire=nothing,
+        on_release=nothing,
+    )
+    now = time.monotonic()
+    leases.seen[member_key("gone")] = Seen(7, {"name": "gone"}, now - DEPARTED_AFTER_S - 1)
+    leases.seen[member_key("here")] = Seen(9, {"name": "here"}, now)
+    await leases._forget_departed()
+    assert deleted == [(member_key("gone"), 7)]
+    assert leases.live_members() == ["here"]
