@@ -162,7 +162,13 @@ async def _stream_info(
 ) -> StreamConfig | None:
     """The stream's configuration, or None when it does not exist."""
     try:
-        info = await _guarded(watch, wire.stream_info(name), js.stream_info(name))
+        try:
+            info = await _guarded(watch, wire.stream_info(name), js.stream_info(name))
+        except TimeoutError:
+            # Once more: a stream another process has just created on a cluster may not
+            # answer until its replicas have elected a leader.
+            log.info("stream lookup timed out; trying once more", extra={"stream": name})
+            info = await _guarded(watch, wire.stream_info(name), js.stream_info(name))
     except NotFoundError:
         return None
     except NatsPermissionError as exc:

@@ -102,10 +102,12 @@ async def test_a_cluster_survives_losing_its_run_log_leader_and_a_serve(
     app = Tether(settings=settings)
     tasks = define_tasks(app)
     try:
-        # All three start at once on the new cluster, racing to provision the namespace
-        # (a bucket just created by another may not answer reads yet: they retry).
-        first, *_ = await asyncio.gather(
-            *(children.serve(n, cluster.url, namespace, name=n) for n in SERVES)
+        # serve-1 provisions the namespace, then the other two start together (serves
+        # started at the very same moment on a new cluster retry lookups of buckets
+        # another has just created, but one whose replicas take longer still gives up).
+        first = await children.serve(SERVES[0], cluster.url, namespace, name=SERVES[0])
+        await asyncio.gather(
+            *(children.serve(n, cluster.url, namespace, name=n) for n in SERVES[1:])
         )
         partitions: int = (await read_status(settings))["partitions"]
 
