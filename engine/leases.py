@@ -136,7 +136,7 @@ class PartitionLeases:
             if key.startswith(MEMBER_PREFIX) and seen.value is not None and self._alive(seen, now)
         )
 
-    def _claimable(self, partition: int, now: float) -> Seen | bool | None:
+    def _claimable(self, partition: int, now: float) -> Seen | bool:
         """The lease to take over (a Seen), True for a free partition, False if taken."""
         seen = self.seen.get(lease_key(partition))
         if seen is None or seen.value is None:
@@ -251,7 +251,7 @@ class PartitionLeases:
                     await self._bucket.delete(key, last=seen.revision)
                 seen.value = None
 
-    async def _claim(self, partition: int, claimable: Seen | bool | None) -> None:
+    async def _claim(self, partition: int, claimable: Seen | bool) -> None:
         if claimable is False:
             return
         key, body = lease_key(partition), self._lease_body(partition)

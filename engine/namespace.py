@@ -7,9 +7,7 @@ process reads it at connect; `tether serve` refuses to start when asked for anot
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
@@ -17,7 +15,7 @@ from nats.js.kv import KeyValue
 
 from tether.engine.config import Settings
 from tether.engine.ids import DEFAULT_PARTITIONS, check_partitions
-from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
+from tether.engine.nats_io import TRANSIENT_NATS_ERRORS, retry_transient
 from tether.engine.provision import ProvisionError
 
 log = logging.getLogger("tether.provision")
@@ -35,23 +33,24 @@ FIRST_READ_WITHIN_S = 15.0
 
 
 async def _stored_partitions(config: KeyValue, bucket: str) -> int | None:
-    deadline = time.monotonic() + FIRST_READ_WITHIN_S
-    delay = 0.1
-    while True:
+    async def read() -> KeyValue.Entry | None:
         try:
-            entry = await config.get(PARTITIONS_KEY)
-            break
+            return await config.get(PARTITIONS_KEY)
         except KeyNotFoundError:
             return None
-        except TRANSIENT_NATS_ERRORS as exc:
-            if time.monotonic() + delay > deadline:
-                raise ProvisionError(
-                    f"the namespace's partition count in bucket {bucket} could not be read "
-                    f"within {FIRST_READ_WITHIN_S:g}s ({exc!r}): check that JetStream has a "
-                    "leader for it (`nats stream info KV_" + bucket + "`)"
-                ) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+
+    try:
+        entry = await retry_transient(
+            read, within_s=FIRST_READ_WITHIN_S, what="reading the partition count"
+        )
+    except TRANSIENT_NATS_ERRORS as exc:
+        raise ProvisionError(
+            f"the namespace's partition count in bucket {bucket} could not be read "
+            f"within {FIRST_READ_WITHIN_S:g}s ({exc!r}): check that JetStream has a "
+            f"leader for it (`nats stream info KV_{bucket}`)"
+        ) from exc
+    if entry is None:
+        return None
     if entry.value is None:
         return None
     try:

@@ -18,6 +18,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError, NotFoundError
 from nats.js.kv import KeyValue
 
 from tether.cli.format import table
+from tether.cli.runs import connection_args
 from tether.engine.config import Settings
 from tether.engine.connection import Connection
 from tether.engine.leases import LEASE_PREFIX, LEASE_TTL_S, MEMBER_PREFIX
@@ -136,7 +137,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "status", allow_abbrev=False, help="serve processes, their partitions and open waits"
     )
-    p.add_argument("--nats-url", default=None, help="default: $TETHER_NATS_URL or local")
-    p.add_argument("--namespace", default=None, help="default: $TETHER_NAMESPACE or tether")
+    connection_args(p)
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.set_defaults(fn=cmd_status)
