@@ -41,12 +41,7 @@ class EngineService:
         self._bookkeeper = Bookkeeper(conn)
         self._deadlines = Deadlines(conn.deadlines)
         self.commands_handled = 0
-        self.commands_by_partition: dict[int, int] = {}
         conn.on_reconnect(self._forget_requests)
-
-    @property
-    def partitions(self) -> list[int]:
-        return sorted(self._pullers)
 
     async def start(self, partitions: list[int] | None = None) -> None:
         """Own ``partitions`` (all of the namespace's when None)."""
@@ -138,8 +133,6 @@ class EngineService:
             pushed = (msg.headers or {}).get(EVENT_TRACEPARENT)
             await self.apply(command, event_traceparent=pushed)
         self.commands_handled += 1
-        partition = names.partition(command.run_id)
-        self.commands_by_partition[partition] = self.commands_by_partition.get(partition, 0) + 1
         await msg.ack()
 
     async def apply(

@@ -140,10 +140,9 @@ class Names:
     def run_filter(self, run_id: str) -> str:
         return f"{self.namespace}.runs.{run_id}.>"
 
-    def runs_token_filter(self, token: str, partition: int | None = None) -> str:
-        """Every run's ``token`` events, of one partition or of all."""
-        where = "*" if partition is None else str(partition)
-        return f"{self.namespace}.runs.*.{token}.{where}"
+    def runs_token_filter(self, token: str) -> str:
+        """Every run's ``token`` events, in every partition."""
+        return f"{self.namespace}.runs.*.{token}.*"
 
     def partition_runs(self, partition: int) -> str:
         """Every run event of one partition."""

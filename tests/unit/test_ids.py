@@ -53,7 +53,8 @@ def test_subjects_carry_the_partition() -> None:
     names = Names("tether", 32)
     assert names.run_subject("run-1", "requested") == "tether.runs.run-1.requested.3"
     assert names.run_filter("run-1") == "tether.runs.run-1.>"
-    assert names.runs_token_filter("wait_started", 5) == "tether.runs.*.wait_started.5"
+    assert names.runs_token_filter("wait_started") == "tether.runs.*.wait_started.*"
+    assert names.partition_runs(5) == "tether.runs.*.*.5"
     assert names.command_subject("resume", "run-1") == "tether.cmd.3.resume.run-1"
     assert names.engine_consumer(2) == "TETHER_ENGINE_P2"
     command = CommandMessage(kind="expire_run", run_id="run-1")
