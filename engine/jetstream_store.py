@@ -74,3 +74,13 @@ class JetStreamEventStore:
             self._names.runs_stream, self._names.run_filter(run_id)
         )
         return [(m.seq, ev.decode_stored(m.subject, m.data), m.headers) for m in stored]
+
+    async def read_last(self, run_id: str) -> tuple[int, ev.RunEvent] | None:
+        """The run's last event (None for a run with no log): one read, however long the
+        log is."""
+        stored = await self._reader.read_last(
+            self._names.runs_stream, self._names.run_filter(run_id)
+        )
+        if stored is None:
+            return None
+        return stored.seq, ev.decode_stored(stored.subject, stored.data)

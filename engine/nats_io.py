@@ -242,6 +242,29 @@ class DirectReader:
             body["seq"] = seq
         return await self._request_batch(stream, body, timeout)
 
+    async def read_last(
+        self, stream: str, subject_filter: str, *, timeout: float = 5.0
+    ) -> StoredMessage | None:
+        """The last message matching ``subject_filter`` (wildcards allowed), or None: one
+        direct get, answered from the stream's subject index."""
+        await self._ensure_sub()
+        inbox = f"{self._prefix}.{next(self._tokens)}"
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._pending[inbox] = queue
+        try:
+            await self._nc.publish(
+                wire.direct_get(stream), orjson.dumps({"last_by_subj": subject_filter}), reply=inbox
+            )
+            async with asyncio.timeout(timeout):
+                msg = await queue.get()
+        finally:
+            self._pending.pop(inbox, None)
+        status = status_of(msg)
+        if status == "404":
+            return None
+        _raise_for_status(status, msg, stream)
+        return _stored(msg)
+
     async def _request_batch(
         self, stream: str, body: dict[str, object], timeout: float
     ) -> tuple[list[StoredMessage], int]:
@@ -261,25 +284,8 @@ class DirectReader:
                         return out, 0
                     if status == "204":  # end of batch
                         return out, int((msg.headers or {}).get(wire.NUM_PENDING, "0") or 0)
-                    if status == "503":  # (a 408 here means a bad request, not a timeout)
-                        desc = (msg.headers or {}).get(DESCRIPTION, "")
-                        raise StreamUnavailableError(f"direct get on stream {stream}: {desc}")
-                    if status is not None and status != "200":
-                        desc = (msg.headers or {}).get(DESCRIPTION, "")
-                        raise RuntimeError(
-                            f"direct get on stream {stream} failed: {status} {desc}; "
-                            "the stream needs allow_direct=True"
-                        )
-                    headers = dict(msg.headers or {})
-                    out.append(
-                        StoredMessage(
-                            seq=int(headers[wire.SEQUENCE]),
-                            subject=headers.get(wire.SUBJECT, ""),
-                            data=msg.data,
-                            headers=headers,
-                            timestamp=headers.get(wire.TIME_STAMP, ""),
-                        )
-                    )
+                    _raise_for_status(status, msg, stream)
+                    out.append(_stored(msg))
         finally:
             self._pending.pop(inbox, None)
 
@@ -287,6 +293,29 @@ class DirectReader:
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
+
+
+def _raise_for_status(status: str | None, msg: Msg, stream: str) -> None:
+    """A direct get answered with an error status raises; a message passes."""
+    if status is None or status == "200":
+        return
+    desc = (msg.headers or {}).get(DESCRIPTION, "")
+    if status == "503":  # (a 408 here means a bad request, not a timeout)
+        raise StreamUnavailableError(f"direct get on stream {stream}: {desc}")
+    raise RuntimeError(
+        f"direct get on stream {stream} failed: {status} {desc}; the stream needs allow_direct=True"
+    )
+
+
+def _stored(msg: Msg) -> StoredMessage:
+    headers = dict(msg.headers or {})
+    return StoredMessage(
+        seq=int(headers[wire.SEQUENCE]),
+        subject=headers.get(wire.SUBJECT, ""),
+        data=msg.data,
+        headers=headers,
+        timestamp=headers.get(wire.TIME_STAMP, ""),
+    )
 
 
 async def hand_back(msg: Msg, delay: float | None = None) -> None:

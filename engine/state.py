@@ -321,23 +321,25 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 expired.resolved_seq = seq
                 state.status = "queued"
                 state.runnable_since_seq = seq
-        case RunCompleted():
-            state.status = "completed"
-            state.output = event.output
-            state.ended_at = event.at
-        case RunFailed():
-            state.status = "failed"
-            state.error = {"type": event.error.type, "message": event.error.message}
-            state.ended_at = event.at
-        case RunTimedOut():
-            state.status = "timed_out"
-            state.error = {"type": "RunTimeoutError", "message": event.reason}
-            state.ended_at = event.at
-        case RunCancelled():
-            state.status = "cancelled"
-            state.error = {"type": "RunCancelledError", "message": event.reason}
+        case RunCompleted() | RunFailed() | RunTimedOut() | RunCancelled():
+            state.status, state.output, state.error = terminal_outcome(event)
             state.ended_at = event.at
     return state
+
+
+def terminal_outcome(
+    event: RunCompleted | RunFailed | RunTimedOut | RunCancelled,
+) -> tuple[RunStatus, Any, dict[str, str] | None]:
+    """The status, output and error a terminal event gives its run."""
+    match event:
+        case RunCompleted():
+            return "completed", event.output, None
+        case RunFailed():
+            return "failed", None, {"type": event.error.type, "message": event.error.message}
+        case RunTimedOut():
+            return "timed_out", None, {"type": "RunTimeoutError", "message": event.reason}
+        case RunCancelled():
+            return "cancelled", None, {"type": "RunCancelledError", "message": event.reason}
 
 
 def fold(run_id: str, stored: list[tuple[int, RunEvent]]) -> RunState:

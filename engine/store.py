@@ -51,6 +51,10 @@ class EventStore(Protocol):
         """The run's events with the headers stored beside them (trace context)."""
         ...
 
+    async def read_last(self, run_id: str) -> tuple[int, RunEvent] | None:
+        """The run's last event, or None for a run with no log."""
+        ...
+
 
 class InMemoryEventStore:
     """A process-local store with the same OCC contract, for unit tests."""
@@ -83,6 +87,10 @@ class InMemoryEventStore:
 
     async def read_raw(self, run_id: str) -> list[tuple[int, RunEvent, dict[str, str]]]:
         return [(seq, event, dict(h)) for seq, event, _, h in self._logs.get(run_id, [])]
+
+    async def read_last(self, run_id: str) -> tuple[int, RunEvent] | None:
+        log = self._logs.get(run_id)
+        return (log[-1][0], log[-1][1]) if log else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,9 +7,11 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -22,7 +24,7 @@ from tether.engine.connection import Connection, ConnectionFactory
 from tether.engine.decide import CancelRun, decide
 from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
-from tether.engine.state import TERMINAL_STATUSES, RunState, evolve
+from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, terminal_outcome
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
 from tether.engine.subjects import check_run_id, run_subject_parts
 from tether.engine.tracing import messaging
@@ -53,6 +55,8 @@ class ResultRef(Protocol):
 
 
 log = logging.getLogger("tether.client")
+T = TypeVar("T")
+_TERMINAL_EVENTS = (ev.RunCompleted, ev.RunFailed, ev.RunTimedOut, ev.RunCancelled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +85,6 @@ class RunInfo:
         return self.status in TERMINAL_STATUSES
 
 
-def _raise_for(info: RunInfo) -> Any:
-    return raise_for_outcome(info.run_id, info.status, info.output, info.error)
-
-
 class RunRef:
     """A handle on a triggered run."""
 
@@ -105,12 +105,17 @@ class RunRef:
 
 
 class _TerminalWatcher:
-    """One set of subscriptions on terminal run subjects, shared by every waiting caller."""
+    """One set of subscriptions on terminal run subjects, shared by every waiting caller.
+
+    Runs noticed in the last ``RECENT_NOTICE_S`` are remembered: the server fans a write out
+    to core subscribers before the stream stores it, so a caller that registers and reads
+    in that moment would otherwise miss the notice and find the run not ended yet."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._subs: list[Subscription] = []
+        self._recent: OrderedDict[str, float] = OrderedDict()  # run id -> when noticed
 
     async def start(self) -> None:
         names = self.conn.settings.names
@@ -121,7 +126,16 @@ class _TerminalWatcher:
         self.conn.on_reconnect(self.wake_all)
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._wake(run_subject_parts(msg.subject)[0])
+        run_id = run_subject_parts(msg.subject)[0]
+        now = time.monotonic()
+        recent = self._recent
+        recent[run_id] = now
+        recent.move_to_end(run_id)
+        while recent and (
+            len(recent) > RECENT_NOTICE_MAX or next(iter(recent.values())) < now - RECENT_NOTICE_S
+        ):
+            recent.popitem(last=False)
+        self._wake(run_id)
 
     def _wake(self, run_id: str) -> None:
         for fut in self._waiters.pop(run_id, []):
@@ -132,9 +146,15 @@ class _TerminalWatcher:
         for run_id in list(self._waiters):
             self._wake(run_id)
 
-    def register(self, run_id: str) -> asyncio.Future[None]:
+    def register(self, run_id: str, *, after: float = 0.0) -> asyncio.Future[None]:
+        """A future set by the next notice of ``run_id``, or already set by one noticed at
+        or after ``after`` (monotonic time)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(run_id, []).append(fut)
+        noticed = self._recent.get(run_id)
+        if noticed is not None and noticed >= after:
+            fut.set_result(None)
+        else:
+            self._waiters.setdefault(run_id, []).append(fut)
         return fut
 
     def discard(self, run_id: str, fut: asyncio.Future[None]) -> None:
@@ -146,14 +166,17 @@ class _TerminalWatcher:
 
 
 # When a waiter re-reads a run's log. After a notice the announced write is readable within
-# milliseconds, so it polls from AFTER_NOTICE_S. Without one it still re-reads, from
-# FIRST_RECHECK_S backing off to MAX_RECHECK_S: a notice can be missed, because the server
-# fans a write out to core subscribers before the stream stores it (a subscription made in
-# that moment gets no notice and a read does not see the write yet), and notices sent while
-# the connection is down are lost.
-AFTER_NOTICE_S = 0.01
-FIRST_RECHECK_S = 0.25
-MAX_RECHECK_S = 5.0
+# milliseconds (a replica behind the stream leader may take longer), so it polls from
+# AFTER_NOTICE_S. Without one it still re-reads the whole log, from FIRST_RECHECK_S backing
+# off to MAX_RECHECK_S, in case a notice was lost (one sent while the connection was down is
+# gone, though a reconnect wakes every waiter). Those re-reads are what an idle waiter
+# costs, so they are rare.
+AFTER_NOTICE_S = 0.002
+FIRST_RECHECK_S = 5.0
+MAX_RECHECK_S = 60.0
+# Notices are remembered this long (and at most this many) for callers that register late.
+RECENT_NOTICE_S = 30.0
+RECENT_NOTICE_MAX = 100_000
 
 
 class RunsClient:
@@ -261,32 +284,50 @@ class RunsClient:
         return watcher
 
     async def wait_terminal(self, run_id: str, timeout: Duration | None = None) -> RunInfo:
-        """Wait until the run's log holds a terminal event.
+        """Wait until the run's log holds a terminal event; the run as it then stands.
 
         A notice on a terminal subject wakes the waiter at once, but it is only a hint: core
         subscribers also see writes the store refused (a lost OCC race), can see a stored
-        write before it is readable, and miss what is written while they subscribe or while
-        the connection is down. So the log is re-read after every notice and, without
-        notices, on a backoff from ``FIRST_RECHECK_S`` up to ``MAX_RECHECK_S``."""
+        write before it is readable, and miss what is written while the connection is down.
+        So the log is read after every notice and, without notices, on a backoff from
+        ``FIRST_RECHECK_S`` up to ``MAX_RECHECK_S``."""
+
+        async def ended(_: bool) -> RunInfo | None:
+            info = await self.get(run_id)
+            return info if info.is_terminal else None
+
+        return await self._until_ended(run_id, ended, timeout)
+
+    async def _until_ended(
+        self,
+        run_id: str,
+        ended: Callable[[bool], Awaitable[T | None]],
+        timeout: Duration | None,
+    ) -> T:
+        """Call ``ended(unprompted)`` until it gives a value: first at once, then after each
+        terminal notice of the run, and on a slow backoff without one (``unprompted``)."""
         watcher = await self._ensure_watcher()
         recheck = FIRST_RECHECK_S
+        unprompted = False
         async with asyncio.timeout(optional_seconds(timeout, "timeout")):
             while True:
-                fut = watcher.register(run_id)  # before reading, so no completion slips by
+                # registered before reading, so no completion slips by
+                fut = watcher.register(run_id, after=time.monotonic() - RECENT_NOTICE_S)
                 try:
                     try:
-                        info = await self.get(run_id)
+                        done = await ended(unprompted)
                     except TRANSIENT_NATS_ERRORS as exc:
                         # A reconnect or a leader election: the caller's timeout still holds.
                         log.debug("run read failed; retrying", extra={"error": repr(exc)})
                     else:
-                        if info.is_terminal:
-                            return info
+                        if done is not None:
+                            return done
                     if not fut.done():
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(asyncio.shield(fut), recheck)
-                    # re-read now; after a notice keep polling quickly, else back off
-                    recheck = AFTER_NOTICE_S if fut.done() else min(recheck * 2, MAX_RECHECK_S)
+                    unprompted = not fut.done()
+                    # after a notice keep polling quickly, else back off
+                    recheck = min(recheck * 2, MAX_RECHECK_S) if unprompted else AFTER_NOTICE_S
                 finally:
                     watcher.discard(run_id, fut)
 
@@ -299,7 +340,29 @@ class RunsClient:
         return self.sync.run(self.cancel(run_id, reason=reason))
 
     async def result(self, run_id: str, timeout: Duration | None = None) -> Any:
-        return _raise_for(await self.wait_terminal(run_id, timeout=timeout))
+        """The run's output once it ends, or the RunError of how it ended.
+
+        At first and after each notice only the run's last event is read: once a run's
+        terminal event is stored, every writer's guarded append refuses to add after it.
+        Re-reads without a notice read the whole log, which also settles a log whose last
+        entry is unusable."""
+        conn = await self._connect()
+
+        async def ended(unprompted: bool) -> tuple[str, Any, dict[str, str] | None] | None:
+            if not unprompted:
+                last = await conn.store.read_last(run_id)
+                if last is None:
+                    raise RunNotFoundError(run_id)
+                event = last[1]
+                if isinstance(event, _TERMINAL_EVENTS):
+                    return terminal_outcome(event)
+                if not isinstance(event, ev.UnusableEntry):
+                    return None
+            info = await self.get(run_id)
+            return (info.status, info.output, info.error) if info.is_terminal else None
+
+        status, output, error = await self._until_ended(run_id, ended, timeout)
+        return raise_for_outcome(run_id, status, output, error)
 
     async def cancel(self, run_id: str, *, reason: str = "cancelled") -> RunInfo:
         """End a queued, running or waiting run ``cancelled``.
