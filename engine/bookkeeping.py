@@ -20,14 +20,23 @@ from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines, wait_deadline_keys
 from tether.engine.dispatch import dispatch_task
 from tether.engine.state import RunState, WaitRecord, fold
-from tether.engine.subjects import run_subject_parts
+from tether.engine.subjects import is_token, run_subject_parts
 from tether.engine.tracing import TRACEPARENT
 
 log = logging.getLogger("tether.engine")
 
+# The engine's resolutions of a wait: each makes its run runnable again.
+RESOLUTION_TOKENS = frozenset({"wait_satisfied", "wait_timed_out"})
 # The run-log events that change dispatches, deadlines or parents.
 BOOKED_TOKENS = frozenset(
-    {"requested", "wait_started", "attempt_failed", "timeout_refreshed", *ev.TERMINAL_TOKENS}
+    {
+        "requested",
+        "wait_started",
+        "attempt_failed",
+        "timeout_refreshed",
+        *RESOLUTION_TOKENS,
+        *ev.TERMINAL_TOKENS,
+    }
 )
 
 
@@ -61,8 +70,12 @@ class Bookkeeper:
         await self._deadlines.put(key, due_at, command, traceparent)
 
     async def on_run_event(self, msg: Msg) -> None:
-        if run_subject_parts(msg.subject)[1] not in BOOKED_TOKENS:
-            await msg.ack()  # a step, a start, a resolution: nothing to book
+        token = run_subject_parts(msg.subject)[1]
+        if token not in BOOKED_TOKENS:
+            await msg.ack()  # a step, a start: nothing to book
+            return
+        if token in RESOLUTION_TOKENS and await self._dispatch_resolved(msg):
+            await msg.ack()
             return
         seq = msg.metadata.sequence.stream
         # read as every reader of the log reads it: a body that does not decode, or does not
@@ -77,6 +90,28 @@ class Bookkeeper:
         else:
             await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT), state)
         await msg.ack()
+
+    async def _dispatch_resolved(self, msg: Msg) -> bool:
+        """Dispatch a run whose wait the engine resolved, to the task stored beside the
+        resolution, without reading the log: the engine dispatched it already (this
+        dispatch has the same message id) unless it died in between. A resolution the run
+        did not take dispatches a run that is not runnable at that sequence, which its
+        worker skips. False without a usable task header (then the full read decides)."""
+        headers = msg.headers or {}
+        task = headers.get(wire.TASK)
+        if not task or not is_token(task):
+            return False
+        run_id = run_subject_parts(msg.subject)[0]
+        traceparent = headers.get(TRACEPARENT)
+        await dispatch_task(
+            self._conn.js,
+            self._conn.settings.names,
+            task,
+            run_id,
+            msg.metadata.sequence.stream,
+            {TRACEPARENT: traceparent} if traceparent else None,
+        )
+        return True
 
     async def _refused(
         self, event: ev.RunEvent, seq: int, msg: Msg
@@ -152,6 +187,16 @@ class Bookkeeper:
             )
         elif isinstance(event, ev.WaitStarted):
             await self._book_wait(event, seq, traceparent)
+        elif isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
+            assert state is not None
+            await dispatch_task(
+                self._conn.js,
+                names,
+                state.task,
+                run_id,
+                seq,
+                {TRACEPARENT: traceparent} if traceparent else None,
+            )
         elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
             # (a schedule deadline, if any, is dropped when it fires and finds the run started)
             await self._deadlines.remove(ids.run_deadline_key(partition, run_id))

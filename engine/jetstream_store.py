@@ -8,7 +8,8 @@ from nats.js.errors import APIError
 
 from tether.engine import events as ev
 from tether.engine import wire
-from tether.engine.nats_io import DirectReader
+from tether.engine.nats_io import DirectReader, StoredMessage
+from tether.engine.run_log_reads import read_run_log
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import Names
 
@@ -62,17 +63,18 @@ class JetStreamEventStore:
                 return message.seq
         return None
 
-    async def read(self, run_id: str) -> list[tuple[int, ev.RunEvent]]:
-        stored = await self._reader.read_subjects(
-            self._names.runs_stream, self._names.run_filter(run_id)
+    async def _read_log(self, run_id: str) -> list[StoredMessage]:
+        return await read_run_log(
+            self._reader, self._names.runs_stream, self._names.run_filter(run_id)
         )
+
+    async def read(self, run_id: str) -> list[tuple[int, ev.RunEvent]]:
+        stored = await self._read_log(run_id)
         return [(m.seq, ev.decode_stored(m.subject, m.data)) for m in stored]
 
     async def read_raw(self, run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
         """Events with their stored headers (trace context, message ids)."""
-        stored = await self._reader.read_subjects(
-            self._names.runs_stream, self._names.run_filter(run_id)
-        )
+        stored = await self._read_log(run_id)
         return [(m.seq, ev.decode_stored(m.subject, m.data), m.headers) for m in stored]
 
     async def read_last(self, run_id: str) -> tuple[int, ev.RunEvent] | None:

@@ -140,7 +140,13 @@ class DirectReader:
             want = min(pending, batch)
 
     async def read_subjects(
-        self, stream: str, subject_filter: str, *, start_seq: int = 1, timeout: float = 5.0
+        self,
+        stream: str,
+        subject_filter: str,
+        *,
+        start_seq: int = 1,
+        timeout: float = 5.0,
+        last_of_each: list[StoredMessage] | None = None,
     ) -> list[StoredMessage]:
         """Like ``read_subject`` for a wildcard filter, but one exact subject at a time.
 
@@ -162,11 +168,16 @@ class DirectReader:
         In a cluster any replica may answer a direct get, and one behind the leader lacks
         messages the leader counted. A whole read (from the first sequence) that comes back
         short is tried again, so a gap never reaches a replay.
+
+        ``last_of_each``, a ``multi_last`` answer taken *before* this call, spares the first
+        try that read: a subject counted once but missing from it was written since, and is
+        read literally like any subject that moved.
         """
         for attempt in range(1, WHOLE_READ_ATTEMPTS + 1):
             messages, whole = await self._read_subjects_once(
-                stream, subject_filter, start_seq, timeout
+                stream, subject_filter, start_seq, timeout, last_of_each
             )
+            last_of_each = None
             if whole or start_seq > 1:
                 return messages
             await asyncio.sleep(0.05 * attempt)
@@ -177,7 +188,12 @@ class DirectReader:
         )
 
     async def _read_subjects_once(
-        self, stream: str, subject_filter: str, start_seq: int, timeout: float
+        self,
+        stream: str,
+        subject_filter: str,
+        start_seq: int,
+        timeout: float,
+        known_last_of_each: list[StoredMessage] | None,
     ) -> tuple[list[StoredMessage], bool]:
         """One read; also whether every counted message at or below the cut came back."""
         await self._ensure_sub()
@@ -200,15 +216,20 @@ class DirectReader:
         # Subjects holding one message come back together, as "the last message of each
         # subject"; only subjects with several messages need a read of their own.
         repeated = [subject for subject, count in counts.items() if count > 1]
-        last_of_each, *literal = await asyncio.gather(
-            self._request_batch(
-                stream, {"multi_last": [subject_filter], "batch": len(counts)}, timeout
-            ),
-            *(
-                self._one_batch(stream, subject, start_seq, counts[subject], timeout)
-                for subject in repeated
-            ),
-        )
+        literal_reads = [
+            self._one_batch(stream, subject, start_seq, counts[subject], timeout)
+            for subject in repeated
+        ]
+        if known_last_of_each is not None:
+            last_of_each = (known_last_of_each, 0)
+            literal = list(await asyncio.gather(*literal_reads))
+        else:
+            last_of_each, *literal = await asyncio.gather(
+                self._request_batch(
+                    stream, {"multi_last": [subject_filter], "batch": len(counts)}, timeout
+                ),
+                *literal_reads,
+            )
         answered = {m.subject for m in last_of_each[0] if m.seq <= up_to}
         moved = [s for s, count in counts.items() if count == 1 and s not in answered]
         if moved:  # written again since they were counted
@@ -247,14 +268,34 @@ class DirectReader:
     ) -> StoredMessage | None:
         """The last message matching ``subject_filter`` (wildcards allowed), or None: one
         direct get, answered from the stream's subject index."""
+        return await self._get_one(stream, {"last_by_subj": subject_filter}, timeout)
+
+    async def read_seq(
+        self, stream: str, seq: int, *, timeout: float = 5.0
+    ) -> StoredMessage | None:
+        """The message stored at ``seq``, or None."""
+        return await self._get_one(stream, {"seq": seq}, timeout)
+
+    async def last_of_each(
+        self, stream: str, subject_filter: str, *, most: int, timeout: float = 5.0
+    ) -> list[StoredMessage]:
+        """The last message of each subject matching ``subject_filter`` (at most ``most``
+        subjects), oldest first: one batched direct get, taken at one point of the stream."""
+        await self._ensure_sub()
+        got, _ = await self._request_batch(
+            stream, {"multi_last": [subject_filter], "batch": most}, timeout
+        )
+        return sorted(got, key=lambda m: m.seq)
+
+    async def _get_one(
+        self, stream: str, body: dict[str, object], timeout: float
+    ) -> StoredMessage | None:
         await self._ensure_sub()
         inbox = f"{self._prefix}.{next(self._tokens)}"
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._pending[inbox] = queue
         try:
-            await self._nc.publish(
-                wire.direct_get(stream), orjson.dumps({"last_by_subj": subject_filter}), reply=inbox
-            )
+            await self._nc.publish(wire.direct_get(stream), orjson.dumps(body), reply=inbox)
             async with asyncio.timeout(timeout):
                 msg = await queue.get()
         finally:

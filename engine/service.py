@@ -12,7 +12,7 @@ import time
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from tether.engine import commands, ids
+from tether.engine import commands, ids, wire
 from tether.engine import events as ev
 from tether.engine.bookkeeping import Bookkeeper
 from tether.engine.connection import Connection
@@ -116,24 +116,37 @@ class EngineService:
             log.error("dropping malformed command", extra={"error": str(exc)})
             await msg.term()
             return
+        await self.handle(command, msg.headers, subject=msg.subject)
+        await msg.ack()
+
+    async def handle(
+        self,
+        command: commands.CommandMessage,
+        headers: dict[str, str] | None,
+        *,
+        subject: str | None = None,
+    ) -> None:
+        """Apply a command from the command stream, or one handed over in this process (the
+        matcher's resolutions, which skip the stream: a crash before the write loses
+        nothing, because the wait is still open in the run log and is matched again)."""
         tracing = self._conn.tracing
         names = self._conn.settings.names
         template = names.command_template(command.kind)
+        subject = subject or names.command_subject(command.kind, command.run_id)
         with tracing.span(
             f"process {template}",
             kind=SpanKind.CONSUMER,
-            parent=tracing.context_from(msg.headers),
+            parent=tracing.context_from(headers),
             attributes={
-                **messaging("process", "process", msg.subject, template),
+                **messaging("process", "process", subject, template),
                 "tether.run_id": command.run_id,
                 "tether.wait_id": command.wait_id,
                 "tether.command": command.kind,
             },
         ):
-            pushed = (msg.headers or {}).get(EVENT_TRACEPARENT)
+            pushed = (headers or {}).get(EVENT_TRACEPARENT)
             await self.apply(command, event_traceparent=pushed)
         self.commands_handled += 1
-        await msg.ack()
 
     async def apply(
         self, command: commands.CommandMessage, *, event_traceparent: str | None = None
@@ -150,9 +163,11 @@ class EngineService:
             decided = await self._append_decision(command, headers)
             seq = None
             if decided is not None:
-                seq, event = decided
+                seq, event, task = decided
                 if isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
-                    task = command.task or (await self._state(command.run_id)).task
+                    # Dispatched at once; the bookkeeping of the resolution dispatches it
+                    # too (the same message id, so one lands), in case this process dies
+                    # between the two writes.
                     await dispatch_task(
                         self._conn.js,
                         names,
@@ -185,12 +200,14 @@ class EngineService:
 
     async def _append_decision(
         self, command: commands.CommandMessage, headers: dict[str, str]
-    ) -> tuple[int, ev.RunEvent] | None:
+    ) -> tuple[int, ev.RunEvent, str] | None:
+        """The decision's sequence, event and the run's task (stored beside resolutions as
+        a header, see ``wire.TASK``)."""
         store, run_id = self._conn.store, command.run_id
         state_command = command.to_state_command()
         assert state_command is not None
         fast = command.kind == "expire_wait" or (command.kind == "resume" and command.single_clause)
-        if fast and command.wait_seq is not None:
+        if fast and command.wait_seq is not None and command.task:
             # Fast path: if the log still ends at the wait's own event, the wait is open and
             # one guarded write resolves it. Anything else goes through a full decision.
             assert isinstance(state_command, ResolveWait | ExpireWait)
@@ -202,9 +219,9 @@ class EngineService:
                     msg_id=ids.decision_msg_id(
                         run_id, command.wait_seq, command.kind, command.condition_id
                     ),
-                    headers=headers,
+                    headers={**headers, wire.TASK: command.task},
                 )
-                return seq, event
+                return seq, event, command.task
 
         def choose(state: RunState) -> ev.RunEvent | None:
             decided = decide(state, state_command, time.time())
@@ -223,7 +240,7 @@ class EngineService:
             msg_id=lambda state: ids.decision_msg_id(
                 run_id, state.last_seq, command.kind, command.condition_id
             ),
-            headers=headers,
+            headers=lambda state: {**headers, wire.TASK: state.task},
         )
         if appended is None:
             return None
@@ -231,4 +248,4 @@ class EngineService:
             self._conn.tracing.record_run(
                 appended.state, "timed_out", appended.log[0][2], time.time()
             )
-        return appended.seq, appended.event
+        return appended.seq, appended.event, appended.state.task

@@ -112,12 +112,12 @@ async def decide_and_append(
     choose: Callable[[RunState], RunEvent | None],
     *,
     msg_id: Callable[[RunState], str],
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | Callable[[RunState], dict[str, str]] | None = None,
 ) -> Decided | None:
     """The OCC loop every writer of a decision uses: read the run, ``choose`` its event
     (None: nothing applies any more; ``choose`` may also raise), append it guarded by the
     sequence read, and on a conflict read and decide again. ``msg_id`` names the write
-    from the state it was decided on, so a retried append dedupes."""
+    from the state it was decided on, so a retried append dedupes; ``headers`` may too."""
     for _ in range(DECISION_ATTEMPTS):
         log = await store.read_raw(run_id)
         state = fold(run_id, [(seq, event) for seq, event, _ in log])
@@ -126,7 +126,10 @@ async def decide_and_append(
             return None
         try:
             seq = await store.append(
-                event, expected_last_seq=state.last_seq, msg_id=msg_id(state), headers=headers
+                event,
+                expected_last_seq=state.last_seq,
+                msg_id=msg_id(state),
+                headers=headers(state) if callable(headers) else headers,
             )
         except ConcurrencyConflictError:
             continue  # the run moved on (a step, a resolution): decide again

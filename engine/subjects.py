@@ -32,6 +32,11 @@ MAX_EVENT_KEY_LENGTH = 256
 MAX_IDENTITY_LENGTH = 64
 
 
+def is_token(value: str) -> bool:
+    """Can ``value`` stand as one subject token (see ``check_token``)?"""
+    return bool(_TOKEN_OK.match(value))
+
+
 def check_run_id(run_id: str) -> str:
     """Run ids appear in subjects and KV keys, which allow fewer characters than tokens."""
     if not _RUN_ID_OK.match(run_id):

@@ -16,6 +16,9 @@ NUM_PENDING = "Nats-Num-Pending"  # direct get: messages left after this batch
 SEQUENCE = "Nats-Sequence"  # direct get: the message's stream sequence
 SUBJECT = "Nats-Subject"
 TIME_STAMP = "Nats-Time-Stamp"
+# Stored with the engine's resolution of a wait: the run's task, so that its bookkeeping can
+# dispatch the run again without reading its log.
+TASK = "Tether-Task"
 
 # -- JetStream API error codes ---------------------------------------------------------------
 # 10071: wrong last sequence; 10164: the same check on the subject-filter form.

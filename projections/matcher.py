@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -66,6 +67,11 @@ CATCH_UP_RETRY_S = 1.0
 CHECKPOINT_EVERY_S = 5.0
 
 
+# Resolves a matched wait: the engine's ``handle`` in ``tether serve``, which owns the
+# partition's engine work too; by default the resume command is published to the engine.
+Resolve = Callable[[CommandMessage, dict[str, str]], Awaitable[None]]
+
+
 def checkpoint_name(partition: int) -> str:
     return f"matcher.p{partition}"
 
@@ -79,6 +85,7 @@ class Matcher:
         self,
         conn: Connection,
         *,
+        resolve: Resolve | None = None,
         window_s: float = 30.0,
         window_max: int = 100_000,
         checkpoints: Checkpoints | None = None,
@@ -87,6 +94,7 @@ class Matcher:
         self._conn = conn
         self._names = conn.settings.names
         self._js: JetStreamContext = conn.js
+        self._resolve_wait: Resolve = resolve or self._send_command
         self.registry = WaitRegistry(self._names)
         # events handled so far: everything with seq <= cursor has been matched
         self.events_cursor: int | None = None
@@ -342,20 +350,24 @@ class Matcher:
             headers[EVENT_TRACEPARENT] = event.traceparent
         self._spawn(self._publish(command, wait, headers))
 
+    async def _send_command(self, command: CommandMessage, headers: dict[str, str]) -> None:
+        await send_command(self._js, self._names, command, headers)
+
     async def _publish(
         self, command: CommandMessage, wait: OpenWait, headers: dict[str, str]
     ) -> None:
-        """Publish until the stream takes it: the matched event has been consumed, so giving
-        up would leave the wait open with nothing left to match it until a restart replays.
-        (Retries are harmless: the command's message id dedupes.)"""
+        """Resolve until it is done: the matched event has been consumed, so giving up
+        would leave the wait open with nothing left to match it until a restart replays.
+        (Retries are harmless: the resolution's message id dedupes, and the run log's
+        optimistic concurrency resolves a wait once.)"""
         delay = PUBLISH_RETRY_FIRST_S
         for attempt in itertools.count(1):
             try:
-                await send_command(self._js, self._names, command, headers)
+                await self._resolve_wait(command, headers)
                 return
             except Exception as exc:
                 log.warning(
-                    "resume command not published yet; retrying",
+                    "wait not resolved yet; retrying",
                     extra={"wait_id": wait.wait_id, "attempt": attempt, "error": repr(exc)},
                 )
                 await asyncio.sleep(delay)

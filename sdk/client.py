@@ -24,7 +24,7 @@ from tether.engine.connection import Connection, ConnectionFactory
 from tether.engine.decide import CancelRun, decide
 from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
-from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, terminal_outcome
+from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
 from tether.engine.subjects import check_run_id, run_subject_parts
 from tether.engine.tracing import messaging
@@ -342,24 +342,23 @@ class RunsClient:
     async def result(self, run_id: str, timeout: Duration | None = None) -> Any:
         """The run's output once it ends, or the RunError of how it ended.
 
-        At first and after each notice only the run's last event is read: once a run's
-        terminal event is stored, every writer's guarded append refuses to add after it.
-        Re-reads without a notice read the whole log, which also settles a log whose last
-        entry is unusable."""
-        conn = await self._connect()
+        At first and after each notice the run's last event is read: while it is an event
+        of a run going on, the run has not ended, and nothing more is read. Otherwise the
+        whole log is folded, which tells a real ending from a write the state machine
+        ignores (a forged completion, say). Re-reads without a notice fold the whole log."""
 
         async def ended(unprompted: bool) -> tuple[str, Any, dict[str, str] | None] | None:
+            conn = await self._connect()
             if not unprompted:
                 last = await conn.store.read_last(run_id)
                 if last is None:
                     raise RunNotFoundError(run_id)
-                event = last[1]
-                if isinstance(event, _TERMINAL_EVENTS):
-                    return terminal_outcome(event)
-                if not isinstance(event, ev.UnusableEntry):
+                if not isinstance(last[1], (*_TERMINAL_EVENTS, ev.UnusableEntry)):
                     return None
-            info = await self.get(run_id)
-            return (info.status, info.output, info.error) if info.is_terminal else None
+            state = fold(run_id, await conn.store.read(run_id))
+            if not state.exists:
+                raise RunNotFoundError(run_id)
+            return (state.status, state.output, state.error) if state.is_terminal else None
 
         status, output, error = await self._until_ended(run_id, ended, timeout)
         return raise_for_outcome(run_id, status, output, error)

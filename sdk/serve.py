@@ -99,7 +99,12 @@ class TetherServer:
         bucket = conn.settings.names.checkpoints_bucket
         checkpoints = Checkpoints(await ensure_bucket(conn.js, conn.settings, bucket))
         self.engine = EngineService(conn)
-        self.matcher = Matcher(conn, window_s=self._matcher_window_s, checkpoints=checkpoints)
+        self.matcher = Matcher(
+            conn,
+            resolve=self.engine.handle,
+            window_s=self._matcher_window_s,
+            checkpoints=checkpoints,
+        )
         self.timer = TimerProjection(conn)
         await self.timer.start(partitions=[])
         # Partitions come from leases: the first share is loaded before pushed events are

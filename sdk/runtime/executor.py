@@ -91,6 +91,12 @@ async def run_attempt(
         return AttemptResult("skipped", "unknown run")
     if state.is_terminal or state.status == "waiting":
         return AttemptResult("skipped", f"run is {state.status}")
+    if state.task != task.name:
+        log.error(
+            "dispatch of a run of another task dropped",
+            extra={"run_id": run_id, "task": task.name, "run_task": state.task},
+        )
+        return AttemptResult("skipped", f"run is of task {state.task}, not {task.name}")
     tracing = tracing or Tracing()
     headers = {seq: h for seq, _, h in raw}
     with tracing.span(

@@ -13,6 +13,7 @@ import pytest
 from tether.engine import events as ev
 from tether.engine.config import Settings
 from tether.engine.connection import Connection
+from tether.engine.run_log_reads import MOST_SUBJECTS, read_chained
 from tether.engine.store import ConcurrencyConflictError, EventStore, InMemoryEventStore
 
 
@@ -106,3 +107,93 @@ async def test_reads_during_appends_are_whole_prefixes(store: EventStore) -> Non
     assert len(reads) > rounds  # the readers really did overlap the writes
     torn = [r for r in reads if r != final[: len(r)]]
     assert not torn, f"{len(torn)} of {len(reads)} reads were not prefixes, e.g. {torn[0]}"
+
+
+@pytest.fixture
+async def conn(settings: Settings) -> AsyncIterator[Connection]:
+    conn = await Connection.open(settings, name="chain-test", manage_streams=True)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def chained(conn: Connection, run_id: str) -> list[int] | None:
+    names = conn.settings.names
+    run_filter = names.run_filter(run_id)
+    newest = await conn.reader.last_of_each(names.runs_stream, run_filter, most=MOST_SUBJECTS)
+    got = await read_chained(conn.reader, names.runs_stream, run_filter, newest)
+    return None if got is None else [m.seq for m in got]
+
+
+async def counted(conn: Connection, run_id: str) -> list[int]:
+    names = conn.settings.names
+    got = await conn.reader.read_subjects(names.runs_stream, names.run_filter(run_id))
+    return [m.seq for m in got]
+
+
+async def test_the_chain_of_guarded_appends_reads_a_log_whole(conn: Connection) -> None:
+    """Events hidden under a later one of their type are found by their sequence; a log
+    with more of them than the chain reads, or with an unguarded write, is left to the
+    counted read, and the store's read is whole either way."""
+    store = conn.store
+    last = await store.append(requested("a"), expected_last_seq=0, msg_id="a:req")
+    assert await chained(conn, "a") == await counted(conn, "a") == [last]
+    # the first attempt is hidden under the second
+    for event in (started("a", 0), step("a", 0), started("a", 1)):
+        last = await store.append(event, expected_last_seq=last, msg_id=f"a:{last}")
+        # another run's events interleave, as they do on a busy stream
+        await store.append(requested(f"x{last}"), expected_last_seq=0, msg_id=f"x{last}")
+    assert await chained(conn, "a") == await counted(conn, "a")
+    assert len(await counted(conn, "a")) == 4
+
+    last = await store.append(step("a", 1), expected_last_seq=last, msg_id="a:s1")
+    assert await chained(conn, "a") is None  # two hidden: a counted read is cheaper
+    assert positions(await store.read("a")) == ["run.requested.v1", "a0", 0, "a1", 1]
+    assert await chained(conn, "unknown") == []
+
+    # A write without the guard breaks the chain: the read counts, and sees it.
+    await store.append(requested("b"), expected_last_seq=0, msg_id="b:req")
+    subject = conn.settings.names.run_subject("b", "step")
+    await conn.js.publish(subject, b"not an event")
+    assert await chained(conn, "b") is None
+    [(_, first), (_, foreign)] = await store.read("b")
+    assert isinstance(first, ev.RunRequested) and isinstance(foreign, ev.UnusableEntry)
+
+
+async def test_chained_reads_during_appends_are_whole_prefixes(conn: Connection) -> None:
+    """Runs written one after another (a second attempt hiding the first), read through
+    their chains while they grow: every read is a whole prefix of its run's log."""
+    store = conn.store
+    writes: dict[str, list[int]] = {}
+    current = ""
+    done = asyncio.Event()
+
+    async def writer() -> None:
+        nonlocal current
+        for r in range(20):
+            current = run_id = f"r{r}"
+            events: list[ev.RunEvent] = [requested(run_id), started(run_id, 1), step(run_id, 0)]
+            events += [started(run_id, 2), ev.RunCompleted(run_id=run_id, at=4.0, output=r)]
+            last = 0
+            writes[run_id] = []
+            for event in events:
+                last = await store.append(event, expected_last_seq=last, msg_id=f"{run_id}:{last}")
+                writes[run_id].append(last)
+                await asyncio.sleep(0)
+        done.set()
+
+    reads: list[tuple[str, list[int]]] = []
+
+    async def reader() -> None:
+        while not done.is_set():
+            run_id = current
+            got = await chained(conn, run_id) if run_id else None
+            if got:
+                reads.append((run_id, got))
+            await asyncio.sleep(0)
+
+    await asyncio.gather(writer(), reader(), reader())
+    assert len(reads) > 20  # the chain answered while the logs grew
+    torn = [(r, got) for r, got in reads if got != writes[r][: len(got)]]
+    assert not torn, f"{len(torn)} of {len(reads)} chained reads were not prefixes: {torn[0]}"
