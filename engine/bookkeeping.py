@@ -93,10 +93,11 @@ class Bookkeeper:
 
     async def _dispatch_resolved(self, msg: Msg) -> bool:
         """Dispatch a run whose wait the engine resolved, to the task stored beside the
-        resolution, without reading the log: the engine dispatched it already (this
-        dispatch has the same message id) unless it died in between. A resolution the run
-        did not take dispatches a run that is not runnable at that sequence, which its
-        worker skips. False without a usable task header (then the full read decides)."""
+        resolution, without reading the log. Dispatching here rather than where the
+        resolution is written means a process dying between the two writes loses nothing:
+        the message comes back until it is acknowledged. A resolution the run did not take
+        dispatches a run that is not runnable at that sequence, which its worker skips.
+        False without a usable task header (then the full read decides)."""
         headers = msg.headers or {}
         task = headers.get(wire.TASK)
         if not task or not is_token(task):

@@ -153,7 +153,6 @@ class EngineService:
     ) -> int | None:
         """Apply ``command`` to its run; returns the new event's sequence, or None if the
         command no longer applies (wait already resolved, run finished, unknown run)."""
-        names = self._conn.settings.names
         if command.kind == "retry":
             seq = await self._retry(command)
         else:
@@ -161,21 +160,8 @@ class EngineService:
             if event_traceparent:
                 headers[EVENT_TRACEPARENT] = event_traceparent
             decided = await self._append_decision(command, headers)
-            seq = None
-            if decided is not None:
-                seq, event, task = decided
-                if isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
-                    # Dispatched at once; the bookkeeping of the resolution dispatches it
-                    # too (the same message id, so one lands), in case this process dies
-                    # between the two writes.
-                    await dispatch_task(
-                        self._conn.js,
-                        names,
-                        task,
-                        command.run_id,
-                        seq,
-                        self._conn.tracing.inject({}),
-                    )
+            # (a resolution's bookkeeping dispatches the run: see Bookkeeper)
+            seq = None if decided is None else decided[0]
         if command.timer_key:
             await self._deadlines.remove(command.timer_key)
         return seq
@@ -200,9 +186,9 @@ class EngineService:
 
     async def _append_decision(
         self, command: commands.CommandMessage, headers: dict[str, str]
-    ) -> tuple[int, ev.RunEvent, str] | None:
-        """The decision's sequence, event and the run's task (stored beside resolutions as
-        a header, see ``wire.TASK``)."""
+    ) -> tuple[int, ev.RunEvent] | None:
+        """The decision's sequence and event. The run's task is stored beside it as a
+        header (``wire.TASK``), from which bookkeeping dispatches a resolved wait."""
         store, run_id = self._conn.store, command.run_id
         state_command = command.to_state_command()
         assert state_command is not None
@@ -221,7 +207,7 @@ class EngineService:
                     ),
                     headers={**headers, wire.TASK: command.task},
                 )
-                return seq, event, command.task
+                return seq, event
 
         def choose(state: RunState) -> ev.RunEvent | None:
             decided = decide(state, state_command, time.time())
@@ -248,4 +234,4 @@ class EngineService:
             self._conn.tracing.record_run(
                 appended.state, "timed_out", appended.log[0][2], time.time()
             )
-        return appended.seq, appended.event, appended.state.task
+        return appended.seq, appended.event

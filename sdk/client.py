@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -56,6 +56,8 @@ class ResultRef(Protocol):
 
 log = logging.getLogger("tether.client")
 T = TypeVar("T")
+# Why a waiter reads the run: its first look, a terminal notice, or a re-read without one.
+Prompt = Literal["first", "notice", "recheck"]
 _TERMINAL_EVENTS = (ev.RunCompleted, ev.RunFailed, ev.RunTimedOut, ev.RunCancelled)
 
 
@@ -292,7 +294,7 @@ class RunsClient:
         So the log is read after every notice and, without notices, on a backoff from
         ``FIRST_RECHECK_S`` up to ``MAX_RECHECK_S``."""
 
-        async def ended(_: bool) -> RunInfo | None:
+        async def ended(_: Prompt) -> RunInfo | None:
             info = await self.get(run_id)
             return info if info.is_terminal else None
 
@@ -301,21 +303,22 @@ class RunsClient:
     async def _until_ended(
         self,
         run_id: str,
-        ended: Callable[[bool], Awaitable[T | None]],
+        ended: Callable[[Prompt], Awaitable[T | None]],
         timeout: Duration | None,
     ) -> T:
-        """Call ``ended(unprompted)`` until it gives a value: first at once, then after each
-        terminal notice of the run, and on a slow backoff without one (``unprompted``)."""
+        """Call ``ended(prompt)`` until it gives a value: first at once (``"first"``), then
+        after each terminal notice of the run (``"notice"``), and on a slow backoff without
+        one (``"recheck"``)."""
         watcher = await self._ensure_watcher()
         recheck = FIRST_RECHECK_S
-        unprompted = False
+        prompt: Prompt = "first"
         async with asyncio.timeout(optional_seconds(timeout, "timeout")):
             while True:
                 # registered before reading, so no completion slips by
                 fut = watcher.register(run_id, after=time.monotonic() - RECENT_NOTICE_S)
                 try:
                     try:
-                        done = await ended(unprompted)
+                        done = await ended(prompt)
                     except TRANSIENT_NATS_ERRORS as exc:
                         # A reconnect or a leader election: the caller's timeout still holds.
                         log.debug("run read failed; retrying", extra={"error": repr(exc)})
@@ -325,9 +328,9 @@ class RunsClient:
                     if not fut.done():
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(asyncio.shield(fut), recheck)
-                    unprompted = not fut.done()
+                    prompt = "notice" if fut.done() else "recheck"
                     # after a notice keep polling quickly, else back off
-                    recheck = min(recheck * 2, MAX_RECHECK_S) if unprompted else AFTER_NOTICE_S
+                    recheck = AFTER_NOTICE_S if fut.done() else min(recheck * 2, MAX_RECHECK_S)
                 finally:
                     watcher.discard(run_id, fut)
 
@@ -342,14 +345,14 @@ class RunsClient:
     async def result(self, run_id: str, timeout: Duration | None = None) -> Any:
         """The run's output once it ends, or the RunError of how it ended.
 
-        At first and after each notice the run's last event is read: while it is an event
-        of a run going on, the run has not ended, and nothing more is read. Otherwise the
-        whole log is folded, which tells a real ending from a write the state machine
-        ignores (a forged completion, say). Re-reads without a notice fold the whole log."""
+        At first only the run's last event is read: while it is an event of a run going
+        on, the run has not ended, and nothing more is read. Otherwise, and after a notice
+        or without one, the whole log is folded, which tells a real ending from a write the
+        state machine ignores (a forged completion, say)."""
 
-        async def ended(unprompted: bool) -> tuple[str, Any, dict[str, str] | None] | None:
+        async def ended(prompt: Prompt) -> tuple[str, Any, dict[str, str] | None] | None:
             conn = await self._connect()
-            if not unprompted:
+            if prompt == "first":
                 last = await conn.store.read_last(run_id)
                 if last is None:
                     raise RunNotFoundError(run_id)
