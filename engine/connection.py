@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from opentelemetry.trace import TracerProvider
 
-from tether.engine import codec, wire
+from tether.engine import codec, nats_headers, wire
 from tether.engine.config import Settings
 from tether.engine.event_reads import read_key_events
 from tether.engine.jetstream_store import JetStreamEventStore
@@ -79,6 +79,7 @@ class Connection:
     ) -> Connection:
         """Connect and make sure the streams exist; ``manage_streams`` (the engine service)
         also brings existing streams to these settings."""
+        nats_headers.install()
         hooks: list[Callable[[], Awaitable[None]]] = []
         watch = PermissionWatch(settings.inbox_prefix)
         # nats-py retries a refused login forever (it reconnects without limit): stop at once.
