@@ -242,9 +242,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=16, help="client requests at a time")
     parser.add_argument("--think-max-ms", type=float, default=1000.0)
     parser.add_argument("--slots", type=int, default=200, help="worker slots")
-    parser.add_argument(
-        "--sync-always", action="store_true", help="nats-server fsyncs every write"
-    )
+    parser.add_argument("--sync-always", action="store_true", help="nats-server fsyncs every write")
     parser.add_argument("--out", default=None, help="default: results/hitl_method.json")
     return parser.parse_args()
 

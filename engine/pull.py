@@ -117,7 +117,8 @@ class SlotPuller:
                 await self._request(want)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
 
     def _wanted(self) -> int:
         """How many messages to ask for now. Pullers sharing a budget each ask for at most
@@ -183,8 +184,15 @@ class SlotPuller:
             # Soon, not after the whole ack wait: most failures are NATS passing trouble.
             await hand_back(msg, HANDLER_FAILED_REDELIVERY_S)
         finally:
-            self._budget.active -= 1
-            self._budget.wake_all()
+            budget = self._budget
+            # The freed slot is this puller's to ask again for; the others only gain from
+            # it when the slots were all taken (otherwise they had slots to ask with).
+            starved = budget.free() <= 0
+            budget.active -= 1
+            if starved:
+                budget.wake_all()
+            else:
+                self.wake()
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop asking for messages, let running handlers finish (up to ``grace_s``)."""
