@@ -229,6 +229,10 @@ IN_ATTEMPT_TOKENS: dict[str, str] = {
     "run.wait_condition_met.v1": "condition_met_in_attempt",
 }
 TERMINAL_TOKENS = ("completed", "failed", "timed_out", "cancelled")
+# Attempts after the first (a resume, a retry, a takeover) start on a token of their own:
+# a run that waited once then holds one message per subject, and its whole log comes back
+# in one read (see ``run_log_reads``). Logs written before it have them on "started".
+LATER_ATTEMPT_TOKEN = "restarted"
 
 
 class EventDecodeError(ValueError):
@@ -238,7 +242,15 @@ class EventDecodeError(ValueError):
 def subject_token(event: RunEvent) -> str:
     if isinstance(event, WaitSatisfied | WaitConditionMet) and event.within_attempt:
         return IN_ATTEMPT_TOKENS[event.type]
+    if isinstance(event, AttemptStarted) and event.attempt > 1:
+        return LATER_ATTEMPT_TOKEN
     return SUBJECT_TOKENS[event.type]
+
+
+def _on_its_subject(event: RunEvent, token: str) -> bool:
+    expected = subject_token(event)
+    # (a later attempt stored on "started" comes from a log written before its own token)
+    return token == expected or (expected == LATER_ATTEMPT_TOKEN and token == "started")
 
 
 def decode_stored(subject: str, data: bytes) -> RunEvent:
@@ -249,7 +261,7 @@ def decode_stored(subject: str, data: bytes) -> RunEvent:
         event = decode(data)
     except EventDecodeError as exc:
         return UnusableEntry(run_id=run_id, at=0.0, subject=subject, reason=str(exc)[:500])
-    if event.run_id != run_id or subject_token(event) != token:
+    if event.run_id != run_id or not _on_its_subject(event, token):
         reason = f"a {event.type} body of run {event.run_id} on subject token {token!r}"
         return UnusableEntry(run_id=run_id, at=event.at, subject=subject, reason=reason)
     return event

@@ -459,3 +459,16 @@ def test_a_wait_resolved_after_the_attempt_suspended_needs_a_new_attempt() -> No
     [resolved] = decide(early, ResolveWait("r1:0", "c0.0", "k", "k", 7, "e7", {}), now=1.0)
     evolve(early, resolved, 4)
     assert early.in_attempt  # seq 7 <= position 7: only the attempt's own lookback sees it
+
+
+def test_later_attempts_start_on_a_token_of_their_own() -> None:
+    """Attempts after the first are written to ``restarted``; logs written before that
+    token existed, with every attempt on ``started``, still read whole."""
+    first = ev.AttemptStarted(run_id="r", at=1.0, attempt=1, worker="w")
+    second = ev.AttemptStarted(run_id="r", at=2.0, attempt=2, worker="w")
+    assert ev.subject_token(first) == "started"
+    assert ev.subject_token(second) == ev.LATER_ATTEMPT_TOKEN == "restarted"
+    for token in ("started", "restarted"):
+        assert ev.decode_stored(f"t.runs.r.{token}.3", ev.encode(second)) == second
+    misplaced = ev.decode_stored("t.runs.r.restarted.3", ev.encode(first))
+    assert isinstance(misplaced, ev.UnusableEntry)
