@@ -111,6 +111,7 @@ class Bookkeeper:
             run_id,
             msg.metadata.sequence.stream,
             {TRACEPARENT: traceparent} if traceparent else None,
+            resolution=msg,
         )
         return True
 

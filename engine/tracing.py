@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 TRACEPARENT = "traceparent"
 # on a wait's resolution: the context of the pushed event that resolved it (for a span link)
 EVENT_TRACEPARENT = "Tether-Event-Traceparent"
+# The stored headers that carry trace context (of a request, a wait, a pushed event).
+TRACE_HEADERS = (TRACEPARENT, "tracestate", EVENT_TRACEPARENT)
 _PROPAGATOR = TraceContextTextMapPropagator()
 _VERSION = "0.1.0"
 

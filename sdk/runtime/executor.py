@@ -18,6 +18,7 @@ from tether.engine.events import (
     AttemptStarted,
     ErrorInfo,
     RunCompleted,
+    RunEvent,
     RunFailed,
     RunTimedOut,
 )
@@ -34,6 +35,7 @@ from tether.runtime.session import (
     _no_child_trigger,
     _no_event_reader,
 )
+from tether.runtime.suspended_logs import CarriedResolution, SuspendedLogs
 
 if TYPE_CHECKING:
     from tether.task import DurableTask
@@ -76,13 +78,21 @@ async def run_attempt(
     tracing: Tracing | None = None,
     dispatched_seq: int = 0,
     trigger_child: ChildTrigger = _no_child_trigger,
+    suspended: SuspendedLogs | None = None,
+    carried: CarriedResolution | None = None,
 ) -> AttemptResult:
     """Execute ``run_id`` once, from the top, replaying its recorded durable calls.
 
     ``dispatched_seq`` is the log sequence the dispatch was sent for. A read that ends before
     it comes from a replica that has not caught up yet: the outcome is ``behind`` and the
-    caller tries again later, instead of taking the run for still waiting and dropping it."""
-    raw = await store.read_raw(run_id)
+    caller tries again later, instead of taking the run for still waiting and dropping it.
+
+    With ``suspended`` (the logs of runs this worker suspended) and the resolution the
+    dispatch ``carried``, a run resumes from its kept log without a read; an attempt that
+    suspends keeps its log there."""
+    raw = suspended.resume(run_id, carried) if suspended and carried else None
+    if raw is None:
+        raw = await store.read_raw(run_id)
     if dispatched_seq and (not raw or raw[-1][0] < dispatched_seq):
         last = raw[-1][0] if raw else 0
         return AttemptResult("behind", f"log read up to seq {last}, dispatched at {dispatched_seq}")
@@ -113,10 +123,12 @@ async def run_attempt(
             "tether.worker": worker_id,
         },
     ) as span:
+        appended: list[tuple[int, RunEvent, dict[str, str]]] = []
         result = await _run(
             task,
             store,
             state,
+            appended,
             worker_id=worker_id,
             events_position=events_position,
             read_events=read_events,
@@ -126,6 +138,8 @@ async def run_attempt(
             trigger_child=trigger_child,
         )
         span.set_attribute("tether.outcome", result.outcome)
+        if suspended is not None and result.outcome == "suspended":
+            suspended.keep(run_id, [*raw, *appended])
         if result.outcome in ("completed", "failed", "timed_out"):
             tracing.record_run(state, result.outcome, headers.get(raw[0][0]), clock())
         return result
@@ -135,6 +149,7 @@ async def _run(
     task: DurableTask[Any, Any],
     store: EventStore,
     state: RunState,
+    appended: list[tuple[int, RunEvent, dict[str, str]]],
     *,
     worker_id: str,
     events_position: Callable[[], Awaitable[int]],
@@ -156,6 +171,7 @@ async def _run(
         headers,
         trigger_child=trigger_child,
     )
+    attempt.appended = appended  # the caller keeps the log of a run that suspends
     parent = state.parent_run_id
     now = clock()
     try:

@@ -58,6 +58,8 @@ class Attempt:
         trigger_child: ChildTrigger = _no_child_trigger,
     ) -> None:
         self.store = store
+        # what this attempt appended, with the headers stored beside it
+        self.appended: list[tuple[int, RunEvent, dict[str, str]]] = []
         self.trigger_child = trigger_child
         self.tracing = tracing or Tracing()
         self.headers = headers or {}  # stored headers of the run's events, by sequence
@@ -74,17 +76,16 @@ class Attempt:
         msg_id = ids.attempt_msg_id(
             event.run_id, self.state.last_seq, subject_token(event), self._token
         )
+        headers = self.tracing.inject({})
         appending = self.store.append(
-            event,
-            expected_last_seq=self.state.last_seq,
-            msg_id=msg_id,
-            headers=self.tracing.inject({}),
+            event, expected_last_seq=self.state.last_seq, msg_id=msg_id, headers=headers
         )
         try:
             seq = await self.call_nats("append", appending)
         except ConcurrencyConflictError:
             raise _Abandon() from None
         self.state.last_seq = seq
+        self.appended.append((seq, event, headers))
         return seq
 
     async def events_position(self) -> int:

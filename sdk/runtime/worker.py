@@ -25,6 +25,7 @@ from tether.logs import show_tether_logs
 from tether.runtime.executor import run_attempt
 from tether.runtime.session import ChildTrigger
 from tether.runtime.signals import until_signalled
+from tether.runtime.suspended_logs import CarriedResolution, SuspendedLogs
 
 if TYPE_CHECKING:
     from tether.task import DurableTask
@@ -36,6 +37,20 @@ BEHIND_RETRIES = 20
 BEHIND_RETRY_DELAY_S = 0.25
 # An interrupted attempt's dispatch comes back after 1 s, doubling up to this.
 INTERRUPTED_RETRY_MAX_S = 15.0
+
+
+def _carried(body: dict[str, Any], seq: int) -> CarriedResolution | None:
+    """The engine's resolution a dispatch carries, if any (see ``suspended_logs``)."""
+    carried = body.get("resolution")
+    if not isinstance(carried, dict):
+        return None
+    return CarriedResolution(
+        seq=seq,
+        previous=int(carried["previous"]),
+        subject=str(carried["subject"]),
+        data=orjson.dumps(carried["event"]),
+        headers={str(k): str(v) for k, v in dict(carried.get("headers") or {}).items()},
+    )
 
 
 class Worker:
@@ -66,6 +81,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._background: asyncio.Task[None] | None = None
         self.completed_attempts = 0
+        self.suspended = SuspendedLogs()
 
     @property
     def active(self) -> int:
@@ -128,6 +144,7 @@ class Worker:
             body = orjson.loads(msg.data)
             run_id = str(body["run_id"])
             dispatched_seq = int(body.get("seq", 0))
+            carried = _carried(body, dispatched_seq)
         except Exception:
             log.error("malformed task message dropped", extra={"data": msg.data[:200]})
             await msg.term()
@@ -145,6 +162,8 @@ class Worker:
                 tracing=conn.tracing,
                 dispatched_seq=dispatched_seq,
                 trigger_child=self._trigger_child,
+                suspended=self.suspended,
+                carried=carried,
             )
         except asyncio.CancelledError:
             await hand_back(msg)

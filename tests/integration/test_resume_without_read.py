@@ -1,0 +1,70 @@
+"""A worker resumes a run it suspended from the log it kept and the resolution its dispatch
+carries, without reading the run; when what it kept does not end right before the
+resolution, it reads the run as before. Either way the replay is exact."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tests.helpers import wait_for_status, wait_until
+from tether import DurableContext, Tether
+from tether.serve import TetherServer
+
+KEY = "approval:decision"
+
+
+def define(app: Tether, calls: list[int]) -> Any:
+    def propose(amount: int) -> dict[str, int]:
+        calls.append(amount)
+        return {"pay": amount}
+
+    @app.durable_task(name="resume-kept", execution_timeout=timedelta(minutes=5))
+    async def approval(input: dict[str, int], ctx: DurableContext) -> dict[str, Any]:
+        action = await ctx.step("propose", propose, input["amount"])
+        first = await ctx.wait_for_event(KEY, expression=f"input.runId == '{ctx.run_id}'")
+        second = await ctx.wait_for_event(KEY, expression=f"input.runId == '{ctx.run_id}'")
+        return {"action": action, "decisions": [first["decision"], second["decision"]]}
+
+    return approval
+
+
+async def waiting_again(app: Tether, run_id: str) -> None:
+    """The run waits on its second wait."""
+
+    async def check() -> bool:
+        info = await app.runs.get(run_id)
+        started = [e for e in info.events if e.type == "run.wait_started.v1"]
+        return info.status == "waiting" and len(started) == 2
+
+    await wait_until(check, timeout=15, message=f"run {run_id} to wait again")
+
+
+async def test_runs_resume_from_the_kept_log_or_by_reading(
+    app: Tether, server: TetherServer
+) -> None:
+    calls: list[int] = []
+    task = define(app, calls)
+    async with app.worker("kept", slots=2) as worker:
+        refs = [await task.run_no_wait({"amount": n}) for n in range(4)]
+        for ref in refs:
+            await wait_for_status(app, ref.run_id, "waiting")
+        assert len(worker.suspended) == 4
+        # one run's kept log is gone (as after a restart): it is read instead
+        worker.suspended.forget(refs[0].run_id)
+        for decision in ("approve", "reject"):
+            for ref in refs:
+                await app.events.push(KEY, {"runId": ref.run_id, "decision": decision})
+            if decision == "approve":
+                for ref in refs:
+                    await waiting_again(app, ref.run_id)
+        results = [await ref.result(timeout=30) for ref in refs]
+    assert results == [{"action": {"pay": n}, "decisions": ["approve", "reject"]} for n in range(4)]
+    assert sorted(calls) == [0, 1, 2, 3]  # each step ran once, replays used its record
+    # 4 runs x 2 resumes, less the one whose kept log was forgotten
+    assert worker.suspended.resumed_without_read == 7
+    assert len(worker.suspended) == 0  # nothing is kept for runs that ended
+    for ref in refs:
+        info = await app.runs.get(ref.run_id)
+        types = [e.type for e in info.events]
+        assert types.count("run.wait_satisfied.v1") == 2 and types[-1] == "run.completed.v1"

@@ -1,0 +1,43 @@
+"""The kept logs of suspended runs: resumed only when they end right before the carried
+resolution, and never more than their byte budget."""
+
+from __future__ import annotations
+
+from tether.engine import events as ev
+from tether.runtime.suspended_logs import CarriedResolution, SuspendedLogs
+
+
+def log_of(run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
+    requested = ev.RunRequested(
+        run_id=run_id, at=1.0, task="t", input={"n": 1}, execution_timeout_s=60.0
+    )
+    return [(1, requested, {"traceparent": "00-a-b-01", "Nats-Msg-Id": "x"})]
+
+
+def resolution(run_id: str, seq: int, previous: int) -> CarriedResolution:
+    event = ev.WaitTimedOut(run_id=run_id, at=2.0, wait_id=f"{run_id}:1")
+    subject = f"t.runs.{run_id}.wait_timed_out.0"
+    return CarriedResolution(seq, previous, subject, ev.encode(event), {})
+
+
+def test_a_kept_log_resumes_only_right_before_the_resolution() -> None:
+    logs = SuspendedLogs()
+    logs.keep("a", log_of("a"))
+    logs.keep("b", log_of("b"))
+    resumed = logs.resume("a", resolution("a", 9, 1))
+    assert resumed is not None
+    assert [seq for seq, _, _ in resumed] == [1, 9]
+    assert resumed[0][2] == {"traceparent": "00-a-b-01"}  # trace context only
+    assert isinstance(resumed[1][1], ev.WaitTimedOut)
+    assert logs.resume("b", resolution("b", 9, 5)) is None  # the run moved on elsewhere
+    assert logs.resume("a", resolution("a", 9, 1)) is None  # a log is resumed once
+    assert len(logs) == 0 and logs.bytes == 0 and logs.resumed_without_read == 1
+
+
+def test_the_oldest_logs_go_first_beyond_the_byte_budget() -> None:
+    logs = SuspendedLogs(max_bytes=1000)
+    for n in range(10):
+        logs.keep(f"r{n}", log_of(f"r{n}"))
+    assert 0 < logs.bytes <= 1000
+    assert logs.resume("r0", resolution("r0", 9, 1)) is None  # forgotten
+    assert logs.resume("r9", resolution("r9", 9, 1)) is not None
