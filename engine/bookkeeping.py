@@ -88,7 +88,7 @@ class Bookkeeper:
                 extra={"run_id": event.run_id, "seq": seq, "type": event.type, "reason": reason},
             )
         else:
-            await self._book(event, seq, (msg.headers or {}).get(TRACEPARENT), state)
+            await self._book(event, msg, state)
         await msg.ack()
 
     async def _dispatch_resolved(self, msg: Msg) -> bool:
@@ -111,7 +111,7 @@ class Bookkeeper:
             run_id,
             msg.metadata.sequence.stream,
             {TRACEPARENT: traceparent} if traceparent else None,
-            resolution=msg,
+            carried=msg,
         )
         return True
 
@@ -144,13 +144,13 @@ class Bookkeeper:
         entry = next((e for e in state.ignored if e["seq"] == seq), None)
         return (None if entry is None else str(entry["reason"])), state
 
-    async def _book(
-        self, event: ev.RunEvent, seq: int, traceparent: str | None, state: RunState | None
-    ) -> None:
-        """Keep dispatches and deadlines in step with one run-log event; ``state`` is the
-        run as ``_refused`` read it (every event booked below but requests and failed
-        attempts was read there)."""
+    async def _book(self, event: ev.RunEvent, msg: Msg, state: RunState | None) -> None:
+        """Keep dispatches and deadlines in step with one run-log event (stored as ``msg``);
+        ``state`` is the run as ``_refused`` read it (every event booked below but requests
+        and failed attempts was read there)."""
         names, run_id = self._conn.settings.names, event.run_id
+        seq = msg.metadata.sequence.stream
+        traceparent = (msg.headers or {}).get(TRACEPARENT)
         partition = names.partition(run_id)
         CM = commands.CommandMessage
         if isinstance(event, ev.RunRequested):
@@ -173,6 +173,7 @@ class Bookkeeper:
                 run_id,
                 seq,
                 {TRACEPARENT: traceparent} if traceparent else None,
+                carried=msg,
             )
         elif isinstance(event, ev.TimeoutRefreshed):
             assert state is not None

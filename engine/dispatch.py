@@ -19,18 +19,19 @@ async def dispatch_task(
     seq: int,
     headers: dict[str, str] | None = None,
     *,
-    resolution: Msg | None = None,
+    carried: Msg | None = None,
 ) -> None:
     """Tell workers of ``task`` that ``run_id`` is runnable. ``seq`` is the log sequence of
     the event that made it runnable, so each dispatch is named once and dedupes.
 
-    ``resolution``, the stored message of the engine's resolution of a wait, travels
-    along: a worker that still holds the log the run suspended with resumes it without
-    reading the run (see ``tether.runtime.suspended_logs``)."""
+    ``carried``, the stored message of that event (the run's request, or the engine's
+    resolution of a wait), travels along: a worker that has the rest of the log (none
+    before a request; the log a run suspended with) needs no read of the run (see
+    ``tether.runtime.suspended_logs``)."""
     body: dict[str, object] = {"run_id": run_id, "seq": seq}
-    carried = _carried(names, run_id, resolution) if resolution is not None else None
-    if carried is not None:
-        body["resolution"] = carried
+    event = _carried(names, run_id, carried) if carried is not None else None
+    if event is not None:
+        body["carried"] = event
     await js.publish(
         names.task_subject(task),
         orjson.dumps(body),
@@ -39,8 +40,8 @@ async def dispatch_task(
 
 
 def _carried(names: Names, run_id: str, msg: Msg) -> dict[str, object] | None:
-    """The resolution as a dispatch carries it, with the sequence its guarded append
-    followed (checked by the server); None when it was written without the run's guard."""
+    """The event as a dispatch carries it, with the sequence its guarded append followed
+    (checked by the server); None when it was written without the run's guard."""
     stored = msg.headers or {}
     if stored.get(wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT) != names.run_filter(run_id):
         return None

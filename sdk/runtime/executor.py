@@ -35,7 +35,7 @@ from tether.runtime.session import (
     _no_child_trigger,
     _no_event_reader,
 )
-from tether.runtime.suspended_logs import CarriedResolution, SuspendedLogs
+from tether.runtime.suspended_logs import CarriedEvent, SuspendedLogs
 
 if TYPE_CHECKING:
     from tether.task import DurableTask
@@ -79,7 +79,7 @@ async def run_attempt(
     dispatched_seq: int = 0,
     trigger_child: ChildTrigger = _no_child_trigger,
     suspended: SuspendedLogs | None = None,
-    carried: CarriedResolution | None = None,
+    carried: CarriedEvent | None = None,
 ) -> AttemptResult:
     """Execute ``run_id`` once, from the top, replaying its recorded durable calls.
 
@@ -87,10 +87,12 @@ async def run_attempt(
     it comes from a replica that has not caught up yet: the outcome is ``behind`` and the
     caller tries again later, instead of taking the run for still waiting and dropping it.
 
-    With ``suspended`` (the logs of runs this worker suspended) and the resolution the
-    dispatch ``carried``, a run resumes from its kept log without a read; an attempt that
-    suspends keeps its log there."""
-    raw = suspended.resume(run_id, carried) if suspended and carried else None
+    With ``suspended`` (the logs of runs this worker suspended) and the event the dispatch
+    ``carried``, a new run starts and a suspended run resumes without a read of its log;
+    an attempt that suspends keeps its log there."""
+    raw = None
+    if suspended is not None and carried is not None:  # (an empty SuspendedLogs is falsy)
+        raw = suspended.log_for(run_id, carried)
     if raw is None:
         raw = await store.read_raw(run_id)
     if dispatched_seq and (not raw or raw[-1][0] < dispatched_seq):

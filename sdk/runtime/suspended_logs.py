@@ -1,12 +1,14 @@
 """Logs of the runs a worker suspended, kept so that resuming one needs no read.
 
-When an attempt suspends on a wait, the worker holds the run's whole log: what it read,
-plus what the attempt appended. The engine's resolution of the wait is the next event, and
-its dispatch carries it (with the sequence it follows). If the kept log ends exactly at
-that sequence, the log to replay is the kept one plus the resolution, with no read of the
-run; otherwise (another worker ran the run since, or this one forgot it) the run is read
-as usual. Anything written after the resolution shows up as a conflict at the attempt's
-first write, which abandons it like any other late write.
+A dispatch carries the event that made its run runnable, with the sequence that event's
+guarded append followed. A run's request follows nothing: it is the whole log of a new
+run. When an attempt suspends on a wait, the worker holds the run's whole log (what it
+read, plus what the attempt appended); the engine's resolution of the wait is the next
+event. If the kept log ends exactly where the carried resolution follows, the log to
+replay is the kept one plus the resolution, with no read of the run; otherwise (another
+worker ran the run since, or this one forgot it) the run is read as usual. Anything written
+after the carried event shows up as a conflict at the attempt's first write, which
+abandons it like any other late write.
 
 Entries are kept encoded (bytes take a fraction of a parsed event's memory) and in all at
 most ``max_bytes``; the oldest are forgotten first.
@@ -36,9 +38,9 @@ def trace_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class CarriedResolution:
-    """The resolution a dispatch carries: stored at ``seq`` on ``subject``, right after
-    ``previous``."""
+class CarriedEvent:
+    """The event a dispatch carries: stored at ``seq`` on ``subject``, right after
+    ``previous`` (0: the first of its run)."""
 
     seq: int
     previous: int
@@ -53,7 +55,7 @@ class SuspendedLogs:
         self._logs: OrderedDict[str, list[tuple[int, bytes, dict[str, str]]]] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self.bytes = 0
-        self.resumed_without_read = 0
+        self.read_spared = 0  # dispatches served without a read of the run
 
     def __len__(self) -> int:
         return len(self._logs)
@@ -76,17 +78,18 @@ class SuspendedLogs:
         if self._logs.pop(run_id, None) is not None:
             self.bytes -= self._sizes.pop(run_id)
 
-    def resume(self, run_id: str, carried: CarriedResolution) -> RawLog | None:
-        """The run's log up to the carried resolution, if the kept one ends right before
-        it; the kept log is given up either way."""
-        entries = self._logs.get(run_id)
+    def log_for(self, run_id: str, carried: CarriedEvent) -> RawLog | None:
+        """The run's log up to the carried event: the event alone when it is the run's
+        request, else the kept log plus the event when the kept log ends right before it
+        (which is given up either way); None when a read is needed."""
+        entries = [] if carried.previous == 0 else self._logs.get(run_id)
         self.forget(run_id)
-        if not entries or entries[-1][0] != carried.previous:
+        if entries is None or (entries and entries[-1][0] != carried.previous):
+            return None
+        event = ev.decode_stored(carried.subject, carried.data)
+        if event.run_id != run_id or (carried.previous == 0) != isinstance(event, ev.RunRequested):
             return None
         log: RawLog = [(seq, ev.decode(data), h) for seq, data, h in entries]
-        resolution = ev.decode_stored(carried.subject, carried.data)
-        if resolution.run_id != run_id:
-            return None
-        log.append((carried.seq, resolution, trace_headers(carried.headers)))
-        self.resumed_without_read += 1
+        log.append((carried.seq, event, trace_headers(carried.headers)))
+        self.read_spared += 1
         return log

@@ -25,7 +25,7 @@ from tether.logs import show_tether_logs
 from tether.runtime.executor import run_attempt
 from tether.runtime.session import ChildTrigger
 from tether.runtime.signals import until_signalled
-from tether.runtime.suspended_logs import CarriedResolution, SuspendedLogs
+from tether.runtime.suspended_logs import CarriedEvent, SuspendedLogs
 
 if TYPE_CHECKING:
     from tether.task import DurableTask
@@ -39,12 +39,12 @@ BEHIND_RETRY_DELAY_S = 0.25
 INTERRUPTED_RETRY_MAX_S = 15.0
 
 
-def _carried(body: dict[str, Any], seq: int) -> CarriedResolution | None:
-    """The engine's resolution a dispatch carries, if any (see ``suspended_logs``)."""
-    carried = body.get("resolution")
+def _carried(body: dict[str, Any], seq: int) -> CarriedEvent | None:
+    """The event that made the run runnable, if the dispatch carries it."""
+    carried = body.get("carried")
     if not isinstance(carried, dict):
         return None
-    return CarriedResolution(
+    return CarriedEvent(
         seq=seq,
         previous=int(carried["previous"]),
         subject=str(carried["subject"]),
@@ -144,7 +144,9 @@ class Worker:
             body = orjson.loads(msg.data)
             run_id = str(body["run_id"])
             dispatched_seq = int(body.get("seq", 0))
-            carried = _carried(body, dispatched_seq)
+            # A dispatch handed back (an attempt interrupted, a worker gone) may have
+            # writes after the event it carries: only a first delivery uses it.
+            carried = _carried(body, dispatched_seq) if msg.metadata.num_delivered <= 1 else None
         except Exception:
             log.error("malformed task message dropped", extra={"data": msg.data[:200]})
             await msg.term()

@@ -1,6 +1,7 @@
-"""A worker resumes a run it suspended from the log it kept and the resolution its dispatch
-carries, without reading the run; when what it kept does not end right before the
-resolution, it reads the run as before. Either way the replay is exact."""
+"""A worker starts a new run from the request its dispatch carries, and resumes a run it
+suspended from the log it kept and the resolution its dispatch carries, without reading
+the run; when what it kept does not end right before the resolution, it reads the run as
+before. Either way the replay is exact."""
 
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ async def test_runs_resume_from_the_kept_log_or_by_reading(
         results = [await ref.result(timeout=30) for ref in refs]
     assert results == [{"action": {"pay": n}, "decisions": ["approve", "reject"]} for n in range(4)]
     assert sorted(calls) == [0, 1, 2, 3]  # each step ran once, replays used its record
-    # 4 runs x 2 resumes, less the one whose kept log was forgotten
-    assert worker.suspended.resumed_without_read == 7
+    # 4 starts from the carried request, 4 runs x 2 resumes, less the one whose kept log
+    # was forgotten
+    assert worker.suspended.read_spared == 11
     assert len(worker.suspended) == 0  # nothing is kept for runs that ended
     for ref in refs:
         info = await app.runs.get(ref.run_id)

@@ -1,10 +1,10 @@
 """The kept logs of suspended runs: resumed only when they end right before the carried
-resolution, and never more than their byte budget."""
+resolution, and never more than their byte budget; a carried request is a whole log."""
 
 from __future__ import annotations
 
 from tether.engine import events as ev
-from tether.runtime.suspended_logs import CarriedResolution, SuspendedLogs
+from tether.runtime.suspended_logs import CarriedEvent, SuspendedLogs
 
 
 def log_of(run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
@@ -14,24 +14,37 @@ def log_of(run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
     return [(1, requested, {"traceparent": "00-a-b-01", "Nats-Msg-Id": "x"})]
 
 
-def resolution(run_id: str, seq: int, previous: int) -> CarriedResolution:
+def resolution(run_id: str, seq: int, previous: int) -> CarriedEvent:
     event = ev.WaitTimedOut(run_id=run_id, at=2.0, wait_id=f"{run_id}:1")
     subject = f"t.runs.{run_id}.wait_timed_out.0"
-    return CarriedResolution(seq, previous, subject, ev.encode(event), {})
+    return CarriedEvent(seq, previous, subject, ev.encode(event), {})
 
 
 def test_a_kept_log_resumes_only_right_before_the_resolution() -> None:
     logs = SuspendedLogs()
     logs.keep("a", log_of("a"))
     logs.keep("b", log_of("b"))
-    resumed = logs.resume("a", resolution("a", 9, 1))
+    resumed = logs.log_for("a", resolution("a", 9, 1))
     assert resumed is not None
     assert [seq for seq, _, _ in resumed] == [1, 9]
     assert resumed[0][2] == {"traceparent": "00-a-b-01"}  # trace context only
     assert isinstance(resumed[1][1], ev.WaitTimedOut)
-    assert logs.resume("b", resolution("b", 9, 5)) is None  # the run moved on elsewhere
-    assert logs.resume("a", resolution("a", 9, 1)) is None  # a log is resumed once
-    assert len(logs) == 0 and logs.bytes == 0 and logs.resumed_without_read == 1
+    assert logs.log_for("b", resolution("b", 9, 5)) is None  # the run moved on elsewhere
+    assert logs.log_for("a", resolution("a", 9, 1)) is None  # a log is resumed once
+    assert len(logs) == 0 and logs.bytes == 0 and logs.read_spared == 1
+
+
+def test_a_carried_request_is_the_whole_log_of_a_new_run() -> None:
+    logs = SuspendedLogs()
+    [(_, requested, _)] = log_of("n")
+    subject = "t.runs.n.requested.0"
+    carried = CarriedEvent(4, 0, subject, ev.encode(requested), {"traceparent": "00-a-b-01"})
+    assert logs.log_for("n", carried) == [(4, requested, {"traceparent": "00-a-b-01"})]
+    assert logs.log_for("other", carried) is None  # a request of another run
+    # a resolution that claims to come first, or a request that claims not to, is read
+    assert logs.log_for("n", resolution("n", 9, 0)) is None
+    assert logs.log_for("n", CarriedEvent(4, 3, subject, ev.encode(requested), {})) is None
+    assert logs.read_spared == 1
 
 
 def test_the_oldest_logs_go_first_beyond_the_byte_budget() -> None:
@@ -39,5 +52,5 @@ def test_the_oldest_logs_go_first_beyond_the_byte_budget() -> None:
     for n in range(10):
         logs.keep(f"r{n}", log_of(f"r{n}"))
     assert 0 < logs.bytes <= 1000
-    assert logs.resume("r0", resolution("r0", 9, 1)) is None  # forgotten
-    assert logs.resume("r9", resolution("r9", 9, 1)) is not None
+    assert logs.log_for("r0", resolution("r0", 9, 1)) is None  # forgotten
+    assert logs.log_for("r9", resolution("r9", 9, 1)) is not None
