@@ -307,15 +307,20 @@ class RunsClient:
         timeout: Duration | None,
     ) -> T:
         """Call ``ended(prompt)`` until it gives a value: first at once (``"first"``), then
-        after each terminal notice of the run (``"notice"``), and on a slow backoff without
-        one (``"recheck"``)."""
+        after each terminal notice of the run (``"notice"``), and on a backoff without one
+        (``"recheck"``): from ``AFTER_NOTICE_S`` after a notice whose read found no end
+        (the write may not be readable yet), else from ``FIRST_RECHECK_S``. A notice counts
+        once: from the first look on, only notices that came after the previous look began
+        prompt another."""
         watcher = await self._ensure_watcher()
         recheck = FIRST_RECHECK_S
         prompt: Prompt = "first"
+        noticed_after = time.monotonic() - RECENT_NOTICE_S  # a notice before the call counts
         async with asyncio.timeout(optional_seconds(timeout, "timeout")):
             while True:
                 # registered before reading, so no completion slips by
-                fut = watcher.register(run_id, after=time.monotonic() - RECENT_NOTICE_S)
+                fut = watcher.register(run_id, after=noticed_after)
+                noticed_after = time.monotonic()
                 try:
                     try:
                         done = await ended(prompt)

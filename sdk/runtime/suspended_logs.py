@@ -86,6 +86,8 @@ class SuspendedLogs:
         self.forget(run_id)
         if entries is None or (entries and entries[-1][0] != carried.previous):
             return None
+        if len(carried.subject.split(".")) < 4:
+            return None  # not a run-log subject: read the run
         event = ev.decode_stored(carried.subject, carried.data)
         if event.run_id != run_id or (carried.previous == 0) != isinstance(event, ev.RunRequested):
             return None

@@ -40,17 +40,21 @@ INTERRUPTED_RETRY_MAX_S = 15.0
 
 
 def _carried(body: dict[str, Any], seq: int) -> CarriedEvent | None:
-    """The event that made the run runnable, if the dispatch carries it."""
+    """The event that made the run runnable, if the dispatch carries it usably (the run
+    is read otherwise: a dispatch is not dropped for what it carries)."""
     carried = body.get("carried")
     if not isinstance(carried, dict):
         return None
-    return CarriedEvent(
-        seq=seq,
-        previous=int(carried["previous"]),
-        subject=str(carried["subject"]),
-        data=orjson.dumps(carried["event"]),
-        headers={str(k): str(v) for k, v in dict(carried.get("headers") or {}).items()},
-    )
+    try:
+        return CarriedEvent(
+            seq=seq,
+            previous=int(carried["previous"]),
+            subject=str(carried["subject"]),
+            data=orjson.dumps(carried["event"]),
+            headers={str(k): str(v) for k, v in dict(carried.get("headers") or {}).items()},
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class Worker:

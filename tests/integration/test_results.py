@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
-from tether import RunCancelledError, Tether
+from tests.helpers import wait_for_status
+from tether import DurableContext, RunCancelledError, Tether
 from tether.client import MAX_RECHECK_S
+from tether.engine import events as ev
 from tether.engine.config import Settings
+from tether.serve import TetherServer
 
 
 async def test_result_returns_when_the_notice_is_missed(app: Tether, settings: Settings) -> None:
@@ -46,3 +49,39 @@ async def test_result_returns_when_the_notice_is_missed(app: Tether, settings: S
 
     with pytest.raises(RunCancelledError, match="withdrawn"):
         await waiter
+
+
+async def test_a_notice_of_a_write_the_run_ignores_does_not_make_the_waiter_spin(
+    app: Tether, server: TetherServer, settings: Settings
+) -> None:
+    """A terminal notice whose read finds the run going on (a write the run does not take)
+    is followed by re-reads backing off from a few milliseconds, not by a read per loop."""
+
+    @app.durable_task(name="approval")
+    async def approval(input: Any, ctx: DurableContext) -> Any:
+        return await ctx.wait_for_event("approval:decision")
+
+    async with app.worker("w", slots=2):
+        ref = await approval.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
+        conn = await app.connection()
+        real_read = conn.store.read
+        reads: list[float] = []
+
+        async def counted_read(run_id: str) -> Any:
+            reads.append(time.monotonic())
+            return await real_read(run_id)
+
+        conn.store.read = counted_read  # type: ignore[method-assign]
+        waiter = asyncio.create_task(ref.result(timeout=30))
+        await asyncio.sleep(0.2)  # the waiter is listening
+        # A completion the waiting run does not take: written without the run's guard.
+        names = settings.names
+        forged = ev.RunCompleted(run_id=ref.run_id, at=time.time(), output="forged")
+        await conn.js.publish(names.run_subject(ref.run_id, "completed"), ev.encode(forged))
+        await asyncio.sleep(1.0)
+        assert not waiter.done()  # the run has not ended
+        # backing off from 2 ms, doubling: about ten re-reads in a second, not thousands
+        assert 1 <= len(reads) <= 20, f"{len(reads)} whole-log reads in a second"
+        await app.events.push("approval:decision", {"decision": "approve"})
+        assert await waiter == {"decision": "approve"}
