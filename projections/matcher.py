@@ -1,5 +1,6 @@
 """The matcher projection: an index of open waits, fed by the run log, matched against pushed
-events, publishing one resume command per matched wait.
+events; each matched wait is resolved once, through the engine of the same process in
+``tether serve`` (or by a resume command published to the engine).
 
 No event that matches an open wait is missed, even one pushed while the wait is being
 registered: each wait carries the events-stream position read before it was recorded, and
@@ -348,12 +349,12 @@ class Matcher:
             headers = tracing.inject({})
         if event.traceparent:
             headers[EVENT_TRACEPARENT] = event.traceparent
-        self._spawn(self._publish(command, wait, headers))
+        self._spawn(self._resolve_until_done(command, wait, headers))
 
     async def _send_command(self, command: CommandMessage, headers: dict[str, str]) -> None:
         await send_command(self._js, self._names, command, headers)
 
-    async def _publish(
+    async def _resolve_until_done(
         self, command: CommandMessage, wait: OpenWait, headers: dict[str, str]
     ) -> None:
         """Resolve until it is done: the matched event has been consumed, so giving up
