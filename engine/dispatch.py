@@ -7,8 +7,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from tether.engine import commands, ids, wire
+from tether.engine.run_log_reads import guarded_predecessor
 from tether.engine.subjects import Names
-from tether.engine.tracing import TRACE_HEADERS
+from tether.engine.tracing import trace_headers
 
 
 async def dispatch_task(
@@ -43,17 +44,14 @@ def _carried(names: Names, run_id: str, msg: Msg) -> dict[str, object] | None:
     """The event as a dispatch carries it, with the sequence its guarded append followed
     (checked by the server); None when it was written without the run's guard."""
     stored = msg.headers or {}
-    if stored.get(wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT) != names.run_filter(run_id):
-        return None
-    try:
-        previous = int(stored.get(wire.EXPECTED_LAST_SUBJECT_SEQ, ""))
-    except ValueError:
+    previous = guarded_predecessor(stored, names.run_filter(run_id))
+    if previous is None:
         return None
     return {
         "previous": previous,
         "subject": msg.subject,
         "event": orjson.Fragment(msg.data),
-        "headers": {k: v for k, v in stored.items() if k in TRACE_HEADERS},
+        "headers": trace_headers(stored),
     }
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -281,7 +282,6 @@ class DirectReader:
     ) -> list[StoredMessage]:
         """The last message of each subject matching ``subject_filter`` (at most ``most``
         subjects), oldest first: one batched direct get, taken at one point of the stream."""
-        await self._ensure_sub()
         got, _ = await self._request_batch(
             stream, {"multi_last": [subject_filter], "batch": most}, timeout
         )
@@ -290,16 +290,8 @@ class DirectReader:
     async def _get_one(
         self, stream: str, body: dict[str, object], timeout: float
     ) -> StoredMessage | None:
-        await self._ensure_sub()
-        inbox = f"{self._prefix}.{next(self._tokens)}"
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._pending[inbox] = queue
-        try:
-            await self._nc.publish(wire.direct_get(stream), orjson.dumps(body), reply=inbox)
-            async with asyncio.timeout(timeout):
-                msg = await queue.get()
-        finally:
-            self._pending.pop(inbox, None)
+        async with self._asking(stream, body) as replies, asyncio.timeout(timeout):
+            msg = await replies.get()
         status = status_of(msg)
         if status == "404":
             return None
@@ -310,23 +302,31 @@ class DirectReader:
         self, stream: str, body: dict[str, object], timeout: float
     ) -> tuple[list[StoredMessage], int]:
         """One batched direct get: its messages, and how many more match after them."""
-        inbox = f"{self._prefix}.{next(self._tokens)}"
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self._pending[inbox] = queue
-        request = orjson.dumps(body)
         out: list[StoredMessage] = []
+        async with self._asking(stream, body) as replies, asyncio.timeout(timeout):
+            while True:
+                msg = await replies.get()
+                status = status_of(msg)
+                if status == "404":
+                    return out, 0
+                if status == "204":  # end of batch
+                    return out, int((msg.headers or {}).get(wire.NUM_PENDING, "0") or 0)
+                _raise_for_status(status, msg, stream)
+                out.append(_stored(msg))
+
+    @contextlib.asynccontextmanager
+    async def _asking(
+        self, stream: str, body: dict[str, object]
+    ) -> AsyncIterator[asyncio.Queue[Msg]]:
+        """Send one direct get; its replies arrive on the queue yielded, until the block
+        ends."""
+        await self._ensure_sub()
+        inbox = f"{self._prefix}.{next(self._tokens)}"
+        replies: asyncio.Queue[Msg] = asyncio.Queue()
+        self._pending[inbox] = replies
         try:
-            await self._nc.publish(wire.direct_get(stream), request, reply=inbox)
-            async with asyncio.timeout(timeout):
-                while True:
-                    msg = await queue.get()
-                    status = status_of(msg)
-                    if status == "404":
-                        return out, 0
-                    if status == "204":  # end of batch
-                        return out, int((msg.headers or {}).get(wire.NUM_PENDING, "0") or 0)
-                    _raise_for_status(status, msg, stream)
-                    out.append(_stored(msg))
+            await self._nc.publish(wire.direct_get(stream), orjson.dumps(body), reply=inbox)
+            yield replies
         finally:
             self._pending.pop(inbox, None)
 

@@ -12,6 +12,8 @@ or more hidden events than ``MAX_HIDDEN``) is left to the caller's counted read.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from tether.engine import wire
 from tether.engine.nats_io import DirectReader, StoredMessage
 
@@ -65,15 +67,21 @@ async def read_chained(
     return chain
 
 
-def _predecessor(message: StoredMessage, run_filter: str) -> int | None:
-    headers = message.headers
+def guarded_predecessor(headers: Mapping[str, str], run_filter: str) -> int | None:
+    """The sequence a message's guarded append followed (0: it was the run's first), as
+    its stored headers say; None when it was written without the run's guard."""
     if headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT) != run_filter:
         return None
     try:
         previous = int(headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ, ""))
     except ValueError:
         return None
-    return previous if 0 <= previous < message.seq else None
+    return previous if previous >= 0 else None
+
+
+def _predecessor(message: StoredMessage, run_filter: str) -> int | None:
+    previous = guarded_predecessor(message.headers, run_filter)
+    return previous if previous is not None and previous < message.seq else None
 
 
 def _in_run(message: StoredMessage, run_filter: str) -> bool:

@@ -29,6 +29,13 @@ EVENT_TRACEPARENT = "Tether-Event-Traceparent"
 # The stored headers that carry trace context (of a request, a wait, a pushed event).
 TRACE_HEADERS = (TRACEPARENT, "tracestate", EVENT_TRACEPARENT)
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def trace_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The trace-context headers among ``headers``."""
+    return {name: headers[name] for name in TRACE_HEADERS if name in headers}
+
+
 _VERSION = "0.1.0"
 
 

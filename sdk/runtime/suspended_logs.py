@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from tether.engine import events as ev
-from tether.engine.tracing import TRACE_HEADERS
+from tether.engine.tracing import trace_headers
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 ENTRY_OVERHEAD = 120  # bytes a kept entry costs beyond its encoded event, roughly
@@ -31,10 +31,6 @@ RawLog = list[tuple[int, ev.RunEvent, dict[str, str]]]
 def _compact(data: bytes) -> bytes:
     """A copy of exactly ``data``'s size: orjson's output keeps its whole 4 KB buffer."""
     return bytes(memoryview(data))
-
-
-def trace_headers(headers: dict[str, str]) -> dict[str, str]:
-    return {name: headers[name] for name in TRACE_HEADERS if name in headers}
 
 
 @dataclass(frozen=True, slots=True)
