@@ -105,7 +105,7 @@ def decide(state: RunState, command: Command, now: float) -> list[RunEvent]:
             if spec is None or spec.id in record.met:
                 return []
             clause = next(i for i, c in enumerate(record.clauses) if spec in c)
-            if record.clause_satisfied(clause):
+            if record.clause_satisfied(clause) and not spec.decisive:
                 return []  # another alternative of this clause fired first
             if record.satisfied_with(command.condition_id):
                 return [wait_resolution(run_id, command, now, met=record)]

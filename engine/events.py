@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from tether.engine import codec
 from tether.engine.subjects import run_subject_parts
+from tether.engine.workflow_graph import WorkflowGraph
 
 
 class _Event(BaseModel):
@@ -37,6 +38,10 @@ class RunRequested(_Event):
     # a run that no worker has started within this many seconds ends timed_out
     schedule_timeout_s: float | None = None
     parent_run_id: str | None = None  # set for child runs: the parent is told when it ends
+    # Workflow runs: the graph of tasks, and the events stream's last sequence when the run
+    # was requested (its event conditions count every event stored after it).
+    workflow: WorkflowGraph | None = None
+    events_position: int | None = None
 
 
 class ConditionSpec(BaseModel):
@@ -50,6 +55,9 @@ class ConditionSpec(BaseModel):
     event_key: str | None = None
     expression: str | None = None
     due_at: float | None = None  # sleeps: when it fires
+    # Fires the whole wait by itself, whatever its clauses (a workflow task's skip_if or
+    # cancel_if condition, watched while the task waits on its wait_for).
+    decisive: bool = False
 
 
 class AttemptStarted(_Event):
@@ -109,6 +117,18 @@ class EventRejected(_Event):
     event_seq: int | None
     payload: dict[str, Any] | None
     error: str
+
+
+class TaskRecorded(_Event):
+    """A task of a workflow run ended (``completed``, ``skipped``, ``failed`` after its
+    retries, ``cancelled``) or failed an attempt it will retry (``retrying``)."""
+
+    type: Literal["run.task.v1"] = "run.task.v1"
+    task: str
+    status: Literal["completed", "skipped", "failed", "cancelled", "retrying"]
+    output: Any = None
+    error: ErrorInfo | None = None
+    reason: str | None = None
 
 
 class AttemptFailed(_Event):
@@ -188,6 +208,7 @@ RunEvent = Annotated[
     RunRequested
     | AttemptStarted
     | StepRecorded
+    | TaskRecorded
     | WaitStarted
     | WaitSatisfied
     | WaitTimedOut
@@ -210,6 +231,7 @@ SUBJECT_TOKENS: dict[str, str] = {
     "run.requested.v1": "requested",
     "run.started.v1": "started",
     "run.step.v1": "step",
+    "run.task.v1": "task",
     "run.wait_started.v1": "wait_started",
     "run.wait_satisfied.v1": "wait_satisfied",
     "run.wait_timed_out.v1": "wait_timed_out",
@@ -268,7 +290,22 @@ def decode_stored(subject: str, data: bytes) -> RunEvent:
 
 
 def encode(event: RunEvent) -> bytes:
-    return codec.dumps(event.model_dump(mode="json"))
+    body = event.model_dump(mode="json")
+    # Fields only workflow runs use are left out when unset: they would cost every run's
+    # request and every wait's conditions bytes for nothing.
+    if isinstance(event, RunRequested):
+        for name in _WORKFLOW_ONLY:
+            if body[name] is None:
+                del body[name]
+    elif isinstance(event, WaitStarted):
+        for clause in body["clauses"]:
+            for spec in clause:
+                if not spec["decisive"]:
+                    del spec["decisive"]
+    return codec.dumps(body)
+
+
+_WORKFLOW_ONLY = ("workflow", "events_position")
 
 
 def decode(data: bytes) -> RunEvent:

@@ -61,10 +61,15 @@ class CompiledProgram:
 
     def matches(self, payload: Mapping[str, Any]) -> bool:
         """Evaluate with ``input = payload``; errors and non-bool results raise."""
+        return self.matches_with({"input": dict(payload)})
+
+    def matches_with(self, variables: Mapping[str, Any]) -> bool:
+        """Evaluate with the given JSON ``variables`` (``input``, or a workflow task's
+        ``output`` and ``run``); errors and non-bool results raise."""
         if self._runner is None:
             return True
         try:
-            activation = {"input": json_to_cel(dict(payload))}
+            activation = {name: json_to_cel(value) for name, value in variables.items()}
         except (TypeError, ValueError) as exc:
             raise ExpressionEvaluationError(
                 f"payload cannot be given to CEL expression {_show(self.source)}: {exc} "

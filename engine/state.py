@@ -21,6 +21,7 @@ from tether.engine.events import (
     RunRequested,
     RunTimedOut,
     StepRecorded,
+    TaskRecorded,
     TimeoutRefreshed,
     UnusableEntry,
     WaitConditionMet,
@@ -28,6 +29,7 @@ from tether.engine.events import (
     WaitStarted,
     WaitTimedOut,
 )
+from tether.engine.workflow_graph import WorkflowGraph
 
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "timed_out", "cancelled"]
 # A run's terminal statuses are named as its terminal events' subject tokens: one list.
@@ -39,6 +41,7 @@ TERMINAL_STATUSES: frozenset[str] = frozenset(TERMINAL_TOKENS)
 # run): outside an attempt these are ignored.
 ATTEMPT_EVENTS = (
     StepRecorded,
+    TaskRecorded,
     WaitStarted,
     TimeoutRefreshed,
     EventRejected,
@@ -97,7 +100,11 @@ class WaitRecord:
         return any(spec.id in self.met for spec in self.clauses[index])
 
     def satisfied_with(self, condition_id: str) -> bool:
-        """Would every clause be satisfied once ``condition_id`` is met?"""
+        """Would every clause be satisfied once ``condition_id`` is met? (A decisive
+        condition satisfies the wait by itself.)"""
+        spec = self.condition(condition_id)
+        if spec is not None and spec.decisive:
+            return True
         return all(
             any(spec.id in self.met or spec.id == condition_id for spec in clause)
             for clause in self.clauses
@@ -105,6 +112,21 @@ class WaitRecord:
 
 
 DurableRecord = StepRecord | WaitRecord
+
+
+@dataclass(slots=True)
+class TaskOutcome:
+    """Where a workflow task stands in its run's log: its last ``run.task`` event."""
+
+    status: Literal["completed", "skipped", "failed", "cancelled", "retrying"]
+    output: Any = None
+    error: dict[str, str] | None = None
+    at: float = 0.0
+    failures: int = 0  # attempts of it that failed and were retried
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "retrying"
 
 
 @dataclass(slots=True)
@@ -137,6 +159,11 @@ class RunState:
     # Events in the log that did not apply (late, out of place, or for another run):
     # {"seq", "type", "status" (the run's status then), "reason"}.
     ignored: list[dict[str, Any]] = field(default_factory=list)
+    # Workflow runs: the graph, where each task stands, and the events stream's position
+    # when the run was requested.
+    workflow: WorkflowGraph | None = None
+    tasks: dict[str, TaskOutcome] = field(default_factory=dict)
+    events_position: int = 0
 
     @property
     def exists(self) -> bool:
@@ -251,6 +278,8 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.metadata = dict(event.metadata)
             state.schedule_timeout_s = event.schedule_timeout_s
             state.parent_run_id = event.parent_run_id
+            state.workflow = event.workflow
+            state.events_position = event.events_position or 0
             state.status = "queued"
             state.runnable_since_seq = seq
         case AttemptStarted():
@@ -269,6 +298,17 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.execution_timeout_s = event.execution_timeout_s
         case StepRecorded():
             state.records.append(StepRecord(event.position, event.name, event.output))
+        case TaskRecorded():
+            before = state.tasks.get(event.task)
+            failures = before.failures if before is not None else 0
+            error = None if event.error is None else event.error.model_dump()
+            state.tasks[event.task] = TaskOutcome(
+                event.status,
+                event.output,
+                error,
+                event.at,
+                failures + (event.status == "retrying"),
+            )
         case WaitStarted():
             record = WaitRecord(
                 position=event.position,

@@ -1,8 +1,14 @@
 """Tether: durable human-in-the-loop tasks, event-sourced on NATS JetStream."""
 
 from tether.app import Tether
-from tether.client import RunEventView, RunInfo, RunRef
-from tether.conditions import SleepCondition, UserEventCondition, WaitResult, or_
+from tether.client import RunEventView, RunInfo, RunRef, TaskInfo
+from tether.conditions import (
+    ParentCondition,
+    SleepCondition,
+    UserEventCondition,
+    WaitResult,
+    or_,
+)
 from tether.engine.expressions import InvalidExpressionError
 from tether.errors import (
     NonDeterminismError,
@@ -13,13 +19,17 @@ from tether.errors import (
     RunFailedError,
     RunNotFoundError,
     RunTimeoutError,
+    TaskSkippedError,
     TetherError,
     WaitTimeoutError,
 )
 from tether.events_client import PushResult
 from tether.runtime.context import ChildRunRef, DurableContext
+from tether.runtime.task_context import TaskContext
 from tether.task import DurableTask
 from tether.version import __version__ as __version__
+from tether.workflow import Workflow
+from tether.workflow_task import WorkflowTask
 
 __all__ = [
     "ChildRunRef",
@@ -28,6 +38,7 @@ __all__ = [
     "InvalidExpressionError",
     "NonDeterminismError",
     "NonRetryableError",
+    "ParentCondition",
     "PushResult",
     "RunAlreadyFinishedError",
     "RunCancelledError",
@@ -39,10 +50,15 @@ __all__ = [
     "RunRef",
     "RunTimeoutError",
     "SleepCondition",
+    "TaskContext",
+    "TaskInfo",
+    "TaskSkippedError",
     "Tether",
     "TetherError",
     "UserEventCondition",
     "WaitResult",
     "WaitTimeoutError",
+    "Workflow",
+    "WorkflowTask",
     "or_",
 ]

@@ -19,6 +19,7 @@ from tether.events_client import EventsClient
 from tether.runtime.worker import Worker
 from tether.sync import SyncRunner
 from tether.task import DurableTask, TaskFunction
+from tether.workflow import Workflow
 
 
 class Tether:
@@ -37,6 +38,7 @@ class Tether:
         self.settings = settings or Settings.from_env(nats_url=nats_url, namespace=namespace)
         self.tracer_provider = tracer_provider
         self.tasks: dict[str, DurableTask[Any, Any]] = {}
+        self.workflows: dict[str, Workflow] = {}
         self._sync = SyncRunner()
         self.runs = RunsClient(self.connection, self._sync)
         self.events = EventsClient(self.connection, self._sync)
@@ -118,24 +120,54 @@ class Tether:
                 backoff_initial=first,
             )
             if task.name in self.tasks:
-                raise ValueError(f"a task named {task.name!r} is already registered")
+                raise ValueError(f"a task or workflow named {task.name!r} is already registered")
             self.tasks[task.name] = task
             return task
 
         return register
+
+    def workflow(
+        self,
+        *,
+        name: str,
+        execution_timeout: Duration = DEFAULT_EXECUTION_TIMEOUT,
+        schedule_timeout: Duration | None = None,
+    ) -> Workflow:
+        """Declare a workflow: a graph of ``@wf.task``s with fixed approval gates.
+
+        ``execution_timeout`` bounds a whole run, its waits included (default 24 hours);
+        ``schedule_timeout`` ends a run ``timed_out`` if no worker starts it in time."""
+        if name in self.tasks:
+            raise ValueError(f"a task or workflow named {name!r} is already registered")
+        workflow = Workflow(
+            self.runs,
+            name=name,
+            execution_timeout=to_timedelta(execution_timeout, "execution_timeout"),
+            schedule_timeout=optional_timedelta(schedule_timeout, "schedule_timeout"),
+        )
+        self.workflows[name] = workflow
+        self.tasks[name] = workflow.runner  # a worker runs a workflow as one task
+        return workflow
 
     def worker(
         self,
         name: str,
         tasks: Sequence[DurableTask[Any, Any]] | None = None,
         *,
+        workflows: Sequence[Workflow] | None = None,
         slots: int = 10,
     ) -> Worker:
-        """A worker that runs ``tasks`` (default: every registered task), ``slots`` at once."""
+        """A worker that runs ``tasks`` and ``workflows``, ``slots`` attempts at once (by
+        default every registered task and workflow; naming either runs only those named).
+        A run waiting on an event holds no slot."""
+        if tasks is None and workflows is None:
+            chosen = list(self.tasks.values())
+        else:
+            chosen = [*(tasks or []), *(workflow.runner for workflow in workflows or [])]
         return Worker(
             self.connection,
             name,
-            list(tasks) if tasks is not None else list(self.tasks.values()),
+            chosen,
             slots=slots,
             trigger_child=self.runs.trigger,
         )

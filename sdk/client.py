@@ -28,6 +28,8 @@ from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
 from tether.engine.subjects import check_run_id, run_subject_parts
 from tether.engine.tracing import messaging
+from tether.engine.workflow_decisions import task_statuses
+from tether.engine.workflow_graph import WorkflowGraph
 from tether.errors import (
     RunAlreadyFinishedError,
     RunNotFoundError,
@@ -70,6 +72,39 @@ class RunEventView:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One task of a workflow run: ``status`` is ``pending``, ``waiting``, ``running``,
+    ``completed``, ``skipped``, ``failed`` or ``cancelled``."""
+
+    name: str
+    status: str
+    parents: list[str]
+    output: Any = None
+    error: dict[str, str] | None = None
+
+    def __getitem__(self, field_name: str) -> Any:
+        return getattr(self, field_name)
+
+
+def task_infos(state: RunState) -> dict[str, TaskInfo]:
+    graph = state.workflow
+    if graph is None:
+        return {}
+    statuses = task_statuses(state)
+    infos: dict[str, TaskInfo] = {}
+    for node in graph.tasks:
+        outcome = state.tasks.get(node.name)
+        infos[node.name] = TaskInfo(
+            node.name,
+            statuses[node.name],
+            list(node.parents),
+            outcome.output if outcome is not None else None,
+            outcome.error if outcome is not None else None,
+        )
+    return infos
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     run_id: str
     task: str
@@ -81,6 +116,8 @@ class RunInfo:
     created_at: float
     ended_at: float | None
     events: list[RunEventView] = field(default_factory=list)
+    # a workflow run's tasks, in the graph's order (empty for a durable task's run)
+    tasks: dict[str, TaskInfo] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -199,10 +236,14 @@ class RunsClient:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         exist_ok: bool = False,
+        workflow: WorkflowGraph | None = None,
     ) -> RunRef:
-        """Append ``run.requested``; with ``exist_ok`` an existing run of that id is kept."""
+        """Append ``run.requested``; with ``exist_ok`` an existing run of that id is kept.
+        A workflow run stores its ``workflow`` graph and the events stream's position: its
+        event conditions count every event stored after the request."""
         conn = await self._connect()
         run_id = check_run_id(run_id) if run_id else uuid.uuid4().hex
+        events_position = await conn.events_position() if workflow is not None else None
         event = RunRequested(
             run_id=run_id,
             at=time.time(),
@@ -214,6 +255,8 @@ class RunsClient:
                 task.schedule_timeout.total_seconds() if task.schedule_timeout else None
             ),
             parent_run_id=parent_run_id,
+            workflow=workflow,
+            events_position=events_position,
         )
         names = conn.settings.names
         template = names.run_template("requested")
@@ -273,6 +316,7 @@ class RunsClient:
             created_at=state.requested_at,
             ended_at=state.ended_at,
             events=views,
+            tasks=task_infos(state),
         )
 
     async def _ensure_watcher(self) -> _TerminalWatcher:

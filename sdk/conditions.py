@@ -69,17 +69,39 @@ class SleepCondition:
 Condition = UserEventCondition | SleepCondition
 
 
+@dataclass(frozen=True, init=False)
+class ParentCondition:
+    """Of a workflow task: satisfied when CEL ``expression`` holds on an upstream task's
+    output, visible as ``output`` (with ``run.id`` and ``run.input``). A skipped task's
+    output is ``{"skipped": True}``. Only in ``skip_if`` and ``cancel_if``."""
+
+    parent: str
+    expression: str
+
+    def __init__(self, parent: Any, expression: str) -> None:
+        name = parent if isinstance(parent, str) else getattr(parent, "name", None)
+        if not isinstance(name, str):
+            raise TypeError(f"ParentCondition takes a workflow task or its name, not {parent!r}")
+        if not expression or not expression.strip():
+            raise ValueError(f"ParentCondition on {name!r} needs a CEL expression")
+        object.__setattr__(self, "parent", name)
+        object.__setattr__(self, "expression", expression)
+
+
+AnyCondition = UserEventCondition | SleepCondition | ParentCondition
+
+
 @dataclass(frozen=True)
 class OrGroup:
-    conditions: tuple[Condition, ...]
+    conditions: tuple[AnyCondition, ...]
 
 
-def or_(*conditions: Condition) -> OrGroup:
+def or_(*conditions: AnyCondition) -> OrGroup:
     """Any one of ``conditions`` satisfies this group."""
     if not conditions:
         raise ValueError("or_() needs at least one condition")
     for condition in conditions:
-        if not isinstance(condition, UserEventCondition | SleepCondition):
+        if not isinstance(condition, UserEventCondition | SleepCondition | ParentCondition):
             raise TypeError(f"or_() takes conditions, not {type(condition).__name__}")
     return OrGroup(tuple(conditions))
 

@@ -42,6 +42,15 @@ class NonDeterminismError(TetherError):
         self.found = found
 
 
+class TaskSkippedError(TetherError, LookupError):
+    """``ctx.task_output(parent)`` of a workflow task that was skipped: it has no output
+    (check ``ctx.was_skipped(parent)`` first)."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__(f"task {task!r} was skipped and has no output; check ctx.was_skipped")
+        self.task = task
+
+
 class RunNotFoundError(TetherError, LookupError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run with id {run_id!r}; check the id and the namespace")
@@ -130,3 +139,14 @@ class _Interrupted(_TetherInternal):
         "Tether-internal: NATS failed during a durable call; the run is handed back and "
         "replayed by a new attempt"
     )
+
+
+class _Ended(_TetherInternal):
+    """A workflow's driver wrote the run's outcome itself (a retry scheduled, the run
+    failed or cancelled): the attempt ends with ``outcome`` and writes nothing more."""
+
+    meaning = "Tether-internal: the workflow run's attempt ended after writing its outcome"
+
+    def __init__(self, outcome: str = "failed") -> None:
+        super().__init__(outcome)
+        self.outcome = outcome

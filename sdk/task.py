@@ -58,7 +58,7 @@ class DurableTask(Generic[I, O]):
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
         self.backoff_initial = backoff_initial
-        self.input_model = _input_model(fn)
+        self.input_model = input_model(fn)
 
     def __repr__(self) -> str:
         return f"DurableTask({self.name!r})"
@@ -118,7 +118,8 @@ class DurableTask(Generic[I, O]):
         return await ref.result(timeout=timeout)
 
 
-def _input_model(fn: Callable[..., Any]) -> type[BaseModel] | None:
+def input_model(fn: Callable[..., Any]) -> type[BaseModel] | None:
+    """The pydantic model the function's first parameter is annotated with, if any."""
     params = list(inspect.signature(fn).parameters.values())
     if not params:
         raise TypeError("a durable task takes (input, ctx)")

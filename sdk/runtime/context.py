@@ -59,6 +59,11 @@ class DurableContext:
         return self._attempt.state.run_id
 
     @property
+    def session(self) -> Attempt:
+        """The attempt's session with the run log (a workflow's driver works through it)."""
+        return self._attempt
+
+    @property
     def task_name(self) -> str:
         return self._attempt.state.task
 
@@ -249,7 +254,7 @@ class DurableContext:
         clauses: list[list[Condition]] = []
         for item in conditions:
             if isinstance(item, OrGroup):
-                clauses.append(list(item.conditions))
+                clauses.append([_waitable(c) for c in item.conditions])
             elif isinstance(item, UserEventCondition | SleepCondition):
                 clauses.append([item])
             else:
@@ -377,6 +382,15 @@ class DurableContext:
         payload = await self._event_outcome(record, None)
         assert isinstance(payload, dict)
         return payload
+
+
+def _waitable(condition: object) -> Condition:
+    if isinstance(condition, UserEventCondition | SleepCondition):
+        return condition
+    raise TypeError(
+        f"wait_for waits on events and sleeps, not {type(condition).__name__} "
+        "(a ParentCondition belongs in a workflow task's skip_if or cancel_if)"
+    )
 
 
 class ChildRunRef:

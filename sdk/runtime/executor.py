@@ -25,7 +25,7 @@ from tether.engine.events import (
 from tether.engine.state import RunState, evolve, fold
 from tether.engine.store import EventStore
 from tether.engine.tracing import Tracing
-from tether.errors import NonRetryableError, _Abandon, _Interrupted, _Suspend
+from tether.errors import NonRetryableError, _Abandon, _Ended, _Interrupted, _Suspend
 from tether.runtime.context import DurableContext
 from tether.runtime.current import current_context
 from tether.runtime.session import (
@@ -47,6 +47,7 @@ Outcome = Literal[
     "failed",
     "retrying",
     "timed_out",
+    "cancelled",
     "suspended",
     "skipped",
     "abandoned",
@@ -142,7 +143,7 @@ async def run_attempt(
         span.set_attribute("tether.outcome", result.outcome)
         if suspended is not None and result.outcome == "suspended":
             suspended.keep(run_id, [*raw, *appended])
-        if result.outcome in ("completed", "failed", "timed_out"):
+        if result.outcome in ("completed", "failed", "timed_out", "cancelled"):
             tracing.record_run(state, result.outcome, headers.get(raw[0][0]), clock())
         return result
 
@@ -193,7 +194,7 @@ async def _run(
             attempt._timeout = timeout
             async with timeout:
                 output = await task.invoke(state.input, ctx)
-        except (_Suspend, _Abandon, _Interrupted, asyncio.CancelledError):
+        except (_Suspend, _Ended, _Abandon, _Interrupted, asyncio.CancelledError):
             raise
         except TimeoutError as exc:
             if not timeout.expired():  # the task's own TimeoutError: an ordinary failure
@@ -221,6 +222,8 @@ async def _run(
         return AttemptResult("completed")
     except _Suspend:
         return AttemptResult("suspended")
+    except _Ended as ended:
+        return AttemptResult(ended.outcome)  # type: ignore[arg-type]
     except _Interrupted as exc:
         return AttemptResult("interrupted", str(exc))
     except _Abandon:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import tether
-from tether.errors import NonDeterminismError, _Abandon, _Interrupted, _Suspend
+from tether.errors import NonDeterminismError, _Abandon, _Ended, _Interrupted, _Suspend
 
 EXPORTS = {
     "ChildRunRef",
@@ -15,6 +15,7 @@ EXPORTS = {
     "InvalidExpressionError",
     "NonDeterminismError",
     "NonRetryableError",
+    "ParentCondition",
     "PushResult",
     "RunAlreadyFinishedError",
     "RunCancelledError",
@@ -26,11 +27,16 @@ EXPORTS = {
     "RunRef",
     "RunTimeoutError",
     "SleepCondition",
+    "TaskContext",
+    "TaskInfo",
+    "TaskSkippedError",
     "Tether",
     "TetherError",
     "UserEventCondition",
     "WaitResult",
     "WaitTimeoutError",
+    "Workflow",
+    "WorkflowTask",
     "or_",
 }
 
@@ -52,7 +58,7 @@ def test_non_determinism_names_the_position_and_both_calls() -> None:
     assert "recorded step 'charge'" in str(error)
 
 
-@pytest.mark.parametrize("internal", [_Suspend, _Abandon, _Interrupted])
+@pytest.mark.parametrize("internal", [_Suspend, _Abandon, _Interrupted, _Ended])
 def test_internal_control_flow_says_it_is_internal_and_escapes_except_exception(
     internal: type[BaseException],
 ) -> None:

@@ -1,0 +1,49 @@
+"""One task of a workflow: its function, its place in the graph and how it retries."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from tether.engine.workflow_graph import GraphTask
+from tether.runtime.task_context import TaskContext
+from tether.task import input_model
+
+WorkflowTaskFunction = Callable[[Any, TaskContext], Awaitable[Any]]
+
+
+class WorkflowTask:
+    """One task of a workflow, made by ``@wf.task(...)``; pass it as a parent, or to
+    ``ctx.task_output``."""
+
+    def __init__(
+        self,
+        fn: WorkflowTaskFunction,
+        *,
+        name: str,
+        graph: GraphTask,
+        backoff_initial: timedelta,
+        backoff_factor: float,
+        backoff_max: timedelta,
+        description: str | None,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.graph = graph
+        self.input_model = input_model(fn)
+        self.backoff_initial = backoff_initial
+        self.backoff_factor = backoff_factor
+        self.backoff_max = backoff_max
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"WorkflowTask({self.name!r})"
+
+    def parse_input(self, raw: Any) -> Any:
+        return raw if self.input_model is None else self.input_model.model_validate(raw)
+
+    def retry_delay(self, failure: int) -> float:
+        """Seconds before retry number ``failure`` (1-based): exponential, capped."""
+        delay = self.backoff_initial.total_seconds() * self.backoff_factor ** (failure - 1)
+        return float(min(delay, self.backoff_max.total_seconds()))
