@@ -10,6 +10,7 @@ the run does not take) changes nothing.
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 from nats.aio.msg import Msg
@@ -18,8 +19,10 @@ from tether.engine import commands, ids, wire
 from tether.engine import events as ev
 from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines, wait_deadline_keys
+from tether.engine.decide import CancelRun, decide
 from tether.engine.dispatch import dispatch_task
 from tether.engine.state import RunState, WaitRecord, fold
+from tether.engine.store import decide_and_append
 from tether.engine.subjects import is_token, run_subject_parts
 from tether.engine.tracing import TRACEPARENT
 
@@ -36,6 +39,7 @@ BOOKED_TOKENS = frozenset(
         "timeout_refreshed",
         *RESOLUTION_TOKENS,
         *ev.TERMINAL_TOKENS,
+        ev.TASK_CANCELLED_TOKEN,
     }
 )
 
@@ -190,6 +194,8 @@ class Bookkeeper:
             )
         elif isinstance(event, ev.WaitStarted):
             await self._book_wait(event, seq, traceparent)
+        elif isinstance(event, ev.TaskRecorded) and event.status == "cancelled":
+            await self._cancel_for_task(event, seq)
         elif isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
             assert state is not None
             await dispatch_task(
@@ -208,6 +214,30 @@ class Bookkeeper:
                 await self._delete_open_wait_deadlines(run_id, state)
             if event.parent_run_id:
                 await self._tell_parent(event, traceparent)
+
+    async def _cancel_for_task(self, event: ev.TaskRecorded, seq: int) -> None:
+        """A workflow task's cancel_if held (its attempt recorded it and ended): the run ends
+        cancelled, as the engine's decision."""
+        run_id = event.run_id
+        reason = f"task {event.task!r}: {event.reason or 'cancelled'}"
+
+        def choose(state: RunState) -> ev.RunEvent | None:
+            cancelled = state.tasks.get(event.task)
+            if cancelled is None or cancelled.status != "cancelled" or state.is_terminal:
+                return None
+            return decide(state, CancelRun(reason=reason), time.time())[0]
+
+        appended = await decide_and_append(
+            self._conn.store,
+            run_id,
+            choose,
+            msg_id=lambda state: ids.cancel_msg_id(run_id, seq),
+            headers=self._conn.tracing.inject({}),
+        )
+        if appended is not None:
+            self._conn.tracing.record_run(
+                appended.state, "cancelled", appended.log[0][2], appended.event.at
+            )
 
     async def _book_wait(self, event: ev.WaitStarted, seq: int, traceparent: str | None) -> None:
         run_id = event.run_id

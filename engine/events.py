@@ -251,6 +251,9 @@ IN_ATTEMPT_TOKENS: dict[str, str] = {
     "run.wait_condition_met.v1": "condition_met_in_attempt",
 }
 TERMINAL_TOKENS = ("completed", "failed", "timed_out", "cancelled")
+# A workflow task whose cancel_if held: the engine cancels the run when it books this token
+# (workers may not write the run's cancellation themselves).
+TASK_CANCELLED_TOKEN = "task_cancelled"
 # Attempts after the first (a resume, a retry, a takeover) start on a token of their own:
 # a run that waited once then holds one message per subject, and its whole log comes back
 # in one read (see ``run_log_reads``). Logs written before it have them on "started".
@@ -266,6 +269,8 @@ def subject_token(event: RunEvent) -> str:
         return IN_ATTEMPT_TOKENS[event.type]
     if isinstance(event, AttemptStarted) and event.attempt > 1:
         return LATER_ATTEMPT_TOKEN
+    if isinstance(event, TaskRecorded) and event.status == "cancelled":
+        return TASK_CANCELLED_TOKEN
     return SUBJECT_TOKENS[event.type]
 
 

@@ -163,7 +163,7 @@ class RunState:
     # when the run was requested.
     workflow: WorkflowGraph | None = None
     tasks: dict[str, TaskOutcome] = field(default_factory=dict)
-    events_position: int = 0
+    events_position: int | None = None
 
     @property
     def exists(self) -> bool:
@@ -279,7 +279,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.schedule_timeout_s = event.schedule_timeout_s
             state.parent_run_id = event.parent_run_id
             state.workflow = event.workflow
-            state.events_position = event.events_position or 0
+            state.events_position = event.events_position
             state.status = "queued"
             state.runnable_since_seq = seq
         case AttemptStarted():
@@ -309,6 +309,8 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 event.at,
                 failures + (event.status == "retrying"),
             )
+            if event.status == "cancelled":
+                state.in_attempt = False  # the attempt ends; the engine cancels the run
         case WaitStarted():
             record = WaitRecord(
                 position=event.position,

@@ -101,6 +101,11 @@ def task_infos(state: RunState) -> dict[str, TaskInfo]:
             outcome.output if outcome is not None else None,
             outcome.error if outcome is not None else None,
         )
+    handler = state.tasks.get(graph.on_failure) if graph.on_failure else None
+    if graph.on_failure and handler is not None:  # it ran: the run failed
+        infos[graph.on_failure] = TaskInfo(
+            graph.on_failure, handler.status, [], handler.output, handler.error
+        )
     return infos
 
 

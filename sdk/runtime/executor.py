@@ -143,7 +143,7 @@ async def run_attempt(
         span.set_attribute("tether.outcome", result.outcome)
         if suspended is not None and result.outcome == "suspended":
             suspended.keep(run_id, [*raw, *appended])
-        if result.outcome in ("completed", "failed", "timed_out", "cancelled"):
+        if result.outcome in ("completed", "failed", "timed_out"):
             tracing.record_run(state, result.outcome, headers.get(raw[0][0]), clock())
         return result
 

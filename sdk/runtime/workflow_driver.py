@@ -16,7 +16,6 @@ from tether.engine import codec
 from tether.engine.events import (
     AttemptFailed,
     ErrorInfo,
-    RunCancelled,
     RunEvent,
     RunFailed,
     TaskRecorded,
@@ -177,7 +176,7 @@ class WorkflowDriver:
         since = state.requested_at - LOOKUP_SKEW_S
         events = await self._attempt.read_events(str(condition.event_key), since, until)
         return any(
-            seq > state.events_position and satisfies(expression, payload)
+            seq > (state.events_position or 0) and satisfies(expression, payload)
             for seq, payload, _ in events
         )
 
@@ -190,7 +189,9 @@ class WorkflowDriver:
             (s for clause in decision.clauses for s in clause if s.kind == "event"), None
         )
         task = self._tasks.get(decision.task)
-        events_position = state.events_position or await attempt.events_position()
+        events_position = state.events_position
+        if events_position is None:  # (only a request written without one)
+            events_position = await attempt.events_position()
         await self._append(
             WaitStarted(
                 run_id=state.run_id,
@@ -356,15 +357,7 @@ class WorkflowDriver:
         raise _Ended("failed")
 
     async def _cancel(self, decision: TaskDecision) -> None:
-        """A task's cancel_if held: it and everything downstream are cancelled with the run."""
-        state = self._state
+        """A task's cancel_if held: the task is recorded cancelled and the attempt ends; the
+        engine then cancels the run (and with it everything downstream)."""
         await self._record(decision.task, "cancelled", reason=decision.reason)
-        await self._append(
-            RunCancelled(
-                run_id=state.run_id,
-                at=self._now(),
-                reason=f"task {decision.task!r}: {decision.reason}",
-                parent_run_id=state.parent_run_id,
-            )
-        )
         raise _Ended("cancelled")
