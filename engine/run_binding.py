@@ -3,7 +3,7 @@
 A workflow's ``UserEventCondition("review:decision", "input.runId == run.id")`` is written
 once for every run. When a run's task registers its wait, ``run.id`` and ``run.input.<path>``
 are replaced by that run's values, as literals: the matcher then sees
-``input.runId == 'r-123'``, an equality its index serves, and evaluates nothing per run but
+``input.runId == 'r-123'`` (the inbox's decision convention), an equality its index serves, and evaluates nothing per run but
 the payload (``input``).
 """
 
@@ -38,7 +38,8 @@ def _literal_for(match: re.Match[str], run_id: str, run_input: Any) -> str:
     if match.group(1) == "id":
         if match.group(2):
             raise InvalidExpressionError(f"run.id has no fields: {match.group(0)!r}")
-        return cel_literal(run_id)
+        # quoted as the decision convention writes it (run ids hold no quotes)
+        return f"'{run_id}'"
     value = run_input
     for name in match.group(2).split(".")[1:]:
         if not isinstance(value, dict) or name not in value:

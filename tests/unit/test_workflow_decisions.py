@@ -127,7 +127,7 @@ async def test_the_gate_waits_then_the_approval_runs_publish() -> None:
     wait = state.open_wait()
     assert wait is not None and wait.label == "task:gate"
     # scoped to this run: run.id is bound, so the matcher's equality index serves it
-    assert wait.expression == 'input.runId == "r1"'
+    assert wait.expression == "input.runId == 'r1'"
     # the events stream's position at the request: an event pushed earlier never counts,
     # one pushed since the request does even if it came before the gate was reached
     assert wait.events_position == 7
@@ -329,7 +329,7 @@ def _state_with(graph: WorkflowGraph, ended: dict[str, str]) -> RunState:
 
 
 def test_binding_the_run_leaves_strings_alone_and_names_a_missing_field() -> None:
-    assert bind_run("input.runId == run.id", "r-1", {}) == 'input.runId == "r-1"'
+    assert bind_run("input.runId == run.id", "r-1", {}) == "input.runId == 'r-1'"
     assert bind_run("input.note == 'run.id'", "r-1", {}) == "input.note == 'run.id'"
     assert bind_run("input.amount < run.input.limit", "r", {"limit": 5}) == "input.amount < 5"
     assert bind_run("my_run.id == 1", "r", {}) == "my_run.id == 1"
