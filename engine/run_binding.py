@@ -3,8 +3,8 @@
 A workflow's ``UserEventCondition("review:decision", "input.runId == run.id")`` is written
 once for every run. When a run's task registers its wait, ``run.id`` and ``run.input.<path>``
 are replaced by that run's values, as literals: the matcher then sees
-``input.runId == 'r-123'`` (the inbox's decision convention), an equality its index serves, and evaluates nothing per run but
-the payload (``input``).
+``input.runId == 'r-123'`` (the inbox's decision convention), an equality its index
+serves, and evaluates nothing per run but the payload (``input``).
 """
 
 from __future__ import annotations
