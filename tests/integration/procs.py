@@ -12,8 +12,10 @@ Tasks:
   "input.runId == '<run id>'")``; returns the decision and the proposed action.
 - ``blocking``: step ``before``, then step ``block``, which waits until the file
   ``<dir>/release`` exists (the tests create it only after killing the first worker).
-Each step appends a line to ``<dir>/<step>.count`` whenever its function really runs, so a
-test can count executions across processes.
+- ``gated`` (a workflow): ``draft``, then the gate ``review``, which waits for
+  ``approval:decision`` with ``input.runId == run.id``, then ``publish``.
+Each step (and each task of ``gated``) appends a line to ``<dir>/<step>.count`` whenever
+its function really runs, so a test can count executions across processes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import wait_until
-from tether import DurableContext, DurableTask, RunRef, Tether
+from tether import (
+    DurableContext,
+    DurableTask,
+    RunRef,
+    TaskContext,
+    Tether,
+    UserEventCondition,
+    Workflow,
+)
 from tether.engine.config import Settings
 from tether.logs import configure
 
@@ -107,12 +117,36 @@ def define_tasks(app: Tether) -> dict[str, DurableTask[Any, Any]]:
     return {"approval": approval, "blocking": blocking}
 
 
+def define_workflow(app: Tether) -> Workflow:
+    gated = app.workflow(name="gated", execution_timeout=timedelta(minutes=10))
+
+    @gated.task()
+    async def draft(input: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        _count(input["dir"], "draft")
+        return {"amount": input["amount"]}
+
+    @gated.task(
+        parents=[draft], wait_for=[UserEventCondition(APPROVAL_KEY, "input.runId == run.id")]
+    )
+    async def review(input: dict[str, Any], ctx: TaskContext) -> str:
+        _count(input["dir"], "review")
+        return str(ctx.wait_result.payloads[APPROVAL_KEY]["decision"])
+
+    @gated.task(parents=[review])
+    async def publish(input: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        _count(input["dir"], "publish")
+        return {"published": ctx.task_output(draft)["amount"]}
+
+    return gated
+
+
 async def _worker(args: argparse.Namespace) -> None:
     settings = Settings(
         nats_url=args.nats_url, namespace=args.namespace, task_ack_wait_s=args.ack_wait
     )
     app = Tether(settings=settings)
     define_tasks(app)
+    define_workflow(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

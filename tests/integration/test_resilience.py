@@ -29,6 +29,7 @@ from tests.integration.procs import (
     APPROVAL_KEY,
     approve,
     define_tasks,
+    define_workflow,
     executions,
     push_approvals,
     trigger_approvals,
@@ -411,6 +412,41 @@ async def test_serve_killed_while_resuming_runs(
         assert types.count("run.wait_satisfied.v1") == 1, (in_flight, types)
         assert types.count("run.completed.v1") == 1, (in_flight, types)
     assert executions(tmp_path, "propose") == runs
+
+
+async def test_workflow_runs_at_a_gate_survive_serve_restarts_and_worker_kills(
+    app: Tether, children: Children, nats_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """Runs wait at a workflow's gate; serve is SIGKILLed and started again, the worker is
+    SIGKILLed and another takes over, and decisions arrive in between: every run ends
+    once, each task ran once, and no gate resolved twice."""
+    runs = 12
+    define_tasks(app)
+    gated = define_workflow(app)
+    serve = await children.serve("serve-1", nats_url, namespace)
+    first, _ = await children.worker("first", nats_url, namespace)
+    refs = [await gated.run_no_wait({"amount": i, "dir": str(tmp_path)}) for i in range(runs)]
+    ids = [ref.run_id for ref in refs]
+    await all_in_status(children, app, ids, "waiting")
+
+    await serve.kill()
+    await first.kill()
+    half = runs // 2
+    for run_id in ids[:half]:  # decided while nothing runs: kept in the events stream
+        await app.events.push(APPROVAL_KEY, approve(run_id))
+    await children.serve("serve-2", nats_url, namespace)
+    await children.worker("second", nats_url, namespace)
+    for run_id in ids[half:]:
+        await app.events.push(APPROVAL_KEY, approve(run_id))
+    outputs = await results(app, children, refs, within=45)
+
+    assert [out["publish"] for out in outputs] == [{"published": i} for i in range(runs)]
+    for ref in refs:
+        types = [e.type for e in (await app.runs.get(ref.run_id)).events]
+        assert types.count("run.wait_satisfied.v1") == 1, types
+        assert types.count("run.completed.v1") == 1, types
+    for task in ("draft", "review", "publish"):
+        assert executions(tmp_path, task) == runs, task
 
 
 # -- 4. NATS itself restarts under everything ---------------------------------------------------
