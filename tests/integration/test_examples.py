@@ -22,7 +22,14 @@ from tether.engine.config import Settings
 from tether.serve import TetherServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-MODULES = ("payment_approval", "worker", "flask_view", "hatchet_cookbook_approval")
+MODULES = (
+    "payment_approval",
+    "worker",
+    "flask_view",
+    "hatchet_cookbook_approval",
+    "content_review",
+    "payment_dag",
+)
 APPROVED_PAYMENT = {
     "status": "approved",
     "action": {"action": "pay", "amount": 120, "payee": "ACME Ltd"},
@@ -67,6 +74,30 @@ async def test_payment_approval_runs_to_the_approved_output(
     info = await app.runs.get(run_id)
     assert (info.status, info.output) == ("completed", APPROVED_PAYMENT)
     assert decision_of(info.events)["metadata"]["approver"] == "alice"
+
+
+async def test_content_review_publishes_the_approved_post_and_skips_the_harmless_gate(
+    app: Tether, server: TetherServer, settings: Settings, examples: Load
+) -> None:
+    example = examples("content_review")
+    risky, harmless = await asyncio.to_thread(example.main, settings.nats_url)
+    assert risky["publish"] == {"published": "Invest now: guaranteed returns!"}
+    assert risky["human_review"]["decision"] == "approve"
+    assert risky["notify_author"] == {"skipped": True}
+    assert harmless["human_review"] == harmless["publish"] == {"skipped": True}
+    assert harmless["notify_author"] == {"skipped": True}
+
+
+async def test_payment_dag_pays_small_and_approved_payments_and_tells_the_rejected(
+    app: Tether, server: TetherServer, settings: Settings, examples: Load
+) -> None:
+    example = examples("payment_dag")
+    outputs = await asyncio.to_thread(example.main, settings.nats_url)
+    assert outputs["small"]["pay"]["approved_by"] == "policy"
+    assert outputs["small"]["manager_approval"] == {"skipped": True}
+    assert outputs["approved"]["pay"] == {"paid": 5000, "to": "ACME Ltd", "approved_by": "manager"}
+    assert outputs["rejected"]["pay"] == {"skipped": True}
+    assert outputs["rejected"]["notify_rejection"]["why"]["decision"] == "reject"
 
 
 async def _line_with(stream: asyncio.StreamReader, text: str, seen: list[str]) -> str:
