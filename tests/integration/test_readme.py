@@ -65,7 +65,7 @@ def reader_env(settings: Settings) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("index", [0, 1, 2])
 async def test_python_blocks_run_as_scripts(
     index: int, server: TetherServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -76,6 +76,9 @@ async def test_python_blocks_run_as_scripts(
     assert code == 0, out
     if index == 0:  # the approval program prints its approved result
         assert "'status': 'approved'" in out, out
+    if index == 2:  # the workflow publishes the approved draft
+        assert "'publish': {'published': 'hello'}" in out, out
+        assert "'notify_author': 'skipped'" in out, out
 
 
 def define_approval(app: Tether) -> Any:
