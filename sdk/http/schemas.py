@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tether.engine.events import ErrorInfo
 from tether.engine.events import RunEvent as StoredEvent
 from tether.engine.state import RunStatus
+from tether.engine.workflow_decisions import TaskStatus
 
 STATUSES: tuple[str, ...] = get_args(RunStatus)
 MAX_REASON = 2000
@@ -203,10 +204,29 @@ class RunEvent(_Response):
     )
 
 
+class RunTask(_Response):
+    """One task of a workflow run, as the run's log says it stands."""
+
+    name: str = Field(description="the task's name in the workflow")
+    status: TaskStatus = Field(
+        description="pending: not run yet; waiting: its parents have finished and it waits "
+        "on its wait_for (a gate waits for a decision); running: in the run's current "
+        "attempt; failed: after its retries; cancelled: by cancel_if, a failure upstream "
+        "or the run's end"
+    )
+    parents: list[str] = Field(description="the tasks it runs after, by name")
+    output: Any = Field(description="what it returned; {skipped: true} when skipped; else null")
+    error: ErrorInfo | None = Field(description="why it failed, after its retries")
+
+
 class RunDetail(_Response):
     run: Run = Field(description="the run")
     wait: Wait | None = Field(description="the open wait a person may decide, if any")
     events: list[RunEvent] = Field(description="the run's whole log, oldest first")
+    tasks: list[RunTask] = Field(
+        description="a workflow run's tasks in the workflow's order, then its on_failure "
+        "task once that ran; empty for a durable task's run"
+    )
 
 
 class EventRef(_Response):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from tether.app import Tether
+from tether.client import task_infos
 from tether.engine.events import ErrorInfo
 from tether.engine.events import RunEvent as StoredEvent
 from tether.engine.subjects import check_run_id
@@ -71,7 +72,7 @@ def wait_list(waits: Sequence[PendingWait], limit: int | None = None) -> schemas
 
 
 def detail(run_id: str, stored: Log) -> schemas.RunDetail:
-    """The run, its open wait and its whole timeline, from its log."""
+    """The run, its open wait, its whole timeline and a workflow run's tasks, from its log."""
     view = fold_view(run_id, stored)
     fields = summary(view).model_dump(exclude={"last_events"})
     state = view.state
@@ -82,7 +83,18 @@ def detail(run_id: str, stored: Log) -> schemas.RunDetail:
         for seq, event in stored
     ]
     pending = view.wait
-    return schemas.RunDetail(run=run, wait=wait(pending) if pending else None, events=events)
+    return schemas.RunDetail(
+        run=run, wait=wait(pending) if pending else None, events=events, tasks=tasks(view)
+    )
+
+
+def tasks(view: RunView) -> list[schemas.RunTask]:
+    """A workflow run's tasks with their statuses (``task_infos``: the SDK's reading); none
+    for a durable task's run."""
+    return [
+        schemas.RunTask.model_validate(info, from_attributes=True)
+        for info in task_infos(view.state).values()
+    ]
 
 
 async def read_detail(app: Tether, run_id: str) -> schemas.RunDetail:
