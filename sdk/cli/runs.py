@@ -26,6 +26,7 @@ from tether.app import Tether
 from tether.cli.format import action_text, ago, cell, compact, stamp, table, until
 from tether.engine import events as ev
 from tether.engine.config import Settings
+from tether.engine.workflow_graph import wait_label
 from tether.http import schemas
 from tether.operator import views
 from tether.operator.auth import Identity
@@ -154,7 +155,33 @@ def _event_detail(entry: schemas.RunEvent) -> str:
         return f"{entry.note} -> {compact(event.output)}"
     if isinstance(event, ev.RunCompleted):
         return compact(event.output)
+    if isinstance(event, ev.TaskRecorded):
+        return _task_end(event)
     return entry.note
+
+
+def _task_end(event: ev.TaskRecorded) -> str:
+    """``task publish completed -> {...}``, ``task notify skipped: <why>``."""
+    text = f"task {event.task} {event.status}"
+    if event.status == "completed":
+        return f"{text} -> {compact(event.output)}"
+    if event.error is not None:
+        return f"{text}: {event.error.type}: {event.error.message}"
+    return f"{text}: {event.reason}" if event.reason else text
+
+
+def _task_table(tasks: list[schemas.RunTask], wait: schemas.Wait | None) -> str:
+    """A workflow run's tasks in the workflow's order; the gate a person decides says so."""
+    gate = wait.label if wait is not None else None
+    rows = [
+        [
+            task.name,
+            task.status + (" (for a decision)" if gate == wait_label(task.name) else ""),
+            ", ".join(task.parents) or "-",
+        ]
+        for task in tasks
+    ]
+    return table(["TASK", "STATUS", "PARENTS"], rows)
 
 
 async def runs_show(app: Tether, args: argparse.Namespace) -> None:
@@ -185,6 +212,9 @@ async def runs_show(app: Tether, args: argparse.Namespace) -> None:
         fields.append(("error", f"{run.error.type}: {run.error.message}"))
     for name, value in fields:
         print(f"{name:<9} {cell(value, 200)}")
+    if detail.tasks:
+        print()
+        print(_task_table(detail.tasks, wait))
     if wait is not None:
         print(
             f"\nwaiting on {wait.event_key} since {ago(wait.since, now)}"
@@ -338,7 +368,9 @@ def register(sub: Any) -> None:
     p.set_defaults(fn=_with_app(runs_list))
 
     p = runs_sub.add_parser(
-        "show", allow_abbrev=False, help="a run, its open wait and its event timeline"
+        "show",
+        allow_abbrev=False,
+        help="a run, its open wait, a workflow run's tasks and its event timeline",
     )
     connection_args(p)
     p.add_argument("run_id", help="the run's id")

@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import wait_for_status
+from tests.integration.content_review import Post, content_review
 from tether import DurableContext, Tether
 from tether.cli.main import build_parser, main
 from tether.engine.config import Settings
@@ -184,6 +185,63 @@ async def test_reject_takes_an_optional_reason_and_lists_show_the_decision(
     assert 'decision  rejected by bob ("over budget")' in shown
     events = json.loads(await cli("runs", "show", second.run_id, "--json"))["events"]
     assert events[0]["seq"] > 1
+
+
+def task_rows(shown: str) -> dict[str, list[str]]:
+    """The task table of ``runs show``: task name -> [status, parents]."""
+    lines = shown.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"TASK\s+STATUS", line)), None)
+    if start is None:
+        return {}
+    table = lines[start : lines.index("", start)]
+    assert rows(table[0]) == [["TASK", "STATUS", "PARENTS"]]
+    return {row[0]: row[1:] for row in rows("\n".join(table[1:]))}
+
+
+async def test_runs_show_lists_a_workflow_runs_tasks(
+    app: Tether, server: TetherServer, cli: Cli
+) -> None:
+    review = content_review(app, "review:decision")
+    _, double = define(app)
+    async with app.worker("w", slots=2):
+        ref = await review.run_no_wait(Post(text="hello"))
+        await wait_for_status(app, ref.run_id, "waiting")
+        waiting = await cli("runs", "show", ref.run_id)
+        await cli("approve", ref.run_id, "--as", "alice")
+        await ref.result(timeout=15)
+        plain = await double.run_no_wait({"x": 2})
+        assert await plain.result(timeout=15) == 4
+    assert re.search(r"^task\s+content-review$", waiting, re.M)
+    assert task_rows(waiting) == {
+        "draft": ["completed", "-"],
+        "human_review": ["waiting (for a decision)", "draft"],
+        "publish": ["pending", "human_review"],
+        "notify_author": ["pending", "human_review"],
+    }
+    assert "waiting on review:decision since" in waiting
+    assert f"tether approve {ref.run_id}" in waiting
+
+    done = await cli("runs", "show", ref.run_id)
+    assert task_rows(done) == {
+        "draft": ["completed", "-"],
+        "human_review": ["completed", "draft"],
+        "publish": ["completed", "human_review"],
+        "notify_author": ["skipped", "human_review"],
+    }
+    # a task's own end in the timeline names it (others ride on the next event)
+    ends = re.findall(r"run\.task\.v1\s+(.*)$", done, re.M)
+    assert all(re.match(r"task \w+ (completed -> \{|skipped(: .+)?$)", end) for end in ends), ends
+    detail = json.loads(await cli("runs", "show", ref.run_id, "--json"))
+    assert [task["status"] for task in detail["tasks"]] == [
+        "completed",
+        "completed",
+        "completed",
+        "skipped",
+    ]
+    # a durable task's run shows no task table
+    shown = await cli("runs", "show", plain.run_id)
+    assert task_rows(shown) == {} and "PARENTS" not in shown
+    assert json.loads(await cli("runs", "show", plain.run_id, "--json"))["tasks"] == []
 
 
 async def test_help_is_plain_text_and_every_option_explains_itself() -> None:
