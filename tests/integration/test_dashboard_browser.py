@@ -1,10 +1,11 @@
 """The dashboard in a real browser (Debian's chromium, headless, driven by Selenium) against a
 real nats-server: the inbox lists pending approvals live, Approve and Reject resume runs, the
 runs page says who decided each (or that the wait expired), and the run page shows the run's
-input, its decision and its timeline. A read-only token sees the buttons disabled with the
-reason, a token for other keys too; a stale ``#token=`` link says so instead of connecting
-forever; the inbox fits a 390 px screen; ``/favicon.ico`` exists. Saves a screenshot of the
-inbox (to ``docs/inbox.png`` with ``TETHER_UPDATE_SCREENSHOT=1``).
+input, its decision and its timeline, and draws a workflow run's graph, whose gate the inbox
+decides. A read-only token sees the buttons disabled with the reason, a token for other keys
+too; a stale ``#token=`` link says so instead of connecting forever; the pages fit a 390 px
+screen; ``/favicon.ico`` exists. Saves a screenshot of the inbox (to ``docs/inbox.png`` with
+``TETHER_UPDATE_SCREENSHOT=1``).
 
 Without chromium and chromedriver the test is skipped locally and fails under CI=true.
 """
@@ -25,6 +26,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import wait_for_status
+from tests.integration.content_review import Post, content_review
 from tether import DurableContext, Tether, WaitTimeoutError
 from tether.engine.config import Settings
 from tether.operator.auth import TokenAuth
@@ -43,7 +45,7 @@ READER = "browser-reader-0123456789"  # read-only
 MODERATOR = "browser-moderator-01234567"  # may decide approval:moder* only, not cancel
 AUTH = TokenAuth.parse(
     {
-        TOKEN: {"name": "alice", "keys": ["approval:*"], "cancel": True},
+        TOKEN: {"name": "alice", "keys": ["approval:*", "review:*"], "cancel": True},
         READER: {"name": "auditor"},
         MODERATOR: {"name": "mia", "keys": ["approval:moder*"]},
     },
@@ -271,12 +273,107 @@ async def test_runs_page_shows_decisions_and_run_page_shows_input(
             decision = browser.find_element(By.ID, "run-decision").text
             # the input's markup is shown as text, not rendered
             assert not browser.find_elements(By.CSS_SELECTOR, "#run-input b")
+            # a durable task's run has no graph
+            assert not browser.find_element(By.ID, "run-graph").is_displayed()
+            assert not browser.find_elements(By.ID, "task-graph")
             return run_input.text, decision, str(browser.find_element(By.ID, "timeline").text)
 
         shown_input, decision, timeline = await asyncio.to_thread(drive)
     assert '"to": "<b>ACME</b> Ltd"' in shown_input and '"amount": 1200' in shown_input
     assert "approved by alice" in decision and "checked" in decision
     assert "Approved by alice: “checked”" in timeline
+
+
+def graph_statuses(browser: Any) -> dict[str, str]:
+    """Each node of the run page's workflow graph: task name -> status."""
+    from selenium.webdriver.common.by import By
+
+    nodes = browser.find_elements(By.CSS_SELECTOR, "#task-graph g[data-task]")
+    return {node.get_attribute("data-task"): node.get_attribute("data-status") for node in nodes}
+
+
+def graph_column(browser: Any, task: str) -> float:
+    """The x of a task's node: the graph's layers are its columns."""
+    from selenium.webdriver.common.by import By
+
+    node = browser.find_element(By.CSS_SELECTOR, f'#task-graph g[data-task="{task}"]')
+    transform = node.get_attribute("transform")  # translate(x,y)
+    return float(transform.removeprefix("translate(").split(",")[0])
+
+
+async def test_run_page_draws_the_workflow_and_the_inbox_decides_its_gate(
+    app: Tether, settings: Settings, browser: Any
+) -> None:
+    """The run page draws the content-review workflow in layers with each task's status, the
+    gate waiting for a decision; Approve in the inbox resumes the run, and the graph then
+    shows publish completed and notify_author skipped."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    review = content_review(app, "review:decision")
+    async with serving(app, settings) as url:
+        ref = await review.run_no_wait(Post(text="hello"))
+        await wait_for_status(app, ref.run_id, "waiting")
+        node = '#task-graph g[data-task="{}"][data-status="{}"]'
+
+        def drive() -> tuple[dict[str, str], dict[str, str], str, list[float]]:
+            wait = WebDriverWait(browser, 15)
+            browser.get(f"{url}/runs/{ref.run_id}#token={TOKEN}")
+            gate = wait.until(
+                ec.presence_of_element_located(
+                    (By.CSS_SELECTOR, node.format("human_review", "waiting"))
+                )
+            )
+            label = gate.find_element(By.CSS_SELECTOR, "text.state").get_attribute("textContent")
+            waiting = graph_statuses(browser)
+            columns = [graph_column(browser, task) for task in ("draft", "human_review")]
+            columns += [graph_column(browser, task) for task in ("publish", "notify_author")]
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#task-graph path.edge")) == 3
+
+            browser.get(f"{url}/")
+            card = wait.until(
+                ec.presence_of_element_located((By.CSS_SELECTOR, f'li[data-run-id="{ref.run_id}"]'))
+            )
+            assert "content-review: human_review" in card.text, card.text
+            card.find_element(By.CSS_SELECTOR, "input[name='reason']").send_keys("looks good")
+            card.find_element(By.XPATH, ".//button[normalize-space()='Approve']").click()
+            wait.until(ec.staleness_of(card))  # the decided gate leaves the inbox
+
+            browser.get(f"{url}/runs/{ref.run_id}")
+            wait.until(
+                ec.presence_of_element_located(
+                    (By.CSS_SELECTOR, node.format("notify_author", "skipped"))
+                )
+            )
+            return waiting, graph_statuses(browser), label, columns
+
+        waiting, decided, label, columns = await asyncio.to_thread(drive)
+        out = await ref.result(timeout=15)
+    assert waiting == {
+        "draft": "completed",
+        "human_review": "waiting",
+        "publish": "pending",
+        "notify_author": "pending",
+    }
+    assert label == "waiting for a decision"
+    draft_x, review_x, publish_x, notify_x = columns
+    assert draft_x < review_x < publish_x == notify_x  # one layer per depth
+    assert decided == {
+        "draft": "completed",
+        "human_review": "completed",
+        "publish": "completed",
+        "notify_author": "skipped",
+    }
+    assert out["publish"] == {"published": "HELLO"}
+    assert out["human_review"] == {
+        "runId": ref.run_id,
+        "decision": "approve",
+        "reason": "looks good",
+    }
+    info = await app.runs.get(ref.run_id)
+    [satisfied] = [e for e in info.events if e.type == "run.wait_satisfied.v1"]
+    assert satisfied.data["metadata"] == {"approver": "alice"}
 
 
 async def test_read_only_and_other_keys_tokens_get_no_working_buttons(
@@ -366,16 +463,19 @@ async def test_stale_link_says_why_and_does_not_stay_connecting(
 
 
 async def test_pages_fit_a_390px_screen(app: Tether, settings: Settings, browser: Any) -> None:
-    """At 390 px the inbox, the runs list and a run page do not scroll sideways: the page is
-    no wider than the screen (a wide table scrolls inside its own box)."""
+    """At 390 px the inbox, the runs list and run pages do not scroll sideways: the page is
+    no wider than the screen (a wide table or workflow graph scrolls inside its own box)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     payment, _ = define(app)
+    review = content_review(app, "review:decision")
     async with serving(app, settings) as url:
         pay = await payment.run_no_wait({"amount": 1200, "to": "ACME Ltd"})
-        await wait_for_status(app, pay.run_id, "waiting")
+        flow = await review.run_no_wait(Post(text="hello"))
+        for ref in (pay, flow):
+            await wait_for_status(app, ref.run_id, "waiting")
 
         def drive() -> dict[str, tuple[int, int]]:
             browser.execute_cdp_cmd(
@@ -388,6 +488,7 @@ async def test_pages_fit_a_390px_screen(app: Tether, settings: Settings, browser
                 (f"/#token={TOKEN}", f'li[data-run-id="{pay.run_id}"]'),
                 ("/runs", f'#runs tr[data-run-id="{pay.run_id}"]'),
                 (f"/runs/{pay.run_id}", "#run-wait .card"),
+                (f"/runs/{flow.run_id}", "#task-graph"),
             ):
                 browser.get(url + path)
                 wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, loaded)))

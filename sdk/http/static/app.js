@@ -427,6 +427,110 @@ const runs = {
   },
 };
 
+// -- workflow graph (run page) -------------------------------------------------------------
+// Tasks in columns by depth (a task's layer is 1 + its deepest parent's), an arrow from each
+// parent to its child, each node coloured by its status. Drawn as inline SVG.
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const NODE = { width: 184, height: 56, gapX: 56, gapY: 18, pad: 4 };
+const MAX_NAME = 22; // characters shown in a node; the node's title has the whole name
+
+function svgEl(tag, attrs = {}, ...children) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null) continue;
+    if (key === "text") node.textContent = value;
+    else node.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) if (child) node.append(child);
+  return node;
+}
+
+// Each task's layer: 0 without parents, else 1 + its deepest parent's.
+function taskLayers(tasks) {
+  const parents = new Map(tasks.map((task) => [task.name, task.parents]));
+  const layers = new Map();
+  function layerOf(name) {
+    if (!layers.has(name)) {
+      layers.set(name, 0); // a guard against a cycle, which a workflow never has
+      const known = parents.get(name).filter((parent) => parents.has(parent));
+      layers.set(name, 1 + Math.max(-1, ...known.map(layerOf)));
+    }
+    return layers.get(name);
+  }
+  for (const task of tasks) layerOf(task.name);
+  return layers;
+}
+
+// Where each node goes: one column per layer, in the workflow's order, centred vertically.
+function graphLayout(tasks) {
+  const layers = taskLayers(tasks);
+  const columns = [];
+  for (const task of tasks) {
+    const layer = layers.get(task.name);
+    (columns[layer] = columns[layer] || []).push(task.name);
+  }
+  const stepX = NODE.width + NODE.gapX;
+  const stepY = NODE.height + NODE.gapY;
+  const tallest = Math.max(...columns.map((column) => column.length));
+  const positions = new Map();
+  columns.forEach((column, layer) => {
+    const top = NODE.pad + ((tallest - column.length) * stepY) / 2;
+    column.forEach((name, row) => positions.set(name, { x: NODE.pad + layer * stepX, y: top + row * stepY }));
+  });
+  return {
+    positions,
+    width: columns.length * stepX - NODE.gapX + 2 * NODE.pad,
+    height: tallest * stepY - NODE.gapY + 2 * NODE.pad,
+  };
+}
+
+// The task is the gate whose open wait a person decides (its wait is labelled task:<name>).
+function awaitsDecision(task, wait) {
+  return task.status === "waiting" && Boolean(wait) && wait.label === `task:${task.name}`;
+}
+
+// What a node says under the task's name.
+function taskLabel(task, wait) { return awaitsDecision(task, wait) ? "waiting for a decision" : task.status; }
+
+function arrowMarker() {
+  return svgEl("defs", {}, svgEl("marker", { id: "task-graph-arrow", viewBox: "0 0 10 10", refX: 10, refY: 5,
+    markerWidth: 8, markerHeight: 8, orient: "auto-start-reverse" }, svgEl("path", { d: "M0,0 L10,5 L0,10 z" })));
+}
+
+function graphEdge(from, to, status) {
+  const x1 = from.x + NODE.width;
+  const x2 = to.x;
+  const y1 = from.y + NODE.height / 2;
+  const y2 = to.y + NODE.height / 2;
+  const mid = (x1 + x2) / 2;
+  return svgEl("path", { class: `edge ${status}`, d: `M${x1},${y1} C${mid},${y1} ${mid},${y2} ${x2},${y2}`,
+    "marker-end": "url(#task-graph-arrow)" });
+}
+
+function graphNode(task, at, wait) {
+  const name = task.name.length > MAX_NAME ? `${task.name.slice(0, MAX_NAME - 1)}…` : task.name;
+  const label = taskLabel(task, wait);
+  const gate = awaitsDecision(task, wait) ? " gate" : "";
+  return svgEl("g", { class: `task ${task.status}${gate}`, "data-task": task.name, "data-status": task.status,
+    transform: `translate(${at.x},${at.y})` },
+    svgEl("title", { text: `${task.name}: ${label}` }),
+    svgEl("rect", { width: NODE.width, height: NODE.height, rx: 8 }),
+    svgEl("text", { class: "name", x: 12, y: 23, text: name }),
+    svgEl("text", { class: "state", x: 12, y: 43, text: label }));
+}
+
+function taskGraph(tasks, wait) {
+  const { positions, width, height } = graphLayout(tasks);
+  const edges = tasks.flatMap((task) => task.parents.filter((parent) => positions.has(parent))
+    .map((parent) => graphEdge(positions.get(parent), positions.get(task.name), task.status)));
+  const nodes = tasks.map((task) => graphNode(task, positions.get(task.name), wait));
+  const summary = tasks.map((task) => `${task.name}: ${taskLabel(task, wait)}`).join("; ");
+  return svgEl("svg", { id: "task-graph", class: "task-graph", width, height, viewBox: `0 0 ${width} ${height}`,
+    role: "img", "aria-label": `Workflow tasks, parents before children. ${summary}` },
+    arrowMarker(), edges, nodes);
+}
+
 // -- run page ------------------------------------------------------------------------------
 
 function describeEvent(event, previousType) {
@@ -452,6 +556,7 @@ function describeEvent(event, previousType) {
         body: `event #${d.event_seq} on ${d.event_key}\n${pretty(payload)}` };
     }
     case "run.wait_timed_out.v1": return { title: "Wait timed out" };
+    case "run.task.v1": return describeTask(d);
     case "run.completed.v1": return { title: "Completed", body: pretty(d.output) };
     case "run.failed.v1": return { title: `Failed: ${d.error.type}: ${d.error.message}`, cls: "rejected" };
     case "run.timed_out.v1": return { title: `Timed out: ${d.reason}`, cls: "rejected" };
@@ -460,9 +565,26 @@ function describeEvent(event, previousType) {
   }
 }
 
+function describeTask(d) {
+  const error = d.error ? `: ${d.error.type}: ${d.error.message}` : "";
+  const failed = d.status === "failed" || d.status === "cancelled";
+  return { title: `Task ${d.task} ${d.status}${error}`, cls: failed ? "rejected" : "",
+    body: d.status === "completed" ? pretty(d.output) : d.reason || null };
+}
+
 const runPage = {
   runId: decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || ""),
   waitKey: null,
+  graphKey: null,
+
+  // A workflow run's graph, drawn again only when a task's status or the open wait changed.
+  drawGraph(tasks, wait) {
+    const key = JSON.stringify([tasks.map((t) => [t.name, t.status, t.parents]), wait && wait.label]);
+    if (key === this.graphKey) return;
+    this.graphKey = key;
+    $("run-graph").hidden = tasks.length === 0;
+    $("run-graph-body").replaceChildren(...(tasks.length ? [taskGraph(tasks, wait)] : []));
+  },
 
   async refresh() {
     const data = await api(`/api/runs/${encodeURIComponent(this.runId)}`);
@@ -481,6 +603,7 @@ const runPage = {
     const input = pretty(run.input === undefined ? null : run.input);
     if ($("run-input").textContent !== input) $("run-input").textContent = input;
     const wait = data.wait;
+    this.drawGraph(data.tasks || [], wait);
     const key = wait ? `${wait.wait_id}@${wait.started_seq}` : null;
     if (key !== this.waitKey) {
       this.waitKey = key;
