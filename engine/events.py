@@ -73,6 +73,18 @@ class StepRecorded(_Event):
     output: Any
 
 
+class TaskEnd(BaseModel):
+    """A workflow task that ended, carried by the write that follows it at once (the run's
+    wait or its completion), so that the end costs no write of its own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    status: Literal["completed", "skipped"]
+    output: Any = None
+    reason: str | None = None
+
+
 class WaitStarted(_Event):
     """The task registered a wait and suspended; it holds no slot until the wait resolves.
 
@@ -93,6 +105,7 @@ class WaitStarted(_Event):
     clauses: list[list[ConditionSpec]] = Field(default_factory=list)
     description: str | None = None  # what the human is asked to decide, for inboxes
     details: dict[str, Any] | None = None
+    tasks: list[TaskEnd] | None = None  # workflow tasks that ended just before the wait
 
 
 class WaitConditionMet(_Event):
@@ -176,6 +189,7 @@ class _Terminal(_Event):
 class RunCompleted(_Terminal):
     type: Literal["run.completed.v1"] = "run.completed.v1"
     output: Any
+    tasks: list[TaskEnd] | None = None  # workflow tasks that ended just before the run
 
 
 class RunFailed(_Terminal):
@@ -298,11 +312,10 @@ def encode(event: RunEvent) -> bytes:
     body = event.model_dump(mode="json")
     # Fields only workflow runs use are left out when unset: they would cost every run's
     # request and every wait's conditions bytes for nothing.
-    if isinstance(event, RunRequested):
-        for name in _WORKFLOW_ONLY:
-            if body[name] is None:
-                del body[name]
-    elif isinstance(event, WaitStarted):
+    for name in _WORKFLOW_ONLY.get(event.type, ()):
+        if body[name] is None:
+            del body[name]
+    if isinstance(event, WaitStarted):
         for clause in body["clauses"]:
             for spec in clause:
                 if not spec["decisive"]:
@@ -310,7 +323,11 @@ def encode(event: RunEvent) -> bytes:
     return codec.dumps(body)
 
 
-_WORKFLOW_ONLY = ("workflow", "events_position")
+_WORKFLOW_ONLY: dict[str, tuple[str, ...]] = {
+    "run.requested.v1": ("workflow", "events_position"),
+    "run.wait_started.v1": ("tasks",),
+    "run.completed.v1": ("tasks",),
+}
 
 
 def decode(data: bytes) -> RunEvent:

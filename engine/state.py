@@ -21,6 +21,7 @@ from tether.engine.events import (
     RunRequested,
     RunTimedOut,
     StepRecorded,
+    TaskEnd,
     TaskRecorded,
     TimeoutRefreshed,
     UnusableEntry,
@@ -114,11 +115,15 @@ class WaitRecord:
 DurableRecord = StepRecord | WaitRecord
 
 
+TaskStatus = Literal["completed", "skipped", "failed", "cancelled", "retrying"]
+
+
 @dataclass(slots=True)
 class TaskOutcome:
-    """Where a workflow task stands in its run's log: its last ``run.task`` event."""
+    """Where a workflow task stands in its run's log: its last ``run.task`` event (or the
+    end a wait or the completion carried)."""
 
-    status: Literal["completed", "skipped", "failed", "cancelled", "retrying"]
+    status: TaskStatus
     output: Any = None
     error: dict[str, str] | None = None
     at: float = 0.0
@@ -299,19 +304,12 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
         case StepRecorded():
             state.records.append(StepRecord(event.position, event.name, event.output))
         case TaskRecorded():
-            before = state.tasks.get(event.task)
-            failures = before.failures if before is not None else 0
             error = None if event.error is None else event.error.model_dump()
-            state.tasks[event.task] = TaskOutcome(
-                event.status,
-                event.output,
-                error,
-                event.at,
-                failures + (event.status == "retrying"),
-            )
+            record_task(state, event.task, event.status, event.output, error, event.at)
             if event.status == "cancelled":
                 state.in_attempt = False  # the attempt ends; the engine cancels the run
         case WaitStarted():
+            record_tasks(state, event.tasks, event.at)
             record = WaitRecord(
                 position=event.position,
                 wait_id=event.wait_id,
@@ -364,9 +362,31 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 state.status = "queued"
                 state.runnable_since_seq = seq
         case RunCompleted() | RunFailed() | RunTimedOut() | RunCancelled():
+            if isinstance(event, RunCompleted):
+                record_tasks(state, event.tasks, event.at)
             state.status, state.output, state.error = terminal_outcome(event)
             state.ended_at = event.at
     return state
+
+
+def record_task(
+    state: RunState,
+    task: str,
+    status: TaskStatus,
+    output: Any,
+    error: dict[str, str] | None,
+    at: float,
+) -> None:
+    """A workflow task ended (or failed an attempt it will retry)."""
+    before = state.tasks.get(task)
+    failures = before.failures if before is not None else 0
+    state.tasks[task] = TaskOutcome(status, output, error, at, failures + (status == "retrying"))
+
+
+def record_tasks(state: RunState, ends: list[TaskEnd] | None, at: float) -> None:
+    """The task ends a wait or a completion carries, ended just before it."""
+    for end in ends or ():
+        record_task(state, end.task, end.status, end.output, None, at)
 
 
 def terminal_outcome(

@@ -68,9 +68,9 @@ class Workflow:
     def __repr__(self) -> str:
         return f"Workflow({self.name!r})"
 
-    async def _drive(self, raw_input: Any, ctx: DurableContext) -> dict[str, Any]:
-        driver = WorkflowDriver(self.tasks, self.on_failure_task, ctx.session)
-        return await driver.drive()
+    async def _drive(self, raw_input: Any, ctx: DurableContext) -> Any:
+        # the driver writes the run's end itself (its completion carries the last tasks)
+        await WorkflowDriver(self.tasks, self.on_failure_task, ctx.session).drive()
 
     # -- declaring -----------------------------------------------------------------------------
 

@@ -9,21 +9,23 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from tether.conditions import WaitResult
 from tether.engine import codec
 from tether.engine.events import (
     AttemptFailed,
     ErrorInfo,
+    RunCompleted,
     RunEvent,
     RunFailed,
+    TaskEnd,
     TaskRecorded,
     WaitStarted,
 )
 from tether.engine.expressions import InvalidExpressionError, satisfies
 from tether.engine.run_binding import bind_run
-from tether.engine.state import evolve
+from tether.engine.state import TaskStatus, evolve, record_task
 from tether.engine.workflow_decisions import SKIPPED_OUTPUT, TaskDecision, decide_task
 from tether.engine.workflow_graph import GraphCondition, WorkflowGraph, wait_label
 from tether.errors import NonRetryableError, _Abandon, _Ended, _Interrupted, _Suspend
@@ -71,6 +73,10 @@ class WorkflowDriver:
             )
         self._graph: WorkflowGraph = graph
         self._seen: dict[str, dict[str, bool]] = {}  # task -> event condition id -> found
+        # Tasks that completed or were skipped and are not written yet: the next write
+        # carries them (the wait, the completion), or they are written before any task's
+        # code runs, so a crash never re-runs a task whose end was known.
+        self._unwritten: list[TaskEnd] = []
 
     async def _append(self, event: RunEvent) -> None:
         evolve(self._state, event, await self._attempt.append(event))
@@ -78,10 +84,10 @@ class WorkflowDriver:
     def _now(self) -> float:
         return self._attempt.clock()
 
-    async def drive(self) -> dict[str, Any]:
-        """Go as far as the run can: returns every task's output once all have finished;
-        raises ``_Suspend`` when what is left waits on events, ``_Ended`` when the run
-        failed, was cancelled or will retry a task."""
+    async def drive(self) -> NoReturn:
+        """Go as far as the run can: complete it once every task has finished (``_Ended``),
+        or suspend it (``_Suspend``) when what is left waits on events; ``_Ended`` too when
+        the run failed, will be cancelled or will retry a task."""
         state = self._state
         while True:
             failed = next(
@@ -108,12 +114,7 @@ class WorkflowDriver:
             if waits:
                 await self._wait(waits[0])
                 raise _Suspend()
-            return {
-                node.name: SKIPPED_OUTPUT
-                if state.tasks[node.name].status == "skipped"
-                else state.tasks[node.name].output
-                for node in self._graph.tasks
-            }
+            await self._complete()
 
     async def _settle(self, decisions: list[TaskDecision]) -> bool:
         """Carry out the decisions that need no task function; True if any changed the run."""
@@ -134,26 +135,73 @@ class WorkflowDriver:
                 changed = True
         return changed
 
+    async def _complete(self) -> NoReturn:
+        state = self._state
+        output = {
+            node.name: SKIPPED_OUTPUT
+            if state.tasks[node.name].status == "skipped"
+            else state.tasks[node.name].output
+            for node in self._graph.tasks
+        }
+        await self._append(
+            RunCompleted(
+                run_id=state.run_id,
+                at=self._now(),
+                output=output,
+                parent_run_id=state.parent_run_id,
+                tasks=self._carried(),
+            )
+        )
+        raise _Ended("completed")
+
     async def _record(
         self,
         task: str,
-        status: str,
+        status: TaskStatus,
         *,
         output: Any = None,
         error: ErrorInfo | None = None,
         reason: str | None = None,
     ) -> None:
+        if status == "completed" or status == "skipped":
+            record_task(self._state, task, status, output, None, self._now())
+            self._unwritten.append(TaskEnd(task=task, status=status, output=output, reason=reason))
+            return
+        await self._write_unwritten()
         await self._append(
             TaskRecorded(
                 run_id=self._state.run_id,
                 at=self._now(),
                 task=task,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 output=output,
                 error=error,
                 reason=reason,
             )
         )
+
+    async def _write_unwritten(self, *, skips: bool = True) -> None:
+        """Write the task ends no write carried. Before a task's code runs, the ends of
+        tasks that ran are written and skips may wait for the next write: a skip has no
+        effect to repeat, so deciding it again after a crash is harmless."""
+        ends = self._carried() or []
+        if not skips:
+            self._unwritten = [end for end in ends if end.status == "skipped"]
+            ends = [end for end in ends if end.status != "skipped"]
+        for end in ends:
+            event = TaskRecorded(
+                run_id=self._state.run_id,
+                at=self._now(),
+                task=end.task,
+                status=end.status,
+                output=end.output,
+                reason=end.reason,
+            )
+            await self._append(event)
+
+    def _carried(self) -> list[TaskEnd] | None:
+        ends, self._unwritten = self._unwritten, []
+        return ends or None
 
     # -- looking up events for skip_if / cancel_if ------------------------------------------
 
@@ -209,6 +257,7 @@ class WorkflowDriver:
                 description=(task.description if task else None)
                 or f"{self._graph.name}: {decision.task}",
                 details={"workflow": self._graph.name, "task": decision.task},
+                tasks=self._carried(),
             )
         )
 
@@ -216,6 +265,7 @@ class WorkflowDriver:
 
     async def _run_all(self, decisions: list[TaskDecision]) -> None:
         """Run the ready tasks side by side; record their ends in the graph's order."""
+        await self._write_unwritten(skips=False)
         ran = await asyncio.gather(*(self._run_one(d) for d in decisions))
         retry_at: float | None = None
         last_error: ErrorInfo | None = None
@@ -320,6 +370,7 @@ class WorkflowDriver:
     async def _fail(self, failed: str) -> None:
         """A task failed for good: run on_failure (once), then end the run failed."""
         state = self._state
+        await self._write_unwritten()
         errors = {
             name: f"{o.error['type']}: {o.error['message']}" if o.error else "failed"
             for name, o in state.tasks.items()
@@ -342,6 +393,7 @@ class WorkflowDriver:
                     extra={"run_id": state.run_id, "task": handler.name},
                 )
                 await self._record(handler.name, "failed", error=_error_info(ran.error))
+        await self._write_unwritten()  # (a failure carries no task ends)
         outcome = state.tasks[failed]
         error = outcome.error or {"type": "Error", "message": "failed"}
         await self._append(

@@ -146,6 +146,20 @@ async def test_the_gate_waits_then_the_approval_runs_publish() -> None:
         "notify": {"skipped": True},
     }
     assert calls == ["draft", "gate", "publish"]  # draft ran once across the suspension
+    # A task's end rides on the write that follows it at once (the wait, the completion);
+    # only the gate's end, followed by publish's code, is written on its own.
+    types = [event.type for _, event in await store.read("r1")]
+    assert types == [
+        "run.requested.v1",
+        "run.started.v1",
+        "run.wait_started.v1",  # carries draft's end
+        "run.wait_satisfied.v1",
+        "run.started.v1",
+        "run.task.v1",  # gate
+        "run.completed.v1",  # carries publish's end and notify's skip
+    ]
+    assert final.tasks["draft"].output == {"risk": 0.9}
+    assert final.tasks["notify"].status == "skipped"
 
 
 async def test_the_sleep_fires_the_expired_branch() -> None:
