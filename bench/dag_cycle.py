@@ -5,7 +5,8 @@ The workflow is the content review: ``draft`` -> ``human_review`` (a gate waitin
 is ``hitl_cycle.py``'s: one step, then a wait for the same decision.
 
 Layout: nats-server | ``tether serve`` | one worker process running both (``--role
-worker``, 200 slots) | this process as the client. For each kind, in turn:
+worker``, 200 slots) | this process as the client. Each kind runs on processes of its own,
+started afresh (so neither inherits the other's grown heaps), in turn:
   * warm-up: 64 cycles;
   * memory: PSS of nats-server, serve and worker before and after --runs runs are waiting
     (at the gate, for the workflow);
@@ -153,22 +154,44 @@ async def measure(
     }
 
 
-async def client_main(args: argparse.Namespace, nats_url: str, pids: dict[str, int]) -> Any:
+async def client_main(
+    args: argparse.Namespace, kind_name: str, nats_url: str, pids: dict[str, int]
+) -> Any:
     nc = await nats.connect(nats_url)
     watch = RunWatch(args.namespace)
     await watch.start(nc)
     await nc.flush()
     app = Tether(settings=Settings(nats_url=nats_url, namespace=args.namespace))
-    kinds = [
-        Kind("durable", app, define_task(app, WAIT_TIMEOUT_S), watch),
-        Kind("workflow", app, define_workflow(app), watch),
-    ]
+    target = define_task(app, WAIT_TIMEOUT_S) if kind_name == "durable" else define_workflow(app)
     cpu = CpuMeter({**pids, "client": os.getpid()})
     try:
         async with app:
-            return {kind.name: await measure(kind, args, pids, cpu) for kind in kinds}
+            return await measure(Kind(kind_name, app, target, watch), args, pids, cpu)
     finally:
         await nc.close()
+
+
+def run_kind(args: argparse.Namespace, kind_name: str) -> dict[str, Any]:
+    """One kind's measurements, on a nats-server, serve and worker of its own."""
+    args.namespace = f"bench{uuid.uuid4().hex[:8]}"
+    server = NatsServer().start()
+    assert server.proc is not None
+    pids = {"nats-server": server.proc.pid}
+    serve = worker = None
+    try:
+        serve = start_serve(server.url, args.namespace, "serve-1")
+        pids["serve"] = serve.pid
+        cmd = [sys.executable, __file__, "--role", "worker", "--nats-url", server.url]
+        cmd += ["--namespace", args.namespace, "--slots", str(args.slots)]
+        worker = spawn_ready(cmd, "worker ready", "worker")
+        pids["worker"] = worker.pid
+        result: dict[str, Any] = asyncio.run(client_main(args, kind_name, server.url, pids))
+        return result
+    finally:
+        stop_child(worker)
+        stop_child(serve)
+        server.stop()
+        server.cleanup()
 
 
 def report(results: dict[str, Any]) -> dict[str, float]:
@@ -217,25 +240,8 @@ def main() -> None:
     if args.role == "worker":
         asyncio.run(worker_main(args))
         return
-    args.namespace = f"bench{uuid.uuid4().hex[:8]}"
     load_start = load_before_start()
-    server = NatsServer().start()
-    assert server.proc is not None
-    pids = {"nats-server": server.proc.pid}
-    serve = worker = None
-    try:
-        serve = start_serve(server.url, args.namespace, "serve-1")
-        pids["serve"] = serve.pid
-        cmd = [sys.executable, __file__, "--role", "worker", "--nats-url", server.url]
-        cmd += ["--namespace", args.namespace, "--slots", str(args.slots)]
-        worker = spawn_ready(cmd, "worker ready", "worker")
-        pids["worker"] = worker.pid
-        results = asyncio.run(client_main(args, server.url, pids))
-    finally:
-        stop_child(worker)
-        stop_child(serve)
-        server.stop()
-        server.cleanup()
+    results: dict[str, Any] = {kind: run_kind(args, kind) for kind in ("durable", "workflow")}
     results["workflow_over_durable"] = report(results)
     config = {**vars(args), "machine": machine(load_start)}
     write_results(Path(args.out) if args.out else RESULTS / "dag_cycle.json", config, results)
