@@ -102,9 +102,10 @@ def task_infos(state: RunState) -> dict[str, TaskInfo]:
             outcome.error if outcome is not None else None,
         )
     handler = state.tasks.get(graph.on_failure) if graph.on_failure else None
-    if graph.on_failure and handler is not None:  # it ran: the run failed
+    if graph.on_failure and handler is not None:  # it ran after the tasks that failed
+        failed = [name for name in infos if infos[name].status == "failed"]
         infos[graph.on_failure] = TaskInfo(
-            graph.on_failure, handler.status, [], handler.output, handler.error
+            graph.on_failure, handler.status, failed, handler.output, handler.error
         )
     return infos
 

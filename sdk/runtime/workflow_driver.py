@@ -25,13 +25,14 @@ from tether.engine.events import (
 )
 from tether.engine.expressions import InvalidExpressionError, satisfies
 from tether.engine.run_binding import bind_run
-from tether.engine.state import TaskStatus, evolve, record_task
+from tether.engine.state import TaskStatus, WaitRecord, evolve, record_task
 from tether.engine.workflow_decisions import SKIPPED_OUTPUT, TaskDecision, decide_task
 from tether.engine.workflow_graph import GraphCondition, WorkflowGraph, wait_label
 from tether.errors import NonRetryableError, _Abandon, _Ended, _Interrupted, _Suspend
 from tether.runtime.current import current_context
 from tether.runtime.session import Attempt
 from tether.runtime.task_context import TaskContext
+from tether.runtime.wait_helpers import trace_wait
 from tether.workflow_task import WorkflowTask
 
 log = logging.getLogger("tether.worker")
@@ -339,6 +340,10 @@ class WorkflowDriver:
             task,
             WaitResult(fired=list(decision.fired), payloads=dict(decision.payloads)),
         )
+        label = wait_label(name)
+        for record in self._state.records:  # the gate's wait, in the run's trace
+            if isinstance(record, WaitRecord) and record.label == label:
+                trace_wait(self._attempt, record)
         return await self._call(task, ctx)
 
     async def _call(self, task: WorkflowTask, ctx: TaskContext) -> _Ran:

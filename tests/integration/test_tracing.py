@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from tests.helpers import wait_for_status, wait_until
-from tether import DurableContext, Tether, WaitTimeoutError
+from tether import DurableContext, TaskContext, Tether, UserEventCondition, WaitTimeoutError
 from tether.engine.config import Settings
 from tether.serve import TetherServer
 
@@ -211,3 +211,41 @@ async def test_fired_timeout_appears_in_the_run_trace(
     assert fired.context.trace_id == trigger.context.trace_id
     assert fired.attributes["tether.run_id"] == ref.run_id
     assert wait.attributes["tether.wait.outcome"] == "timed_out"
+
+
+async def test_a_workflow_run_is_one_trace_with_a_span_per_task(
+    traced: tuple[Tether, TetherServer], exporter: InMemorySpanExporter
+) -> None:
+    app, _ = traced
+    flow = app.workflow(name="traced-review")
+
+    @flow.task()
+    async def draft(input: Any, ctx: TaskContext) -> str:
+        return "text"
+
+    @flow.task(
+        parents=[draft],
+        wait_for=[UserEventCondition("review:decision", "input.runId == run.id")],
+    )
+    async def gate(input: Any, ctx: TaskContext) -> str:
+        return str(ctx.wait_result.payloads["review:decision"]["decision"])
+
+    @flow.task(parents=[gate])
+    async def publish(input: Any, ctx: TaskContext) -> str:
+        return "published"
+
+    async with app.worker("reviews", workflows=[flow], slots=2):
+        ref = await flow.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
+        await app.events.push("review:decision", {"runId": ref.run_id, "decision": "approve"})
+        assert (await ref.result(timeout=15))["publish"] == "published"
+        [run] = await finished(exporter, "run traced-review")
+    spans = list(exporter.get_finished_spans())
+    tasks = {s.name: s for s in spans if s.name.startswith("task ")}
+    assert set(tasks) == {"task draft", "task gate", "task publish"}
+    [wait] = named(spans, "wait task:gate")
+    assert run.context is not None
+    trace_id = run.context.trace_id
+    for span in [*tasks.values(), wait]:
+        assert span.context is not None and span.context.trace_id == trace_id, span.name
+        assert span.attributes is not None and span.attributes["tether.run_id"] == ref.run_id

@@ -329,6 +329,7 @@ async def test_a_failing_task_cancels_downstream_and_runs_on_failure(
         "on_failure": "completed",
     }
     assert info.tasks["on_failure"].output == {"charge": "RuntimeError: card declined"}
+    assert info.tasks["on_failure"].parents == ["charge"]  # drawn after what failed
 
 
 async def test_a_thousand_runs_wait_at_a_gate_on_two_slots(
