@@ -71,6 +71,7 @@ class StepRecorded(_Event):
     position: int
     name: str
     output: Any
+    owner: str | None = None  # the workflow task whose durable call this is
 
 
 class TaskEnd(BaseModel):
@@ -106,6 +107,7 @@ class WaitStarted(_Event):
     description: str | None = None  # what the human is asked to decide, for inboxes
     details: dict[str, Any] | None = None
     tasks: list[TaskEnd] | None = None  # workflow tasks that ended just before the wait
+    owner: str | None = None  # the workflow task whose durable call this is
 
 
 class WaitConditionMet(_Event):
@@ -325,7 +327,8 @@ def encode(event: RunEvent) -> bytes:
 
 _WORKFLOW_ONLY: dict[str, tuple[str, ...]] = {
     "run.requested.v1": ("workflow", "events_position"),
-    "run.wait_started.v1": ("tasks",),
+    "run.step.v1": ("owner",),
+    "run.wait_started.v1": ("tasks", "owner"),
     "run.completed.v1": ("tasks",),
 }
 

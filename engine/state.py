@@ -58,6 +58,7 @@ class StepRecord:
     name: str
     output: Any
     kind: Literal["step"] = "step"
+    owner: str | None = None  # the workflow task whose durable call this is
 
 
 @dataclass(slots=True)
@@ -84,6 +85,7 @@ class WaitRecord:
     resolved_seq: int | None = None  # log sequence of the event that resolved the wait
     description: str | None = None
     details: dict[str, Any] | None = None
+    owner: str | None = None  # the workflow task whose durable call this is
 
     @property
     def name(self) -> str:
@@ -302,7 +304,9 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
         case TimeoutRefreshed():
             state.execution_timeout_s = event.execution_timeout_s
         case StepRecorded():
-            state.records.append(StepRecord(event.position, event.name, event.output))
+            state.records.append(
+                StepRecord(event.position, event.name, event.output, owner=event.owner)
+            )
         case TaskRecorded():
             error = None if event.error is None else event.error.model_dump()
             record_task(state, event.task, event.status, event.output, error, event.at)
@@ -324,6 +328,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
                 wait_kind=event.kind,
                 label=event.label,
                 clauses=list(event.clauses),
+                owner=event.owner,
             )
             if state.records and state.records[-1].position == event.position:
                 state.records[-1] = record  # registered again after a rejected event

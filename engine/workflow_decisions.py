@@ -214,7 +214,7 @@ def task_statuses(state: RunState) -> dict[str, TaskStatus]:
     waiting_on = None
     open_wait = state.open_wait()
     if state.status == "waiting" and open_wait is not None:
-        waiting_on = task_of_wait(open_wait.label)
+        waiting_on = open_wait.owner or task_of_wait(open_wait.label)
     statuses: dict[str, TaskStatus] = {}
     for node in graph.tasks:
         outcome = state.tasks.get(node.name)

@@ -25,7 +25,7 @@ from tether.errors import (
 )
 from tether.events_client import PushResult
 from tether.runtime.context import ChildRunRef, DurableContext
-from tether.runtime.task_context import TaskContext
+from tether.runtime.task_context import DurableTaskContext, TaskContext
 from tether.task import DurableTask
 from tether.version import __version__ as __version__
 from tether.workflow import Workflow
@@ -35,6 +35,7 @@ __all__ = [
     "ChildRunRef",
     "DurableContext",
     "DurableTask",
+    "DurableTaskContext",
     "InvalidExpressionError",
     "NonDeterminismError",
     "NonRetryableError",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
 from tether.client import RunRef, RunsClient
 from tether.conditions import (
@@ -28,12 +28,32 @@ from tether.engine.subjects import check_token
 from tether.engine.workflow_graph import Clauses, GraphCondition, GraphTask, WorkflowGraph
 from tether.runtime.workflow_driver import WorkflowDriver
 from tether.task import DurableTask
-from tether.workflow_task import WorkflowTask, WorkflowTaskFunction
+from tether.workflow_task import (
+    DurableWorkflowTaskFunction,
+    WorkflowTask,
+    WorkflowTaskFunction,
+)
 
 if TYPE_CHECKING:
     from tether.runtime.context import DurableContext
 
 ConditionList = Sequence[AnyCondition | OrGroup]
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of ``@wf.task`` (and ``@wf.durable_task``)."""
+
+    name: str | None
+    parents: Sequence[WorkflowTask]
+    wait_for: ConditionList
+    skip_if: ConditionList
+    cancel_if: ConditionList
+    execution_timeout: Duration | None
+    retries: int
+    backoff_initial: Duration
+    backoff_factor: float
+    backoff_max: Duration
+    description: str | None
 
 
 class Workflow:
@@ -144,6 +164,22 @@ class Workflow:
             return task
 
         return register
+
+    def durable_task(
+        self, **options: Unpack[TaskOptions]
+    ) -> Callable[[DurableWorkflowTaskFunction], WorkflowTask]:
+        """Declare a task, as ``task`` does, that may also ``ctx.step``,
+        ``ctx.wait_for_event``, ``ctx.wait_for`` and ``ctx.sleep_for`` (its ``ctx`` is a
+        ``DurableTaskContext``): its waits suspend the run, holding no slot, and a retry or
+        a resume replays what it recorded. It runs alone, not beside other tasks."""
+        register = self.task(**options)
+
+        def register_durable(fn: DurableWorkflowTaskFunction) -> WorkflowTask:
+            task = register(cast(WorkflowTaskFunction, fn))
+            task.durable = True
+            return task
+
+        return register_durable
 
     def on_failure(
         self, *, name: str = "on_failure"

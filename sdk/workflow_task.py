@@ -7,10 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 from tether.engine.workflow_graph import GraphTask
-from tether.runtime.task_context import TaskContext
+from tether.runtime.task_context import DurableTaskContext, TaskContext
 from tether.task import input_model
 
 WorkflowTaskFunction = Callable[[Any, TaskContext], Awaitable[Any]]
+DurableWorkflowTaskFunction = Callable[[Any, DurableTaskContext], Awaitable[Any]]
 
 
 class WorkflowTask:
@@ -19,7 +20,7 @@ class WorkflowTask:
 
     def __init__(
         self,
-        fn: WorkflowTaskFunction,
+        fn: WorkflowTaskFunction | DurableWorkflowTaskFunction,
         *,
         name: str,
         graph: GraphTask,
@@ -27,8 +28,10 @@ class WorkflowTask:
         backoff_factor: float,
         backoff_max: timedelta,
         description: str | None,
+        durable: bool = False,
     ) -> None:
-        self.fn = fn
+        self.fn: Callable[[Any, Any], Awaitable[Any]] = fn
+        self.durable = durable  # given a DurableTaskContext: steps and waits of its own
         self.name = name
         self.graph = graph
         self.input_model = input_model(fn)

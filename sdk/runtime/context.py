@@ -50,9 +50,26 @@ class DurableContext:
     """Passed to every durable task. Each durable call is recorded with its position, kind
     and name; on replay the recording is returned instead of running the call again."""
 
-    def __init__(self, attempt: Attempt) -> None:
+    def __init__(self, attempt: Attempt, *, owner: str | None = None) -> None:
         self._attempt = attempt
         self._position = 0
+        # Inside a workflow, the task whose durable calls these are: its records are its
+        # own, among the run's other tasks' (see ``_records``).
+        self._owner = owner
+
+    def _records(self) -> list[StepRecord | WaitRecord]:
+        """The recorded durable calls this context replays, in order."""
+        records = self._attempt.state.records
+        if self._owner is None:
+            return records
+        return [r for r in records if r.owner == self._owner]
+
+    def _new_position(self) -> int:
+        """The position a new durable call records: its index among this context's calls,
+        or, inside a workflow, its index in the run, which keeps wait ids unique."""
+        if self._owner is None:
+            return self._position - 1
+        return len(self._attempt.state.records)
 
     @property
     def run_id(self) -> str:
@@ -79,7 +96,7 @@ class DurableContext:
         """The recorded call at this position, checked against what the code does now."""
         position = self._position
         self._position += 1
-        records = self._attempt.state.records
+        records = self._records()
         if position >= len(records):
             return None
         record = records[position]
@@ -96,7 +113,7 @@ class DurableContext:
         record = self._next_record("step", name)
         if isinstance(record, StepRecord):
             return record.output
-        position = self._position - 1
+        position = self._new_position()
         with self._attempt.tracing.span(
             f"step {name}",
             attributes={
@@ -117,9 +134,10 @@ class DurableContext:
                 position=position,
                 name=name,
                 output=output,
+                owner=self._owner,
             )
         )
-        self._attempt.state.records.append(StepRecord(position, name, output))
+        self._attempt.state.records.append(StepRecord(position, name, output, owner=self._owner))
         return output
 
     async def now(self) -> datetime:
@@ -142,7 +160,7 @@ class DurableContext:
         )
         evolve(state, event, await self._attempt.append(event))
         deadline = state.deadline
-        position = self._position - 1
+        position = self._new_position()
         await self._attempt.append(
             StepRecorded(
                 run_id=self.run_id,
@@ -150,9 +168,12 @@ class DurableContext:
                 position=position,
                 name="tether:refresh_timeout",
                 output=deadline,
+                owner=self._owner,
             )
         )
-        state.records.append(StepRecord(position, "tether:refresh_timeout", deadline))
+        state.records.append(
+            StepRecord(position, "tether:refresh_timeout", deadline, owner=self._owner)
+        )
         self._attempt.extend_deadline(deadline)
         return datetime.fromtimestamp(deadline, tz=UTC)
 
@@ -191,7 +212,7 @@ class DurableContext:
                 description=description,
                 details=details,
             )
-            record = self._attempt.state.records[self._position - 1]
+            record = self._records()[self._position - 1]
             assert isinstance(record, WaitRecord)
         return await self._event_outcome(record, model)
 
@@ -229,7 +250,7 @@ class DurableContext:
             at=clock(),
             position=record.position,
             wait_id=record.wait_id,
-            task=self.task_name,
+            task=self._attempt.state.task,  # what the run is dispatched to
             event_key=record.event_key,
             expression=record.expression,
             events_position=max(record.events_position, satisfied_seq or 0),
@@ -239,6 +260,7 @@ class DurableContext:
             clauses=record.clauses,
             description=record.description,
             details=record.details,
+            owner=self._owner,
         )
         evolve(state, again, await self._attempt.append(again))
 
@@ -262,7 +284,7 @@ class DurableContext:
         record = self._next_record("wait", label)
         if record is None:
             await self._register(kind="conditions", label=label, clauses=clauses)
-            record = self._attempt.state.records[self._position - 1]
+            record = self._records()[self._position - 1]
         assert isinstance(record, WaitRecord)
         trace_wait(self._attempt, record)
         if record.outcome == "satisfied":
@@ -296,7 +318,7 @@ class DurableContext:
                 if isinstance(condition, UserEventCondition):
                     validate(condition.expression)  # a bad expression fails the task here
         attempt, state = self._attempt, self._attempt.state
-        position = self._position - 1
+        position = self._new_position()
         if events_position is None:
             events_position = await attempt.events_position()
         now = attempt.clock()
@@ -310,7 +332,7 @@ class DurableContext:
             at=now,
             position=position,
             wait_id=f"{self.run_id}:{position}",
-            task=self.task_name,
+            task=self._attempt.state.task,  # what the run is dispatched to
             event_key=first_event.event_key if first_event else None,
             expression=first_event.expression if first_event else None,
             events_position=events_position,
@@ -320,6 +342,7 @@ class DurableContext:
             clauses=specs,
             description=description,
             details=details,
+            owner=self._owner,
         )
         evolve(state, started, await attempt.append(started))
         record = state.records[-1]
@@ -347,7 +370,7 @@ class DurableContext:
         self, task: TaskDefinition, input: Any, metadata: dict[str, Any] | None = None
     ) -> ChildRunRef:
         """Start a child run once (a replay returns the recorded child)."""
-        position = self._position
+        position = self._position if self._owner is None else len(self._attempt.state.records)
         child_id = f"{self.run_id}-c{position}"
 
         async def start_child() -> dict[str, Any]:
@@ -378,7 +401,7 @@ class DurableContext:
                 clauses=[[UserEventCondition(key)]],
                 events_position=events_position,
             )
-            record = self._attempt.state.records[self._position - 1]
+            record = self._records()[self._position - 1]
         payload = await self._event_outcome(record, None)
         assert isinstance(payload, dict)
         return payload

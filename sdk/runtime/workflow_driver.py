@@ -31,7 +31,7 @@ from tether.engine.workflow_graph import GraphCondition, WorkflowGraph, wait_lab
 from tether.errors import NonRetryableError, _Abandon, _Ended, _Interrupted, _Suspend
 from tether.runtime.current import current_context
 from tether.runtime.session import Attempt
-from tether.runtime.task_context import TaskContext
+from tether.runtime.task_context import DurableTaskContext, TaskContext
 from tether.runtime.wait_helpers import trace_wait
 from tether.workflow_task import WorkflowTask
 
@@ -109,7 +109,7 @@ class WorkflowDriver:
                 continue
             runs = [d for d in decisions if d.action == "run"]
             if runs:
-                await self._run_all(runs)
+                await self._run_all(self._side_by_side(runs))
                 continue
             waits = [d for d in decisions if d.action == "wait"]
             if waits:
@@ -264,9 +264,20 @@ class WorkflowDriver:
 
     # -- running tasks ------------------------------------------------------------------------
 
+    def _side_by_side(self, runs: list[TaskDecision]) -> list[TaskDecision]:
+        """The ready tasks to run at once: every plain one; a durable task runs alone, once
+        the plain ones are done, since its wait suspends the whole run."""
+        plain = [d for d in runs if not self._durable(d.task)]
+        return plain or runs[:1]
+
+    def _durable(self, name: str) -> bool:
+        task = self._tasks.get(name)
+        return task is not None and task.durable
+
     async def _run_all(self, decisions: list[TaskDecision]) -> None:
         """Run the ready tasks side by side; record their ends in the graph's order."""
-        await self._write_unwritten(skips=False)
+        # a durable task's wait suspends the run and carries nothing: write every end first
+        await self._write_unwritten(skips=self._durable(decisions[0].task))
         ran = await asyncio.gather(*(self._run_one(d) for d in decisions))
         retry_at: float | None = None
         last_error: ErrorInfo | None = None
@@ -334,24 +345,26 @@ class WorkflowDriver:
                 "deploy the code the run was started with"
             )
             return _Ran(name, error=error)
-        ctx = TaskContext(
-            self._attempt,
-            self._graph,
-            task,
-            WaitResult(fired=list(decision.fired), payloads=dict(decision.payloads)),
-        )
+        result = WaitResult(fired=list(decision.fired), payloads=dict(decision.payloads))
+        ctx: TaskContext | DurableTaskContext
+        if task.durable:
+            ctx = DurableTaskContext(self._attempt, self._graph, task, result)
+        else:
+            ctx = TaskContext(self._attempt, self._graph, task, result)
         label = wait_label(name)
         for record in self._state.records:  # the gate's wait, in the run's trace
             if isinstance(record, WaitRecord) and record.label == label:
                 trace_wait(self._attempt, record)
         return await self._call(task, ctx)
 
-    async def _call(self, task: WorkflowTask, ctx: TaskContext) -> _Ran:
+    async def _call(self, task: WorkflowTask, ctx: TaskContext | DurableTaskContext) -> _Ran:
         node = self._graph.task(task.name)
         limit = node.execution_timeout_s if node is not None else None
         attributes = {"tether.run_id": self._state.run_id, "tether.task": task.name}
         with self._attempt.tracing.span(f"task {task.name}", attributes=attributes):
-            token = current_context.set(None)  # runs started in a task are runs of their own
+            # a durable task's child runs are its own (recorded, waited on durably); a plain
+            # task's are runs of their own
+            token = current_context.set(ctx if isinstance(ctx, DurableTaskContext) else None)
             timeout = asyncio.timeout(limit)
             try:
                 async with timeout:

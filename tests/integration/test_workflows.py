@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from tests.helpers import wait_for_status, wait_until
 from tether import (
+    DurableTaskContext,
     ParentCondition,
     RunCancelledError,
     RunFailedError,
@@ -367,3 +368,48 @@ async def test_a_thousand_runs_wait_at_a_gate_on_two_slots(
         outs = await asyncio.gather(*(ref.result(timeout=180) for ref in refs))
     assert [out["publish"]["published"] for out in outs] == [f"N{n}" for n in range(waiting)]
     assert len(matcher.waits) == 0
+
+
+async def test_a_durable_task_in_a_workflow_records_its_steps_and_waits(
+    app: Tether, server: TetherServer
+) -> None:
+    proposed: list[int] = []
+    flow = app.workflow(name="agent-review")
+
+    @flow.task()
+    async def plan(input: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        return {"actions": input["actions"]}
+
+    @flow.durable_task(parents=[plan])
+    async def act(input: dict[str, Any], ctx: DurableTaskContext) -> list[str]:
+        """Asks a person once per planned action: how often is known only at run time."""
+        outcomes = []
+        for n in range(ctx.task_output(plan)["actions"]):
+            action = await ctx.step(f"propose-{n}", lambda n=n: proposed.append(n) or n)
+            decision = await ctx.wait_for_event(
+                KEY, f"input.runId == '{ctx.run_id}' && input.action == {action}"
+            )
+            outcomes.append(decision["decision"])
+        return outcomes
+
+    @flow.task(parents=[act])
+    async def report(input: dict[str, Any], ctx: TaskContext) -> int:
+        return ctx.task_output(act).count("approve")
+
+    async with app.worker("w", workflows=[flow], slots=2):
+        ref = await flow.run_no_wait({"actions": 2})
+        for action, decision in ((0, "approve"), (1, "reject")):
+
+            async def act_waits(action: int = action) -> bool:
+                info = await app.runs.get(ref.run_id)
+                waits = [e for e in info.events if e.type == "run.wait_started.v1"]
+                return info.status == "waiting" and len(waits) == action + 1
+
+            await wait_until(act_waits, message=f"act to wait on action {action}")
+            assert (await statuses(app, ref.run_id))["act"] == "waiting"
+            await app.events.push(
+                KEY, {"runId": ref.run_id, "action": action, "decision": decision}
+            )
+        out = await ref.result(timeout=15)
+    assert out == {"plan": {"actions": 2}, "act": ["approve", "reject"], "report": 1}
+    assert proposed == [0, 1]  # each step ran once across two suspensions

@@ -12,6 +12,7 @@ EXPORTS = {
     "ChildRunRef",
     "DurableContext",
     "DurableTask",
+    "DurableTaskContext",
     "InvalidExpressionError",
     "NonDeterminismError",
     "NonRetryableError",
