@@ -21,6 +21,7 @@ from tether import (
     ParentCondition,
     RunCancelledError,
     RunFailedError,
+    RunTimeoutError,
     SleepCondition,
     TaskContext,
     Tether,
@@ -413,3 +414,28 @@ async def test_a_durable_task_in_a_workflow_records_its_steps_and_waits(
         out = await ref.result(timeout=15)
     assert out == {"plan": {"actions": 2}, "act": ["approve", "reject"], "report": 1}
     assert proposed == [0, 1]  # each step ran once across two suspensions
+
+
+async def test_execution_timeouts_of_a_task_and_of_the_workflow(
+    app: Tether, server: TetherServer
+) -> None:
+    slow = app.workflow(name="slow-task")
+
+    @slow.task(execution_timeout=timedelta(seconds=0.2))
+    async def stuck(input: Any, ctx: TaskContext) -> None:
+        await asyncio.Event().wait()  # never set: only the task's timeout ends it
+
+    silent = app.workflow(name="silent-gate", execution_timeout=timedelta(seconds=1))
+
+    @silent.task(wait_for=[UserEventCondition(KEY, "input.runId == run.id")])
+    async def gate(input: Any, ctx: TaskContext) -> None: ...
+
+    async with app.worker("w", workflows=[slow, silent], slots=2):
+        stuck_run = await slow.run_no_wait({})
+        silent_run = await silent.run_no_wait({})
+        with pytest.raises(RunFailedError, match="execution_timeout of 0.2s"):
+            await stuck_run.result(timeout=15)
+        with pytest.raises(RunTimeoutError):
+            await silent_run.result(timeout=15)
+    assert (await statuses(app, stuck_run.run_id)) == {"stuck": "failed"}
+    assert (await statuses(app, silent_run.run_id)) == {"gate": "cancelled"}
