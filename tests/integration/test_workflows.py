@@ -433,7 +433,7 @@ async def test_execution_timeouts_of_a_task_and_of_the_workflow(
     async with app.worker("w", workflows=[slow, silent], slots=2):
         stuck_run = await slow.run_no_wait({})
         silent_run = await silent.run_no_wait({})
-        with pytest.raises(RunFailedError, match="execution_timeout of 0.2s"):
+        with pytest.raises(RunFailedError, match=r"execution_timeout of 0\.2s"):
             await stuck_run.result(timeout=15)
         with pytest.raises(RunTimeoutError):
             await silent_run.result(timeout=15)
