@@ -8,7 +8,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tether import ParentCondition, TaskContext, Tether, UserEventCondition, Workflow
+from tether import (
+    ParentCondition,
+    SleepCondition,
+    TaskContext,
+    Tether,
+    UserEventCondition,
+    Workflow,
+    or_,
+)
 
 # the tasks in the workflow's order, with their parents
 PARENTS: dict[str, list[str]] = {
@@ -19,19 +27,42 @@ PARENTS: dict[str, list[str]] = {
 }
 
 
+KEY = "review:decision"
+
+
 class Post(BaseModel):
     text: str
+    risk: float = 0.7
 
 
-def content_review(app: Tether, key: str) -> Workflow:
-    review = app.workflow(name="content-review", execution_timeout=timedelta(hours=24))
+def content_review(
+    app: Tether,
+    key: str = KEY,
+    *,
+    expire_after: timedelta = timedelta(hours=4),
+    name: str = "content-review",
+) -> Workflow:
+    """The contract's workflow: the gate also expires after ``expire_after`` without an
+    answer, and is skipped (with both branches) for a draft of low risk."""
+    review = app.workflow(name=name, execution_timeout=timedelta(hours=24))
 
     @review.task()
     async def draft(input: Post, ctx: TaskContext) -> dict[str, Any]:
-        return {"text": input.text.upper(), "risk": 0.7}
+        return {"text": input.text.upper(), "risk": input.risk}
 
-    @review.task(parents=[draft], wait_for=[UserEventCondition(key, "input.runId == run.id")])
+    @review.task(
+        parents=[draft],
+        wait_for=[
+            or_(
+                UserEventCondition(key, "input.runId == run.id"),
+                SleepCondition(expire_after, key="expired"),
+            )
+        ],
+        skip_if=[ParentCondition(draft, "output.risk < 0.5")],
+    )
     async def human_review(input: Post, ctx: TaskContext) -> dict[str, Any]:
+        if ctx.wait_result.fired == ["expired"]:
+            return {"decision": "expired"}
         payload: dict[str, Any] = ctx.wait_result.payloads[key]
         return payload
 

@@ -130,5 +130,6 @@ async def test_a_failed_task_has_its_error_and_a_durable_tasks_run_has_no_tasks(
     tasks = {task["name"]: task for task in failed["tasks"]}
     assert tasks["charge"]["error"] == {"type": "RuntimeError", "message": "card declined"}
     assert tasks["charge"]["output"] is None
-    assert tasks["on_failure"]["parents"] == [] and tasks["on_failure"]["output"] == "cleaned"
+    assert tasks["on_failure"]["parents"] == ["charge"]  # drawn after what failed
+    assert tasks["on_failure"]["output"] == "cleaned"
     assert (await run_detail(http, plain.run_id))["tasks"] == []

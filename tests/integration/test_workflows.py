@@ -13,75 +13,20 @@ from typing import Any
 import orjson
 import pytest
 from nats.aio.client import Client as NATS
-from pydantic import BaseModel
 
 from tests.helpers import wait_for_status, wait_until
+from tests.integration.content_review import KEY, Post, content_review
 from tether import (
     DurableTaskContext,
     ParentCondition,
     RunCancelledError,
     RunFailedError,
     RunTimeoutError,
-    SleepCondition,
     TaskContext,
     Tether,
     UserEventCondition,
-    Workflow,
-    WorkflowTask,
-    or_,
 )
 from tether.serve import TetherServer
-
-KEY = "review:decision"
-
-
-class Post(BaseModel):
-    text: str
-    risk: float = 0.7
-
-
-def content_review(
-    app: Tether, *, expire_after: timedelta = timedelta(hours=4), name: str = "content-review"
-) -> tuple[Workflow, dict[str, WorkflowTask]]:
-    """The contract's workflow: draft, a human review gate, then publish or notify."""
-    review = app.workflow(name=name, execution_timeout=timedelta(minutes=5))
-
-    @review.task()
-    async def draft(input: Post, ctx: TaskContext) -> dict[str, Any]:
-        return {"text": input.text.upper(), "risk": input.risk}
-
-    @review.task(
-        parents=[draft],
-        wait_for=[
-            or_(
-                UserEventCondition(KEY, "input.runId == run.id"),
-                SleepCondition(expire_after, key="expired"),
-            )
-        ],
-        skip_if=[ParentCondition(draft, "output.risk < 0.5")],
-    )
-    async def human_review(input: Post, ctx: TaskContext) -> dict[str, Any]:
-        if ctx.wait_result.fired == ["expired"]:
-            return {"decision": "expired"}
-        payload: dict[str, Any] = ctx.wait_result.payloads[KEY]
-        return payload
-
-    @review.task(
-        parents=[human_review],
-        skip_if=[ParentCondition(human_review, "output.decision != 'approve'")],
-    )
-    async def publish(input: Post, ctx: TaskContext) -> dict[str, Any]:
-        return {"published": ctx.task_output(draft)["text"]}
-
-    @review.task(
-        parents=[human_review],
-        skip_if=[ParentCondition(human_review, "output.decision == 'approve'")],
-    )
-    async def notify_author(input: Post, ctx: TaskContext) -> dict[str, Any]:
-        return {"notified": ctx.task_output(human_review)["decision"]}
-
-    tasks = {"draft": draft, "human_review": human_review, "publish": publish}
-    return review, {**tasks, "notify_author": notify_author}
 
 
 async def statuses(app: Tether, run_id: str) -> dict[str, str]:
@@ -97,7 +42,7 @@ async def push_raw(nc: NATS, namespace: str, payload: dict[str, Any]) -> None:
 async def test_approve_and_reject_branches_from_nats_py_and_the_sdk(
     app: Tether, server: TetherServer, plain_nc: NATS, namespace: str
 ) -> None:
-    review, _ = content_review(app)
+    review = content_review(app)
     async with app.worker("reviews", workflows=[review], slots=5):
         approved = await review.run_no_wait(Post(text="hello"))
         rejected = await review.run_no_wait(Post(text="spam"))
@@ -132,7 +77,7 @@ async def test_approve_and_reject_branches_from_nats_py_and_the_sdk(
 
 
 async def test_a_decision_moves_only_its_own_run(app: Tether, server: TetherServer) -> None:
-    review, _ = content_review(app)
+    review = content_review(app)
     async with app.worker("reviews", workflows=[review], slots=5):
         refs = [await review.run_no_wait(Post(text=f"post {n}")) for n in range(5)]
         for ref in refs:
@@ -212,7 +157,7 @@ async def test_skip_if_skips_the_gate_and_children_whose_parents_were_all_skippe
 
 
 async def test_the_sleep_branch_when_nobody_answers(app: Tether, server: TetherServer) -> None:
-    review, _ = content_review(app, expire_after=timedelta(seconds=0.5))
+    review = content_review(app, expire_after=timedelta(seconds=0.5))
     async with app.worker("reviews", workflows=[review], slots=2):
         out = await review.run(Post(text="quiet"), timeout=15)
     assert out["human_review"] == {"decision": "expired"}
@@ -223,7 +168,7 @@ async def test_the_sleep_branch_when_nobody_answers(app: Tether, server: TetherS
 async def test_a_decision_and_the_sleep_racing_resolve_once(
     app: Tether, server: TetherServer
 ) -> None:
-    review, _ = content_review(app, expire_after=timedelta(seconds=1))
+    review = content_review(app, expire_after=timedelta(seconds=1))
     async with app.worker("reviews", workflows=[review], slots=5):
         refs = [await review.run_no_wait(Post(text=f"race {n}")) for n in range(6)]
         for ref in refs:
@@ -338,7 +283,7 @@ async def test_a_thousand_runs_wait_at_a_gate_on_two_slots(
     app: Tether, server: TetherServer
 ) -> None:
     waiting = 1000
-    review, _ = content_review(app)
+    review = content_review(app)
 
     @app.durable_task(name="other-work")
     async def other_work(input: Any, ctx: Any) -> str:
