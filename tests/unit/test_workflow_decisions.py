@@ -383,3 +383,19 @@ def test_a_decisive_condition_resolves_a_wait_of_several_clauses() -> None:
     assert b"decisive" in ev.encode(wait) and b"decisive" not in ev.encode(
         wait.model_copy(update={"clauses": [[specs[1][0]]]})
     )
+
+
+async def test_a_task_end_written_while_the_run_waits_changes_nothing() -> None:
+    """A worker credential may write task events, but only an attempt that is running
+    moves the run: a forged cancellation of a waiting run's gate is ignored (and so never
+    reaches the engine's cancel)."""
+    app, store = Tether(nats_url="nats://unused:4222"), InMemoryEventStore()
+    flow = review_flow(app)
+    await request(store, flow, {"risk": 0.9})
+    await attempt(flow, store)
+    state = await state_of(store)
+    forged = ev.TaskRecorded(run_id="r1", at=NOW, task="gate", status="cancelled")
+    seq = await store.append(forged, expected_last_seq=state.last_seq, msg_id="forged")
+    after = await state_of(store)
+    assert after.status == "waiting" and after.was_ignored(seq)
+    assert task_statuses(after)["gate"] == "waiting"
