@@ -37,3 +37,10 @@ def optional_timedelta(value: Duration | None, parameter: str) -> timedelta | No
 def optional_seconds(value: Duration | None, parameter: str) -> float | None:
     """For ``timeout=`` arguments measured in seconds (None: no limit)."""
     return None if value is None else to_timedelta(value, parameter).total_seconds()
+
+
+def backoff_delay(initial: timedelta, factor: float, most: timedelta, failure: int) -> float:
+    """Seconds before retry number ``failure`` (1-based): ``initial * factor ** (failure -
+    1)``, capped at ``most``."""
+    delay = initial.total_seconds() * factor ** (failure - 1)
+    return float(min(delay, most.total_seconds()))

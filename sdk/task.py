@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from tether.client import ResultRef, RunRef, RunsClient
-from tether.durations import Duration
+from tether.durations import Duration, backoff_delay
 from tether.engine import codec
 from tether.engine.subjects import check_token
 from tether.runtime.current import current_context
@@ -71,8 +71,7 @@ class DurableTask(Generic[I, O]):
 
     def retry_delay(self, failure: int) -> float:
         """Seconds before retry number ``failure`` (1-based): exponential, capped."""
-        delay = self.backoff_initial.total_seconds() * self.backoff_factor ** (failure - 1)
-        return float(min(delay, self.backoff_max.total_seconds()))
+        return backoff_delay(self.backoff_initial, self.backoff_factor, self.backoff_max, failure)
 
     async def invoke(self, raw_input: Any, ctx: DurableContext) -> O:
         return await self.fn(self.parse_input(raw_input), ctx)

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from tether.durations import backoff_delay
 from tether.engine.workflow_graph import GraphTask
 from tether.runtime.task_context import DurableTaskContext, TaskContext
 from tether.task import input_model
@@ -48,5 +49,4 @@ class WorkflowTask:
 
     def retry_delay(self, failure: int) -> float:
         """Seconds before retry number ``failure`` (1-based): exponential, capped."""
-        delay = self.backoff_initial.total_seconds() * self.backoff_factor ** (failure - 1)
-        return float(min(delay, self.backoff_max.total_seconds()))
+        return backoff_delay(self.backoff_initial, self.backoff_factor, self.backoff_max, failure)

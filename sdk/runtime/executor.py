@@ -62,7 +62,8 @@ class AttemptResult:
     detail: str = ""
 
 
-def _error_info(exc: BaseException) -> ErrorInfo:
+def error_info(exc: BaseException) -> ErrorInfo:
+    """What a run or task records of an exception (its type and message, cut short)."""
     message = str(exc) or exc.__class__.__name__
     return ErrorInfo(type=type(exc).__name__, message=message[:4000])
 
@@ -213,7 +214,7 @@ async def _run(
             encoded = codec.to_json_value(output)
         except codec.EncodingError as exc:
             await attempt.append(
-                RunFailed(run_id=run_id, at=clock(), error=_error_info(exc), parent_run_id=parent)
+                RunFailed(run_id=run_id, at=clock(), error=error_info(exc), parent_run_id=parent)
             )
             return AttemptResult("failed", str(exc))
         await attempt.append(
@@ -262,7 +263,7 @@ async def _record_failure(
                     run_id=state.run_id,
                     at=now,
                     attempt=attempt.number,
-                    error=_error_info(exc),
+                    error=error_info(exc),
                     retry_at=now + delay,
                 )
             )
@@ -276,7 +277,7 @@ async def _record_failure(
             return AttemptResult("retrying", repr(exc))
     await attempt.append(
         RunFailed(
-            run_id=state.run_id, at=now, error=_error_info(exc), parent_run_id=state.parent_run_id
+            run_id=state.run_id, at=now, error=error_info(exc), parent_run_id=state.parent_run_id
         )
     )
     log.error(

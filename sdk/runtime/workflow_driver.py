@@ -30,6 +30,7 @@ from tether.engine.workflow_decisions import SKIPPED_OUTPUT, TaskDecision, decid
 from tether.engine.workflow_graph import GraphCondition, WorkflowGraph, wait_label
 from tether.errors import NonRetryableError, _Abandon, _Ended, _Interrupted, _Suspend
 from tether.runtime.current import current_context
+from tether.runtime.executor import error_info
 from tether.runtime.session import Attempt
 from tether.runtime.task_context import DurableTaskContext, TaskContext
 from tether.runtime.wait_helpers import trace_wait
@@ -48,11 +49,6 @@ class _Ran:
     task: str
     output: Any = None
     error: BaseException | None = None
-
-
-def _error_info(exc: BaseException) -> ErrorInfo:
-    message = str(exc) or type(exc).__name__
-    return ErrorInfo(type=type(exc).__name__, message=message[:4000])
 
 
 class WorkflowDriver:
@@ -286,12 +282,12 @@ class WorkflowDriver:
                 try:
                     output = codec.to_json_value(result.output)
                 except codec.EncodingError as exc:
-                    await self._record(result.task, "failed", error=_error_info(exc))
+                    await self._record(result.task, "failed", error=error_info(exc))
                     continue
                 await self._record(result.task, "completed", output=output)
                 continue
             due = self._retry_at(result.task, result.error)
-            error = _error_info(result.error)
+            error = error_info(result.error)
             if due is None:
                 await self._record(result.task, "failed", error=error)
                 log.error(
@@ -410,7 +406,7 @@ class WorkflowDriver:
                     exc_info=ran.error,
                     extra={"run_id": state.run_id, "task": handler.name},
                 )
-                await self._record(handler.name, "failed", error=_error_info(ran.error))
+                await self._record(handler.name, "failed", error=error_info(ran.error))
         await self._write_unwritten()  # (a failure carries no task ends)
         outcome = state.tasks[failed]
         error = outcome.error or {"type": "Error", "message": "failed"}
