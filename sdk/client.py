@@ -47,6 +47,10 @@ class TaskDefinition(Protocol):
 
     def encode_input(self, value: Any) -> Any: ...
 
+    def workflow_graph(self) -> WorkflowGraph | None:
+        """The graph a workflow's runs store (None for a durable task)."""
+        ...
+
 
 class ResultRef(Protocol):
     """A run started from somewhere: ``RunRef`` here, a child run's reference in a task."""
@@ -242,13 +246,13 @@ class RunsClient:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         exist_ok: bool = False,
-        workflow: WorkflowGraph | None = None,
     ) -> RunRef:
         """Append ``run.requested``; with ``exist_ok`` an existing run of that id is kept.
-        A workflow run stores its ``workflow`` graph and the events stream's position: its
-        event conditions count every event stored after the request."""
+        A workflow's run stores its graph and the events stream's position: its event
+        conditions count every event stored after the request."""
         conn = await self._connect()
         run_id = check_run_id(run_id) if run_id else uuid.uuid4().hex
+        workflow = task.workflow_graph()
         events_position = await conn.events_position() if workflow is not None else None
         event = RunRequested(
             run_id=run_id,

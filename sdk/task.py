@@ -76,6 +76,10 @@ class DurableTask(Generic[I, O]):
     async def invoke(self, raw_input: Any, ctx: DurableContext) -> O:
         return await self.fn(self.parse_input(raw_input), ctx)
 
+    def workflow_graph(self) -> None:
+        """A durable task's runs store no graph (see ``Workflow``)."""
+        return None
+
     def encode_input(self, value: Any) -> Any:
         if self.input_model is not None and not isinstance(value, self.input_model):
             value = self.input_model.model_validate(value)  # fail at the caller, not later

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack, cast
 
-from tether.client import RunRef, RunsClient
+from tether.client import ResultRef, RunRef, RunsClient
 from tether.conditions import (
     AnyCondition,
     OrGroup,
@@ -26,6 +26,7 @@ from tether.engine import codec
 from tether.engine.expressions import validate
 from tether.engine.subjects import check_token
 from tether.engine.workflow_graph import Clauses, GraphCondition, GraphTask, WorkflowGraph
+from tether.runtime.current import current_context
 from tether.runtime.workflow_driver import WorkflowDriver
 from tether.task import DurableTask
 from tether.workflow_task import (
@@ -215,6 +216,9 @@ class Workflow:
                 todo.extend(self.tasks[name].graph.parents)
         return found
 
+    def workflow_graph(self) -> WorkflowGraph:
+        return self.graph()
+
     def graph(self) -> WorkflowGraph:
         """The graph every run of this workflow stores with its request."""
         if not self.tasks:
@@ -238,13 +242,15 @@ class Workflow:
 
     async def run_no_wait(
         self, input: Any, *, metadata: dict[str, Any] | None = None, run_id: str | None = None
-    ) -> RunRef:
+    ) -> ResultRef:
         """Record a new run and return its reference; ``await ref.result()`` gives a dict
         of every task's output, keyed by task name (``{"skipped": True}`` for a skipped
-        one)."""
-        return await self._runs.trigger(
-            self, input, metadata=metadata, run_id=run_id, workflow=self.graph()
-        )
+        one). Called inside a durable task, this starts a child run: the spawn is recorded
+        once and ``await ref.result()`` waits durably."""
+        ctx = current_context.get()
+        if ctx is not None:
+            return await ctx.spawn(self, input, metadata)
+        return await self._runs.trigger(self, input, metadata=metadata, run_id=run_id)
 
     async def run(
         self, input: Any, *, metadata: dict[str, Any] | None = None, timeout: Duration | None = None
@@ -259,7 +265,8 @@ class Workflow:
         self, input: Any, *, metadata: dict[str, Any] | None = None, run_id: str | None = None
     ) -> RunRef:
         """``run_no_wait`` for synchronous code (a web view)."""
-        return self._runs.sync.run(self.run_no_wait(input, metadata=metadata, run_id=run_id))
+        trigger = self._runs.trigger(self, input, metadata=metadata, run_id=run_id)
+        return self._runs.sync.run(trigger)
 
     def run_sync(
         self, input: Any, *, metadata: dict[str, Any] | None = None, timeout: Duration | None = None

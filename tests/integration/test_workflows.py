@@ -17,10 +17,12 @@ from nats.aio.client import Client as NATS
 from tests.helpers import wait_for_status, wait_until
 from tests.integration.content_review import KEY, Post, content_review
 from tether import (
+    DurableContext,
     DurableTaskContext,
     ParentCondition,
     RunCancelledError,
     RunFailedError,
+    RunNotFoundError,
     RunTimeoutError,
     TaskContext,
     Tether,
@@ -384,3 +386,31 @@ async def test_execution_timeouts_of_a_task_and_of_the_workflow(
             await silent_run.result(timeout=15)
     assert (await statuses(app, stuck_run.run_id)) == {"stuck": "failed"}
     assert (await statuses(app, silent_run.run_id)) == {"gate": "cancelled"}
+
+
+async def test_a_durable_task_runs_a_workflow_as_its_child(
+    app: Tether, server: TetherServer
+) -> None:
+    review = content_review(app, name="child-review")
+
+    @app.durable_task(name="campaign")
+    async def campaign(input: Any, ctx: DurableContext) -> dict[str, Any]:
+        ref = await review.run_no_wait(Post(text="launch"))  # a child: started once
+        return {"child": ref.run_id, "out": await ref.result()}
+
+    async with app.worker("w", slots=2):  # every task and workflow of the app
+        ref = await campaign.run_no_wait({})
+        child_id = f"{ref.run_id}-c0"
+
+        async def child_at_gate() -> bool:
+            try:
+                return (await statuses(app, child_id)).get("human_review") == "waiting"
+            except RunNotFoundError:
+                return False
+
+        await wait_until(child_at_gate, message="the child workflow run at its gate")
+        await app.events.push(KEY, {"runId": child_id, "decision": "approve"})
+        out = await ref.result(timeout=15)
+    assert out["child"] == child_id
+    assert out["out"]["publish"] == {"published": "LAUNCH"}
+    assert (await app.runs.get(child_id)).status == "completed"
