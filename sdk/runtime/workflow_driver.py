@@ -71,8 +71,8 @@ class WorkflowDriver:
         self._graph: WorkflowGraph = graph
         self._seen: dict[str, dict[str, bool]] = {}  # task -> event condition id -> found
         # Tasks that completed or were skipped and are not written yet: the next write
-        # carries them (the wait, the completion), or they are written before any task's
-        # code runs, so a crash never re-runs a task whose end was known.
+        # carries them (the wait, the completion), or they are written before another
+        # task's code runs, so a crash re-runs only tasks whose ends were not written.
         self._unwritten: list[TaskEnd] = []
 
     async def _append(self, event: RunEvent) -> None:
