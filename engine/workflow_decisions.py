@@ -10,7 +10,7 @@ fail it, run it, wait for its conditions, or first look for events its ``skip_if
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,8 +28,8 @@ from tether.engine.workflow_graph import (
     Clauses,
     GraphCondition,
     GraphTask,
-    task_of_wait,
-    wait_label,
+    gate_key,
+    tasks_of_wait,
 )
 
 TaskStatus = Literal["pending", "waiting", "running", "completed", "skipped", "failed", "cancelled"]
@@ -54,16 +54,28 @@ def condition_facts(state: RunState, task: str) -> tuple[list[str], dict[str, di
     """The keys of the task's conditions that fired in its waits, in order, and payloads."""
     fired: list[str] = []
     payloads: dict[str, dict[str, Any]] = {}
-    label = wait_label(task)
     for record in state.records:
-        if (
-            isinstance(record, WaitRecord)
-            and record.label == label
-            and record.outcome == "satisfied"
-        ):
-            fired.extend(key for key in record.fired if key not in fired)
-            payloads.update(record.payloads)
+        if not isinstance(record, WaitRecord) or record.outcome != "satisfied":
+            continue
+        gates = tasks_of_wait(record.label)
+        if task not in gates:
+            continue
+        own = _own_keys(task, shared=len(gates) > 1)
+        fired.extend(k for k in (own(key) for key in record.fired) if k and k not in fired)
+        payloads.update({k: p for key, p in record.payloads.items() if (k := own(key))})
     return fired, payloads
+
+
+def _own_keys(task: str, *, shared: bool) -> Callable[[str], str | None]:
+    """A gate's own condition key from a key of its wait (None: another gate's)."""
+    prefix = gate_key(task, "")
+
+    def own(key: str) -> str | None:
+        if not shared:
+            return key
+        return key[len(prefix) :] if key.startswith(prefix) else None
+
+    return own
 
 
 def parents_done_at(state: RunState, node: GraphTask) -> float:
@@ -211,10 +223,11 @@ def task_statuses(state: RunState) -> dict[str, TaskStatus]:
     graph = state.workflow
     if graph is None:
         return {}
-    waiting_on = None
+    waiting_on: list[str] = []
     open_wait = state.open_wait()
     if state.status == "waiting" and open_wait is not None:
-        waiting_on = open_wait.owner or task_of_wait(open_wait.label)
+        owner = open_wait.owner
+        waiting_on = [owner] if owner else tasks_of_wait(open_wait.label)
     statuses: dict[str, TaskStatus] = {}
     for node in graph.tasks:
         outcome = state.tasks.get(node.name)
@@ -222,7 +235,7 @@ def task_statuses(state: RunState) -> dict[str, TaskStatus]:
             statuses[node.name] = outcome.status  # type: ignore[assignment]
         elif state.is_terminal:
             statuses[node.name] = "cancelled"
-        elif node.name == waiting_on:
+        elif node.name in waiting_on:
             statuses[node.name] = "waiting"
         elif all(p in state.tasks and state.tasks[p].finished for p in node.parents):
             fired, _ = condition_facts(state, node.name)

@@ -9,9 +9,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# A task's wait is labelled with its name behind this prefix, which tells a workflow
-# task's wait from a durable task's ``wait_for`` label.
+# A gate's wait is labelled with its task's name behind this prefix, which tells a workflow
+# task's wait from a durable task's ``wait_for`` label. Several gates ready together wait as
+# one: "task:<a>|<b>", each condition's key then "<task>|<key>" ("|" is in no task name).
 TASK_WAIT_PREFIX = "task:"
+GATE_SEPARATOR = "|"
 # The keys under which a task's skip_if and cancel_if conditions fire when they are
 # watched during its wait (decisive conditions): "<prefix><condition id>".
 SKIP_KEY_PREFIX = "tether:skip_if:"
@@ -70,12 +72,17 @@ class WorkflowGraph(BaseModel):
         return [t.name for t in self.tasks if t.name in below]
 
 
-def wait_label(task: str) -> str:
-    return TASK_WAIT_PREFIX + task
+def wait_label(*tasks: str) -> str:
+    return TASK_WAIT_PREFIX + GATE_SEPARATOR.join(tasks)
 
 
-def task_of_wait(label: str | None) -> str | None:
-    """The task a workflow wait belongs to, or None for a durable task's wait."""
+def tasks_of_wait(label: str | None) -> list[str]:
+    """The gates a workflow wait belongs to (none for a durable task's wait)."""
     if label and label.startswith(TASK_WAIT_PREFIX):
-        return label[len(TASK_WAIT_PREFIX) :]
-    return None
+        return label[len(TASK_WAIT_PREFIX) :].split(GATE_SEPARATOR)
+    return []
+
+
+def gate_key(task: str, key: str) -> str:
+    """A condition's key in a wait shared by several gates."""
+    return f"{task}{GATE_SEPARATOR}{key}"

@@ -26,7 +26,7 @@ from tether.app import Tether
 from tether.cli.format import action_text, ago, cell, compact, stamp, table, until
 from tether.engine import events as ev
 from tether.engine.config import Settings
-from tether.engine.workflow_graph import wait_label
+from tether.engine.workflow_graph import tasks_of_wait
 from tether.http import schemas
 from tether.operator import views
 from tether.operator.auth import Identity
@@ -176,7 +176,7 @@ def _task_table(tasks: list[schemas.RunTask], wait: schemas.Wait | None) -> str:
     rows = [
         [
             task.name,
-            task.status + (" (for a decision)" if gate == wait_label(task.name) else ""),
+            task.status + (" (for a decision)" if task.name in tasks_of_wait(gate) else ""),
             ", ".join(task.parents) or "-",
         ]
         for task in tasks

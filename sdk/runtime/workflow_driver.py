@@ -15,6 +15,7 @@ from tether.conditions import WaitResult
 from tether.engine import codec
 from tether.engine.events import (
     AttemptFailed,
+    ConditionSpec,
     ErrorInfo,
     RunCompleted,
     RunEvent,
@@ -27,7 +28,13 @@ from tether.engine.expressions import InvalidExpressionError, satisfies
 from tether.engine.run_binding import bind_run
 from tether.engine.state import TaskStatus, WaitRecord, evolve, record_task
 from tether.engine.workflow_decisions import SKIPPED_OUTPUT, TaskDecision, decide_task
-from tether.engine.workflow_graph import GraphCondition, WorkflowGraph, wait_label
+from tether.engine.workflow_graph import (
+    GraphCondition,
+    WorkflowGraph,
+    gate_key,
+    tasks_of_wait,
+    wait_label,
+)
 from tether.errors import NonRetryableError, _Abandon, _Ended, _Interrupted, _Suspend
 from tether.runtime.current import current_context
 from tether.runtime.executor import error_info
@@ -109,7 +116,7 @@ class WorkflowDriver:
                 continue
             waits = [d for d in decisions if d.action == "wait"]
             if waits:
-                await self._wait(waits[0])
+                await self._wait(waits)
                 raise _Suspend()
             await self._complete()
 
@@ -227,13 +234,25 @@ class WorkflowDriver:
 
     # -- waiting ------------------------------------------------------------------------------
 
-    async def _wait(self, decision: TaskDecision) -> None:
+    def _gates(self, waits: list[TaskDecision]) -> tuple[list[str], list[list[ConditionSpec]]]:
+        """The gates that wait now, and their wait's clauses. Gates of one clause each
+        (any one condition opens them) wait as one wait of one clause, so each resumes the
+        run as soon as it is answered; a gate that needs several conditions waits alone."""
+        if len(waits) == 1 or any(len(d.clauses) != 1 for d in waits):
+            return [waits[0].task], waits[0].clauses
+        clause = [
+            spec.model_copy(update={"id": f"g{n}.{spec.id}", "key": gate_key(d.task, spec.key)})
+            for n, d in enumerate(waits)
+            for spec in d.clauses[0]
+        ]
+        return [d.task for d in waits], [clause]
+
+    async def _wait(self, waits: list[TaskDecision]) -> None:
         state, attempt = self._state, self._attempt
         position = len(state.records)
-        first_event = next(
-            (s for clause in decision.clauses for s in clause if s.kind == "event"), None
-        )
-        task = self._tasks.get(decision.task)
+        gates, clauses = self._gates(waits)
+        first_event = next((s for clause in clauses for s in clause if s.kind == "event"), None)
+        descriptions = [task.description for t in gates if (task := self._tasks.get(t))]
         events_position = state.events_position
         if events_position is None:  # (only a request written without one)
             events_position = await attempt.events_position()
@@ -249,11 +268,11 @@ class WorkflowDriver:
                 events_position=events_position,
                 timeout_at=None,
                 kind="conditions",
-                label=wait_label(decision.task),
-                clauses=decision.clauses,
-                description=(task.description if task else None)
-                or f"{self._graph.name}: {decision.task}",
-                details={"workflow": self._graph.name, "task": decision.task},
+                label=wait_label(*gates),
+                clauses=clauses,
+                description="; ".join(d for d in descriptions if d)
+                or f"{self._graph.name}: {', '.join(gates)}",
+                details={"workflow": self._graph.name, "tasks": gates},
                 tasks=self._carried(),
             )
         )
@@ -347,9 +366,8 @@ class WorkflowDriver:
             ctx = DurableTaskContext(self._attempt, self._graph, task, result)
         else:
             ctx = TaskContext(self._attempt, self._graph, task, result)
-        label = wait_label(name)
-        for record in self._state.records:  # the gate's wait, in the run's trace
-            if isinstance(record, WaitRecord) and record.label == label:
+        for record in self._state.records:  # the gate's waits, in the run's trace
+            if isinstance(record, WaitRecord) and name in tasks_of_wait(record.label):
                 trace_wait(self._attempt, record)
         return await self._call(task, ctx)
 

@@ -414,3 +414,50 @@ async def test_a_durable_task_runs_a_workflow_as_its_child(
     assert out["child"] == child_id
     assert out["out"]["publish"] == {"published": "LAUNCH"}
     assert (await app.runs.get(child_id)).status == "completed"
+
+
+async def test_two_gates_wait_together_and_each_goes_on_when_answered(
+    app: Tether, server: TetherServer
+) -> None:
+    flow = app.workflow(name="two-gates")
+
+    @flow.task()
+    async def prepare(input: Any, ctx: TaskContext) -> str:
+        return "contract"
+
+    def gate_of(name: str) -> UserEventCondition:
+        return UserEventCondition(KEY, f"input.runId == run.id && input.gate == '{name}'")
+
+    @flow.task(parents=[prepare], wait_for=[gate_of("legal")])
+    async def legal(input: Any, ctx: TaskContext) -> str:
+        return str(ctx.wait_result.payloads[KEY]["decision"])
+
+    @flow.task(parents=[prepare], wait_for=[gate_of("finance")])
+    async def finance(input: Any, ctx: TaskContext) -> str:
+        return str(ctx.wait_result.payloads[KEY]["decision"])
+
+    @flow.task(parents=[finance])
+    async def budget(input: Any, ctx: TaskContext) -> str:
+        return "booked"
+
+    async with app.worker("w", workflows=[flow], slots=2):
+        ref = await flow.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
+        first = await statuses(app, ref.run_id)
+        assert (first["legal"], first["finance"]) == ("waiting", "waiting")
+        # the second gate is answered first: its branch goes on while legal still waits
+        await app.events.push(KEY, {"runId": ref.run_id, "gate": "finance", "decision": "ok"})
+
+        async def budget_booked() -> bool:
+            now = await statuses(app, ref.run_id)
+            return now["budget"] == "completed" and now["legal"] == "waiting"
+
+        await wait_until(budget_booked, message="finance's branch done while legal waits")
+        await app.events.push(KEY, {"runId": ref.run_id, "gate": "legal", "decision": "ok"})
+        out = await ref.result(timeout=15)
+    assert out == {"prepare": "contract", "legal": "ok", "finance": "ok", "budget": "booked"}
+    waits = [e for e in (await app.runs.get(ref.run_id)).events if e.type.startswith("run.wait")]
+    assert [e.data.get("label") for e in waits if e.type == "run.wait_started.v1"] == [
+        "task:legal|finance",
+        "task:legal",
+    ]

@@ -485,9 +485,11 @@ function graphLayout(tasks) {
   };
 }
 
-// The task is the gate whose open wait a person decides (its wait is labelled task:<name>).
+// The task is a gate whose open wait a person decides (its wait is labelled task:<name>, or
+// task:<a>|<b> when gates ready together wait as one).
 function awaitsDecision(task, wait) {
-  return task.status === "waiting" && Boolean(wait) && wait.label === `task:${task.name}`;
+  if (task.status !== "waiting" || !wait || !wait.label || !wait.label.startsWith("task:")) return false;
+  return wait.label.slice("task:".length).split("|").includes(task.name);
 }
 
 // What a node says under the task's name.
