@@ -137,7 +137,13 @@ def _note(event: ev.RunEvent) -> str:
         case ev.StepRecorded():
             return f"step {event.name}"
         case ev.WaitStarted():
-            return f"waits for {event.event_key or event.label or 'conditions'}"
+            text = f"waits for {event.event_key or event.label or 'conditions'}"
+            return text + (f" (after {_ended(event.tasks)})" if event.tasks else "")
+        case ev.TaskRecorded():
+            text = f"task {event.task} {event.status}"
+            if event.error is not None:
+                return f"{text}: {event.error.type}: {event.error.message}"
+            return f"{text}: {event.reason}" if event.reason else text
         case ev.WaitSatisfied():
             approver = event.metadata.get("approver")
             decision = (event.payload or {}).get("decision")
@@ -149,7 +155,14 @@ def _note(event: ev.RunEvent) -> str:
             return f"{event.error.type}: {event.error.message}"
         case ev.RunTimedOut() | ev.RunCancelled():
             return event.reason
+        case ev.RunCompleted() if event.tasks:
+            return f"after {_ended(event.tasks)}"
     return ""
+
+
+def _ended(tasks: list[ev.TaskEnd]) -> str:
+    """The workflow tasks a wait or a completion carries: ``draft completed, x skipped``."""
+    return ", ".join(f"{end.task} {end.status}" for end in tasks)
 
 
 class RunView:

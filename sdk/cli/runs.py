@@ -154,20 +154,10 @@ def _event_detail(entry: schemas.RunEvent) -> str:
     if isinstance(event, ev.StepRecorded):
         return f"{entry.note} -> {compact(event.output)}"
     if isinstance(event, ev.RunCompleted):
-        return compact(event.output)
-    if isinstance(event, ev.TaskRecorded):
-        return _task_end(event)
+        return (f"{entry.note}: " if entry.note else "") + compact(event.output)
+    if isinstance(event, ev.TaskRecorded) and event.status == "completed":
+        return f"{entry.note} -> {compact(event.output)}"
     return entry.note
-
-
-def _task_end(event: ev.TaskRecorded) -> str:
-    """``task publish completed -> {...}``, ``task notify skipped: <why>``."""
-    text = f"task {event.task} {event.status}"
-    if event.status == "completed":
-        return f"{text} -> {compact(event.output)}"
-    if event.error is not None:
-        return f"{text}: {event.error.type}: {event.error.message}"
-    return f"{text}: {event.reason}" if event.reason else text
 
 
 def _task_table(tasks: list[schemas.RunTask], wait: schemas.Wait | None) -> str:

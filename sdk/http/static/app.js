@@ -547,7 +547,7 @@ function describeEvent(event, previousType) {
       return { title: `Step ${d.name} recorded`, body: pretty(d.output) };
     case "run.wait_started.v1":
       return { title: `Waiting for ${d.event_key || d.label || "conditions"}${d.description ? `: ${d.description}` : ""}`,
-        body: d.expression ? `expression: ${d.expression}` : null };
+        body: [carriedTasks(d), d.expression ? `expression: ${d.expression}` : ""].filter(Boolean).join("\n") || null };
     case "run.wait_satisfied.v1": {
       const payload = d.payload || {};
       const who = d.metadata && d.metadata.approver;
@@ -559,12 +559,18 @@ function describeEvent(event, previousType) {
     }
     case "run.wait_timed_out.v1": return { title: "Wait timed out" };
     case "run.task.v1": return describeTask(d);
-    case "run.completed.v1": return { title: "Completed", body: pretty(d.output) };
+    case "run.completed.v1":
+      return { title: "Completed", body: [carriedTasks(d), pretty(d.output)].filter(Boolean).join("\n") };
     case "run.failed.v1": return { title: `Failed: ${d.error.type}: ${d.error.message}`, cls: "rejected" };
     case "run.timed_out.v1": return { title: `Timed out: ${d.reason}`, cls: "rejected" };
     case "run.cancelled.v1": return { title: `Cancelled: ${d.reason}`, cls: "rejected" };
     default: return { title: event.note || event.type };
   }
+}
+
+// The workflow tasks that ended just before a wait or the completion, which carries them.
+function carriedTasks(d) {
+  return d.tasks && d.tasks.length ? `after ${d.tasks.map((t) => `${t.task} ${t.status}`).join(", ")}` : "";
 }
 
 function describeTask(d) {
