@@ -18,15 +18,12 @@ from tether.engine.events import (
     ConditionSpec,
     ErrorInfo,
     RunCompleted,
-    RunEvent,
     RunFailed,
-    TaskEnd,
-    TaskRecorded,
     WaitStarted,
 )
 from tether.engine.expressions import InvalidExpressionError, satisfies
 from tether.engine.run_binding import bind_run
-from tether.engine.state import TaskStatus, WaitRecord, evolve, record_task
+from tether.engine.state import WaitRecord
 from tether.engine.workflow_decisions import SKIPPED_OUTPUT, TaskDecision, decide_task
 from tether.engine.workflow_graph import (
     GraphCondition,
@@ -40,6 +37,7 @@ from tether.runtime.current import current_context
 from tether.runtime.executor import error_info
 from tether.runtime.session import Attempt
 from tether.runtime.task_context import DurableTaskContext, TaskContext
+from tether.runtime.task_ends import TaskEnds
 from tether.runtime.wait_helpers import trace_wait
 from tether.workflow_task import WorkflowTask
 
@@ -77,13 +75,7 @@ class WorkflowDriver:
             )
         self._graph: WorkflowGraph = graph
         self._seen: dict[str, dict[str, bool]] = {}  # task -> event condition id -> found
-        # Tasks that completed or were skipped and are not written yet: the next write
-        # carries them (the wait, the completion), or they are written before another
-        # task's code runs, so a crash re-runs only tasks whose ends were not written.
-        self._unwritten: list[TaskEnd] = []
-
-    async def _append(self, event: RunEvent) -> None:
-        evolve(self._state, event, await self._attempt.append(event))
+        self._ends = TaskEnds(attempt)  # writes, and the task ends they carry
 
     def _now(self) -> float:
         return self._attempt.clock()
@@ -128,11 +120,13 @@ class WorkflowDriver:
             if action == "cancel":
                 await self._cancel(decision)
             elif action == "skip":
-                await self._record(name, "skipped", output=SKIPPED_OUTPUT, reason=decision.reason)
+                await self._ends.record(
+                    name, "skipped", output=SKIPPED_OUTPUT, reason=decision.reason
+                )
                 changed = True
             elif action == "fail":
                 error = ErrorInfo(type="ConditionError", message=decision.reason)
-                await self._record(name, "failed", error=error)
+                await self._ends.record(name, "failed", error=error)
                 changed = True
             elif action == "check_events":
                 self._seen[name] = {**self._seen.get(name, {}), **await self._look_up(decision)}
@@ -147,65 +141,16 @@ class WorkflowDriver:
             else state.tasks[node.name].output
             for node in self._graph.tasks
         }
-        await self._append(
+        await self._ends.append(
             RunCompleted(
                 run_id=state.run_id,
                 at=self._now(),
                 output=output,
                 parent_run_id=state.parent_run_id,
-                tasks=self._carried(),
+                tasks=self._ends.carried(),
             )
         )
         raise _Ended("completed")
-
-    async def _record(
-        self,
-        task: str,
-        status: TaskStatus,
-        *,
-        output: Any = None,
-        error: ErrorInfo | None = None,
-        reason: str | None = None,
-    ) -> None:
-        if status == "completed" or status == "skipped":
-            record_task(self._state, task, status, output, None, self._now())
-            self._unwritten.append(TaskEnd(task=task, status=status, output=output, reason=reason))
-            return
-        await self._write_unwritten()
-        await self._append(
-            TaskRecorded(
-                run_id=self._state.run_id,
-                at=self._now(),
-                task=task,
-                status=status,
-                output=output,
-                error=error,
-                reason=reason,
-            )
-        )
-
-    async def _write_unwritten(self, *, skips: bool = True) -> None:
-        """Write the task ends no write carried. Before a task's code runs, the ends of
-        tasks that ran are written and skips may wait for the next write: a skip has no
-        effect to repeat, so deciding it again after a crash is harmless."""
-        ends = self._carried() or []
-        if not skips:
-            self._unwritten = [end for end in ends if end.status == "skipped"]
-            ends = [end for end in ends if end.status != "skipped"]
-        for end in ends:
-            event = TaskRecorded(
-                run_id=self._state.run_id,
-                at=self._now(),
-                task=end.task,
-                status=end.status,
-                output=end.output,
-                reason=end.reason,
-            )
-            await self._append(event)
-
-    def _carried(self) -> list[TaskEnd] | None:
-        ends, self._unwritten = self._unwritten, []
-        return ends or None
 
     # -- looking up events for skip_if / cancel_if ------------------------------------------
 
@@ -256,7 +201,7 @@ class WorkflowDriver:
         events_position = state.events_position
         if events_position is None:  # (only a request written without one)
             events_position = await attempt.events_position()
-        await self._append(
+        await self._ends.append(
             WaitStarted(
                 run_id=state.run_id,
                 at=self._now(),
@@ -273,7 +218,7 @@ class WorkflowDriver:
                 description="; ".join(d for d in descriptions if d)
                 or f"{self._graph.name}: {', '.join(gates)}",
                 details={"workflow": self._graph.name, "tasks": gates},
-                tasks=self._carried(),
+                tasks=self._ends.carried(),
             )
         )
 
@@ -292,7 +237,7 @@ class WorkflowDriver:
     async def _run_all(self, decisions: list[TaskDecision]) -> None:
         """Run the ready tasks side by side; record their ends in the graph's order."""
         # a durable task's wait suspends the run and carries nothing: write every end first
-        await self._write_unwritten(skips=self._durable(decisions[0].task))
+        await self._ends.write_unwritten(skips=self._durable(decisions[0].task))
         ran = await asyncio.gather(*(self._run_one(d) for d in decisions))
         retry_at: float | None = None
         last_error: ErrorInfo | None = None
@@ -301,14 +246,14 @@ class WorkflowDriver:
                 try:
                     output = codec.to_json_value(result.output)
                 except codec.EncodingError as exc:
-                    await self._record(result.task, "failed", error=error_info(exc))
+                    await self._ends.record(result.task, "failed", error=error_info(exc))
                     continue
-                await self._record(result.task, "completed", output=output)
+                await self._ends.record(result.task, "completed", output=output)
                 continue
             due = self._retry_at(result.task, result.error)
             error = error_info(result.error)
             if due is None:
-                await self._record(result.task, "failed", error=error)
+                await self._ends.record(result.task, "failed", error=error)
                 log.error(
                     f"run {self._state.run_id}: task {result.task!r} of {self._graph.name!r} "
                     f"failed: {error.type}: {error.message}",
@@ -316,7 +261,7 @@ class WorkflowDriver:
                     extra={"run_id": self._state.run_id, "task": result.task},
                 )
                 continue
-            await self._record(result.task, "retrying", error=error)
+            await self._ends.record(result.task, "retrying", error=error)
             log.warning(
                 f"run {self._state.run_id}: task {result.task!r} failed with {error.type}: "
                 f"{error.message}; retrying",
@@ -328,7 +273,7 @@ class WorkflowDriver:
         if retry_at is not None and last_error is not None:
             if any(o.status == "failed" for o in self._state.tasks.values()):
                 return  # a task failed for good: the run fails, nothing is retried
-            await self._append(
+            await self._ends.append(
                 AttemptFailed(
                     run_id=self._state.run_id,
                     at=self._now(),
@@ -402,7 +347,7 @@ class WorkflowDriver:
     async def _fail(self, failed: str) -> None:
         """A task failed for good: run on_failure (once), then end the run failed."""
         state = self._state
-        await self._write_unwritten()
+        await self._ends.write_unwritten()
         errors = {
             name: f"{o.error['type']}: {o.error['message']}" if o.error else "failed"
             for name, o in state.tasks.items()
@@ -417,18 +362,18 @@ class WorkflowDriver:
                     output = codec.to_json_value(ran.output)
                 except codec.EncodingError:
                     output = None
-                await self._record(handler.name, "completed", output=output)
+                await self._ends.record(handler.name, "completed", output=output)
             else:
                 log.error(
                     f"run {state.run_id}: on_failure of {self._graph.name!r} failed",
                     exc_info=ran.error,
                     extra={"run_id": state.run_id, "task": handler.name},
                 )
-                await self._record(handler.name, "failed", error=error_info(ran.error))
-        await self._write_unwritten()  # (a failure carries no task ends)
+                await self._ends.record(handler.name, "failed", error=error_info(ran.error))
+        await self._ends.write_unwritten()  # (a failure carries no task ends)
         outcome = state.tasks[failed]
         error = outcome.error or {"type": "Error", "message": "failed"}
-        await self._append(
+        await self._ends.append(
             RunFailed(
                 run_id=state.run_id,
                 at=self._now(),
@@ -443,5 +388,5 @@ class WorkflowDriver:
     async def _cancel(self, decision: TaskDecision) -> None:
         """A task's cancel_if held: the task is recorded cancelled and the attempt ends; the
         engine then cancels the run (and with it everything downstream)."""
-        await self._record(decision.task, "cancelled", reason=decision.reason)
+        await self._ends.record(decision.task, "cancelled", reason=decision.reason)
         raise _Ended("cancelled")
