@@ -102,22 +102,25 @@ class Bookkeeper:
         the message comes back until it is acknowledged. A resolution the run did not take
         dispatches a run that is not runnable at that sequence, which its worker skips.
         False without a usable task header (then the full read decides)."""
-        headers = msg.headers or {}
-        task = headers.get(wire.TASK)
+        task = (msg.headers or {}).get(wire.TASK)
         if not task or not is_token(task):
             return False
-        run_id = run_subject_parts(msg.subject)[0]
-        traceparent = headers.get(TRACEPARENT)
+        await self._dispatch(task, msg)
+        return True
+
+    async def _dispatch(self, task: str, msg: Msg) -> None:
+        """Dispatch the run whose event ``msg`` made it runnable (its request, or the
+        engine's resolution of its wait), carrying the event to the worker."""
+        traceparent = (msg.headers or {}).get(TRACEPARENT)
         await dispatch_task(
             self._conn.js,
             self._conn.settings.names,
             task,
-            run_id,
+            run_subject_parts(msg.subject)[0],
             msg.metadata.sequence.stream,
             {TRACEPARENT: traceparent} if traceparent else None,
             carried=msg,
         )
-        return True
 
     async def _refused(
         self, event: ev.RunEvent, seq: int, msg: Msg
@@ -170,15 +173,7 @@ class Bookkeeper:
                     ),
                     traceparent,
                 )
-            await dispatch_task(
-                self._conn.js,
-                names,
-                event.task,
-                run_id,
-                seq,
-                {TRACEPARENT: traceparent} if traceparent else None,
-                carried=msg,
-            )
+            await self._dispatch(event.task, msg)
         elif isinstance(event, ev.TimeoutRefreshed):
             assert state is not None
             if not state.is_terminal:
@@ -197,15 +192,9 @@ class Bookkeeper:
         elif isinstance(event, ev.TaskRecorded) and event.status == "cancelled":
             await self._cancel_for_task(event, seq)
         elif isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
+            # a resolution without the task header: the read in _refused found its task
             assert state is not None
-            await dispatch_task(
-                self._conn.js,
-                names,
-                state.task,
-                run_id,
-                seq,
-                {TRACEPARENT: traceparent} if traceparent else None,
-            )
+            await self._dispatch(state.task, msg)
         elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunTimedOut | ev.RunCancelled):
             # (a schedule deadline, if any, is dropped when it fires and finds the run started)
             await self._deadlines.remove(ids.run_deadline_key(partition, run_id))
