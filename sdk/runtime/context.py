@@ -64,12 +64,11 @@ class DurableContext:
             return records
         return [r for r in records if r.owner == self._owner]
 
-    def _new_position(self) -> int:
-        """The position a new durable call records: its index among this context's calls,
-        or, inside a workflow, its index in the run, which keeps wait ids unique."""
-        if self._owner is None:
-            return self._position - 1
-        return len(self._attempt.state.records)
+    def _position_for(self, index: int) -> int:
+        """The position the new durable call at ``index`` of this context records: that
+        index, or, inside a workflow, its index in the run, which keeps wait ids and child
+        run ids unique among the run's tasks."""
+        return index if self._owner is None else len(self._attempt.state.records)
 
     @property
     def run_id(self) -> str:
@@ -113,7 +112,7 @@ class DurableContext:
         record = self._next_record("step", name)
         if isinstance(record, StepRecord):
             return record.output
-        position = self._new_position()
+        position = self._position_for(self._position - 1)
         with self._attempt.tracing.span(
             f"step {name}",
             attributes={
@@ -160,7 +159,7 @@ class DurableContext:
         )
         evolve(state, event, await self._attempt.append(event))
         deadline = state.deadline
-        position = self._new_position()
+        position = self._position_for(self._position - 1)
         await self._attempt.append(
             StepRecorded(
                 run_id=self.run_id,
@@ -318,7 +317,7 @@ class DurableContext:
                 if isinstance(condition, UserEventCondition):
                     validate(condition.expression)  # a bad expression fails the task here
         attempt, state = self._attempt, self._attempt.state
-        position = self._new_position()
+        position = self._position_for(self._position - 1)
         if events_position is None:
             events_position = await attempt.events_position()
         now = attempt.clock()
@@ -370,7 +369,7 @@ class DurableContext:
         self, task: TaskDefinition, input: Any, metadata: dict[str, Any] | None = None
     ) -> ChildRunRef:
         """Start a child run once (a replay returns the recorded child)."""
-        position = self._position if self._owner is None else len(self._attempt.state.records)
+        position = self._position_for(self._position)  # the spawn step's
         child_id = f"{self.run_id}-c{position}"
 
         async def start_child() -> dict[str, Any]:
