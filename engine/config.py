@@ -12,6 +12,10 @@ from tether.engine.subjects import Names
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=24)
+# A failed attempt is retried after initial * factor ** (n - 1), capped at max.
+DEFAULT_BACKOFF_INITIAL = timedelta(seconds=1)
+DEFAULT_BACKOFF_FACTOR = 2.0
+DEFAULT_BACKOFF_MAX = timedelta(minutes=5)
 # nats-py's own default. Replies (PubAcks, JetStream API answers, pulled and pushed
 # deliveries) arrive on subjects under the prefix, so NATS permissions that give each user
 # only its own prefix (`_INBOX_alice.>`) keep one identity from reading another's replies.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -13,7 +12,13 @@ from opentelemetry.trace import TracerProvider
 
 from tether.client import RunsClient
 from tether.durations import Duration, optional_timedelta, to_timedelta
-from tether.engine.config import DEFAULT_EXECUTION_TIMEOUT, Settings
+from tether.engine.config import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_EXECUTION_TIMEOUT,
+    Settings,
+)
 from tether.engine.connection import Connection
 from tether.events_client import EventsClient
 from tether.runtime.worker import Worker
@@ -88,9 +93,9 @@ class Tether:
         execution_timeout: Duration = DEFAULT_EXECUTION_TIMEOUT,
         schedule_timeout: Duration | None = None,
         retries: int = 0,
-        backoff_factor: float = 2.0,
-        backoff_max: Duration = timedelta(minutes=5),
-        backoff_initial: Duration = timedelta(seconds=1),
+        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+        backoff_max: Duration = DEFAULT_BACKOFF_MAX,
+        backoff_initial: Duration = DEFAULT_BACKOFF_INITIAL,
     ) -> Callable[[TaskFunction[Any, Any]], DurableTask[Any, Any]]:
         """Declare a durable task.
 

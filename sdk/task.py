@@ -13,6 +13,11 @@ from pydantic import BaseModel
 from tether.client import ResultRef, RunRef, RunsClient
 from tether.durations import Duration, backoff_delay
 from tether.engine import codec
+from tether.engine.config import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+)
 from tether.engine.subjects import check_token
 from tether.runtime.current import current_context
 
@@ -37,9 +42,9 @@ class DurableTask(Generic[I, O]):
         execution_timeout: timedelta,
         schedule_timeout: timedelta | None = None,
         retries: int = 0,
-        backoff_factor: float = 2.0,
-        backoff_max: timedelta = timedelta(minutes=5),
-        backoff_initial: timedelta = timedelta(seconds=1),
+        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+        backoff_max: timedelta = DEFAULT_BACKOFF_MAX,
+        backoff_initial: timedelta = DEFAULT_BACKOFF_INITIAL,
     ) -> None:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"durable task {name!r} must be an async function")

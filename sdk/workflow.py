@@ -23,6 +23,11 @@ from tether.conditions import (
 )
 from tether.durations import Duration, optional_timedelta, to_timedelta
 from tether.engine import codec
+from tether.engine.config import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+)
 from tether.engine.expressions import validate
 from tether.engine.subjects import check_token
 from tether.engine.workflow_graph import Clauses, GraphCondition, GraphTask, WorkflowGraph
@@ -105,9 +110,9 @@ class Workflow:
         cancel_if: ConditionList = (),
         execution_timeout: Duration | None = None,
         retries: int = 0,
-        backoff_initial: Duration = timedelta(seconds=1),
-        backoff_factor: float = 2.0,
-        backoff_max: Duration = timedelta(minutes=5),
+        backoff_initial: Duration = DEFAULT_BACKOFF_INITIAL,
+        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+        backoff_max: Duration = DEFAULT_BACKOFF_MAX,
         description: str | None = None,
     ) -> Callable[[WorkflowTaskFunction], WorkflowTask]:
         """Declare a task. It runs once every parent has finished and its ``wait_for`` is
@@ -197,9 +202,6 @@ class Workflow:
                 fn,
                 name=check_token("task name", name),
                 graph=GraphTask(name=name),
-                backoff_initial=timedelta(seconds=1),
-                backoff_factor=2.0,
-                backoff_max=timedelta(minutes=5),
                 description=None,
             )
             self._graph = None

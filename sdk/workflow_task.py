@@ -7,6 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 from tether.durations import backoff_delay
+from tether.engine.config import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_BACKOFF_INITIAL,
+    DEFAULT_BACKOFF_MAX,
+)
 from tether.engine.workflow_graph import GraphTask
 from tether.runtime.task_context import DurableTaskContext, TaskContext
 from tether.task import input_model
@@ -25,10 +30,10 @@ class WorkflowTask:
         *,
         name: str,
         graph: GraphTask,
-        backoff_initial: timedelta,
-        backoff_factor: float,
-        backoff_max: timedelta,
         description: str | None,
+        backoff_initial: timedelta = DEFAULT_BACKOFF_INITIAL,
+        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+        backoff_max: timedelta = DEFAULT_BACKOFF_MAX,
         durable: bool = False,
     ) -> None:
         self.fn: Callable[[Any, Any], Awaitable[Any]] = fn
