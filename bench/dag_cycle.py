@@ -26,7 +26,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,8 @@ from hitl_cycle import (
     spawn_ready,
     start_serve,
     stop_child,
-    until,
 )
-from hitl_method import SETTLE_S, WARM_UP, bounded, pss_bytes
+from hitl_method import WARM_UP, Cycle, throughput_and_memory, warm_up
 from reporting import load_before_start, machine, write_results
 
 from tether import TaskContext, Tether, UserEventCondition, Workflow
@@ -85,72 +83,29 @@ async def worker_main(args: argparse.Namespace) -> None:
         await stop.wait()
 
 
-class Kind:
-    """Starting runs of one kind, deciding them and checking their results."""
+class WorkflowCycle(Cycle):
+    """The workflow's cycle: its decision and action are ``publish``'s output."""
 
-    def __init__(self, name: str, app: Tether, target: Any, watch: RunWatch) -> None:
-        self.name, self.app, self.target, self.watch = name, app, target, watch
-        self.amount = 0
-
-    async def start(self, _: object = None) -> Any:
-        self.amount += 1
-        amount = self.amount
-        ref = await self.target.run_no_wait(Proposal(amount=amount))
-        ref.amount = amount  # what its result must name
-        return ref
-
-    async def decide(self, ref: Any) -> None:
-        await self.app.events.push(EVENT_KEY, {"runId": ref.run_id, "decision": "approve"})
-
-    async def result(self, ref: Any) -> None:
-        got = await ref.result(timeout=600)
-        expected = {"status": "approve", "action": {"pay": ref.amount}}
-        if self.name == "workflow":
-            got = got["publish"]
-        assert got == expected, f"run {ref.run_id}: {got!r}, expected {expected!r}"
-
-    async def all_waiting(self, refs: list[Any]) -> None:
-        await until(
-            lambda: all(r.run_id in self.watch.waiting for r in refs),
-            limit_s=300,
-            what=f"{len(refs)} {self.name} runs waiting",
-            progress=lambda: f"{sum(r.run_id in self.watch.waiting for r in refs)} waiting",
-        )
+    def approval_of(self, output: Any) -> Any:
+        return output["publish"]
 
 
 async def measure(
-    kind: Kind, args: argparse.Namespace, pids: dict[str, int], cpu: CpuMeter
+    cycle: Cycle, name: str, args: argparse.Namespace, pids: dict[str, int], cpu: CpuMeter
 ) -> dict[str, Any]:
-    print(f"\n[{kind.name}] warm-up: {WARM_UP} cycles", flush=True)
-    warm = await bounded(list(range(WARM_UP)), args.in_flight, kind.start)
-    await kind.all_waiting(warm)
-    await bounded(warm, args.in_flight, kind.decide)
-    await asyncio.gather(*(kind.result(ref) for ref in warm))
-    await asyncio.sleep(SETTLE_S)  # let acknowledgements and caches settle before measuring
-    idle = {name: pss_bytes(pid) for name, pid in pids.items()}
-    print(f"[{kind.name}] {args.runs} runs to waiting", flush=True)
-    began = time.perf_counter()
-    refs = await bounded(list(range(args.runs)), args.in_flight, kind.start)
-    started = time.perf_counter()
-    await kind.all_waiting(refs)
-    await asyncio.sleep(SETTLE_S)
-    loaded = {name: pss_bytes(pid) for name, pid in pids.items()}
-    per_wait = {name: round((loaded[name] - idle[name]) / args.runs) for name in pids}
-    print(f"[{kind.name}] deciding {args.runs} runs", flush=True)
-    cpu.begin()
-    first = time.perf_counter()
-    await asyncio.gather(
-        bounded(refs, args.in_flight, kind.decide), *(kind.result(ref) for ref in refs)
-    )
-    last = time.perf_counter()
-    used = cpu.end()
+    print(f"\n[{name}] warm-up: {WARM_UP} cycles", flush=True)
+    await warm_up(cycle, args.in_flight)
+    print(f"[{name}] {args.runs} runs to waiting, then decided", flush=True)
+    measured = await throughput_and_memory(cycle, args, pids, cpu)
+    throughput, memory = measured["throughput"], measured["memory"]
+    cpu_ms = throughput["cpu_ms_per_cycle"]
     return {
-        "starts_per_s": round(args.runs / (started - began), 1),
-        "cycles_per_s": round(args.runs / (last - first), 1),
-        "cpu_ms_per_cycle": {k: round(v * 1000 / args.runs, 3) for k, v in used.items()},
-        "cpu_ms_per_cycle_total": round(sum(used.values()) * 1000 / args.runs, 3),
-        "bytes_per_waiting_run": per_wait,
-        "bytes_per_waiting_run_total": sum(per_wait.values()),
+        "starts_per_s": throughput["starts_per_s"],
+        "cycles_per_s": throughput["cycles_per_s"],
+        "cpu_ms_per_cycle": cpu_ms,
+        "cpu_ms_per_cycle_total": round(sum(cpu_ms.values()), 3),
+        "bytes_per_waiting_run": memory["bytes_per_waiting_run"],
+        "bytes_per_waiting_run_total": memory["bytes_per_waiting_run_total"],
     }
 
 
@@ -162,11 +117,14 @@ async def client_main(
     await watch.start(nc)
     await nc.flush()
     app = Tether(settings=Settings(nats_url=nats_url, namespace=args.namespace))
-    target = define_task(app, WAIT_TIMEOUT_S) if kind_name == "durable" else define_workflow(app)
+    if kind_name == "durable":
+        cycle = Cycle(app, define_task(app, WAIT_TIMEOUT_S), watch)
+    else:
+        cycle = WorkflowCycle(app, define_workflow(app), watch)
     cpu = CpuMeter({**pids, "client": os.getpid()})
     try:
         async with app:
-            return await measure(Kind(kind_name, app, target, watch), args, pids, cpu)
+            return await measure(cycle, kind_name, args, pids, cpu)
     finally:
         await nc.close()
 
