@@ -10,7 +10,9 @@ pushed by another service) are attached with span links, not parents.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +40,39 @@ def trace_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 _VERSION = "0.1.0"
 
+# Until a global provider is set, asking for it costs an environment lookup per call (a few
+# per message handled), so a "none yet" answer is reused this long. The provider can be set
+# once per process, and ``setup_tracing`` forgets the answer when it sets one.
+_GLOBAL_RECHECK_S = 0.5
+_global_enabled = False
+_global_checked_at = -math.inf
+
+
+def _records(provider: TracerProvider) -> bool:
+    return not isinstance(provider, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
+
+
+def _global_tracing_enabled() -> bool:
+    global _global_enabled, _global_checked_at
+    if not _global_enabled:
+        now = time.monotonic()
+        if now - _global_checked_at >= _GLOBAL_RECHECK_S:
+            _global_checked_at = now
+            _global_enabled = _records(trace.get_tracer_provider())
+    return _global_enabled
+
+
+def _forget_global_check() -> None:
+    global _global_checked_at
+    _global_checked_at = -math.inf
+
 
 class Tracing:
     """The tracer every Tether component uses, bound to one provider."""
 
     def __init__(self, provider: TracerProvider | None = None) -> None:
         self._provider = provider
+        self._provider_records = provider is not None and _records(provider)
         self.tracer: Tracer = (provider or trace.get_tracer_provider()).get_tracer(
             "tether", _VERSION
         )
@@ -52,8 +81,9 @@ class Tracing:
     def enabled(self) -> bool:
         """False while only the API's default (no-op) provider exists: then spans and
         headers are skipped outright, which keeps tracing free when it is off."""
-        provider = self._provider or trace.get_tracer_provider()
-        return not isinstance(provider, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
+        if self._provider is not None:
+            return self._provider_records
+        return _global_tracing_enabled()
 
     # -- context in headers -------------------------------------------------------------------
 
@@ -216,4 +246,5 @@ def configure_from_env() -> SdkTracerProvider | None:
     provider = SdkTracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    _forget_global_check()
     return provider
