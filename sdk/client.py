@@ -63,7 +63,7 @@ class ResultRef(Protocol):
 log = logging.getLogger("tether.client")
 T = TypeVar("T")
 # Why a waiter reads the run: its first look, a terminal notice, or a re-read without one.
-Prompt = Literal["first", "notice", "recheck"]
+Prompt = Literal["first", "notice", "recheck", "full"]
 _TERMINAL_EVENTS = (ev.RunCompleted, ev.RunFailed, ev.RunTimedOut, ev.RunCancelled)
 
 
@@ -216,10 +216,11 @@ class _TerminalWatcher:
 
 # When a waiter re-reads a run's log. After a notice the announced write is readable within
 # milliseconds (a replica behind the stream leader may take longer), so it polls from
-# AFTER_NOTICE_S. Without one it still re-reads the whole log, from FIRST_RECHECK_S backing
-# off to MAX_RECHECK_S, in case a notice was lost (one sent while the connection was down is
-# gone, though a reconnect wakes every waiter). Those re-reads are what an idle waiter
-# costs, so they are rare.
+# AFTER_NOTICE_S. Without one it still re-reads, from FIRST_RECHECK_S backing off to
+# MAX_RECHECK_S, in case a notice was lost (one sent while the connection was down is gone,
+# though a reconnect wakes every waiter). Those re-reads are what an idle waiter costs, so
+# they are rare, and read the run's last event only; every MAX_RECHECK_S one reads the whole
+# log, which also sees an ending that a later write the run ignored has covered.
 AFTER_NOTICE_S = 0.002
 FIRST_RECHECK_S = 5.0
 MAX_RECHECK_S = 60.0
@@ -348,11 +349,22 @@ class RunsClient:
         So the log is read after every notice and, without notices, on a backoff from
         ``FIRST_RECHECK_S`` up to ``MAX_RECHECK_S``."""
 
-        async def ended(_: Prompt) -> RunInfo | None:
+        async def ended(prompt: Prompt) -> RunInfo | None:
+            if prompt in ("first", "recheck") and await self._still_going(run_id):
+                return None
             info = await self.get(run_id)
             return info if info.is_terminal else None
 
         return await self._until_ended(run_id, ended, timeout)
+
+    async def _still_going(self, run_id: str) -> bool:
+        """Is the run's last event one of a run going on? One read of one message, where
+        telling an ending (or a forged one) apart needs the whole log."""
+        conn = await self._connect()
+        last = await conn.store.read_last(run_id)
+        if last is None:
+            raise RunNotFoundError(run_id)
+        return not isinstance(last[1], (*_TERMINAL_EVENTS, ev.UnusableEntry))
 
     async def _until_ended(
         self,
@@ -387,7 +399,10 @@ class RunsClient:
                     if not fut.done():
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(asyncio.shield(fut), recheck)
-                    prompt = "notice" if fut.done() else "recheck"
+                    if fut.done():
+                        prompt = "notice"
+                    else:  # the longest re-checks read it all (see MAX_RECHECK_S)
+                        prompt = "recheck" if recheck < MAX_RECHECK_S else "full"
                     # after a notice keep polling quickly, else back off
                     recheck = AFTER_NOTICE_S if fut.done() else min(recheck * 2, MAX_RECHECK_S)
                 finally:
@@ -404,19 +419,15 @@ class RunsClient:
     async def result(self, run_id: str, timeout: Duration | None = None) -> Any:
         """The run's output once it ends, or the RunError of how it ended.
 
-        At first only the run's last event is read: while it is an event of a run going
-        on, the run has not ended, and nothing more is read. Otherwise, and after a notice
-        or without one, the whole log is folded, which tells a real ending from a write the
-        state machine ignores (a forged completion, say)."""
+        At first, and on each re-check without a notice, only the run's last event is
+        read: while it is an event of a run going on, the run has not ended, and nothing
+        more is read. Otherwise, and after a notice, the whole log is folded, which tells a
+        real ending from a write the state machine ignores (a forged completion, say)."""
 
         async def ended(prompt: Prompt) -> tuple[str, Any, dict[str, str] | None] | None:
+            if prompt in ("first", "recheck") and await self._still_going(run_id):
+                return None
             conn = await self._connect()
-            if prompt == "first":
-                last = await conn.store.read_last(run_id)
-                if last is None:
-                    raise RunNotFoundError(run_id)
-                if not isinstance(last[1], (*_TERMINAL_EVENTS, ev.UnusableEntry)):
-                    return None
             state = fold(run_id, await conn.store.read(run_id))
             if not state.exists:
                 raise RunNotFoundError(run_id)
