@@ -20,7 +20,7 @@ from tether.engine import events as ev
 from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines, wait_deadline_keys
 from tether.engine.decide import CancelRun, decide
-from tether.engine.dispatch import dispatch_task
+from tether.engine.dispatch import ResolutionDispatches, dispatch_task
 from tether.engine.state import RunState, WaitRecord, fold
 from tether.engine.store import decide_and_append
 from tether.engine.subjects import is_token, run_subject_parts
@@ -47,8 +47,9 @@ BOOKED_TOKENS = frozenset(
 class Bookkeeper:
     """Keeps dispatches, deadlines and parents in step with a run log's events."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, resolutions: ResolutionDispatches) -> None:
         self._conn = conn
+        self._resolutions = resolutions
         self._deadlines = Deadlines(conn.deadlines)
 
     async def _state(self, run_id: str) -> RunState:
@@ -97,15 +98,16 @@ class Bookkeeper:
 
     async def _dispatch_resolved(self, msg: Msg) -> bool:
         """Dispatch a run whose wait the engine resolved, to the task stored beside the
-        resolution, without reading the log. Dispatching here rather than where the
-        resolution is written means a process dying between the two writes loses nothing:
-        the message comes back until it is acknowledged. A resolution the run did not take
-        dispatches a run that is not runnable at that sequence, which its worker skips.
-        False without a usable task header (then the full read decides)."""
+        resolution, without reading the log, unless the engine that wrote it has already
+        (``ResolutionDispatches``). This message comes back until it is acknowledged, so a
+        process dying between the resolution and its dispatch loses nothing. A resolution
+        the run did not take dispatches a run that is not runnable at that sequence, which
+        its worker skips. False without a usable task header (then the full read decides)."""
         task = (msg.headers or {}).get(wire.TASK)
         if not task or not is_token(task):
             return False
-        await self._dispatch(task, msg)
+        if not await self._resolutions.engine_dispatched(msg.metadata.sequence.stream):
+            await self._dispatch(task, msg)
         return True
 
     async def _dispatch(self, task: str, msg: Msg) -> None:

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
 import orjson
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from tether.engine import commands, ids, wire
 from tether.engine.run_log_reads import guarded_predecessor
 from tether.engine.subjects import Names
 from tether.engine.tracing import trace_headers
+
+
+class StoredEvent(Protocol):
+    """A run-log event as stored: a delivered message, or a write just acknowledged."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenEvent:
+    """An event this process has just appended, as the stream stored it."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str] | None
 
 
 async def dispatch_task(
@@ -20,7 +45,7 @@ async def dispatch_task(
     seq: int,
     headers: dict[str, str] | None = None,
     *,
-    carried: Msg | None = None,
+    carried: StoredEvent | None = None,
 ) -> None:
     """Tell workers of ``task`` that ``run_id`` is runnable. ``seq`` is the log sequence of
     the event that made it runnable, so each dispatch is named once and dedupes.
@@ -40,7 +65,7 @@ async def dispatch_task(
     )
 
 
-def _carried(names: Names, run_id: str, msg: Msg) -> dict[str, object] | None:
+def _carried(names: Names, run_id: str, msg: StoredEvent) -> dict[str, object] | None:
     """The event as a dispatch carries it, with the sequence its guarded append followed
     (checked by the server); None when it was written without the run's guard."""
     stored = msg.headers or {}
@@ -53,6 +78,45 @@ def _carried(names: Names, run_id: str, msg: Msg) -> dict[str, object] | None:
         "event": orjson.Fragment(msg.data),
         "headers": trace_headers(stored),
     }
+
+
+class ResolutionDispatches:
+    """A resolved wait is dispatched once per process by whichever comes first: the engine
+    right after writing the resolution (the short way), or the resolution's bookkeeping,
+    whose message comes back until it is acknowledged (the way that survives a crash
+    between the two writes). The bookkeeping skips the dispatch only once the engine's has
+    been acknowledged."""
+
+    def __init__(self, most: int = 10_000) -> None:
+        # resolution seq -> the engine's dispatch (True once published), or None once the
+        # bookkeeping has taken it; bounded, since a partition handed over mid-way leaves
+        # its entries behind (a dispatch repeated after that dedupes)
+        self._by_seq: OrderedDict[int, asyncio.Future[bool] | None] = OrderedDict()
+        self._most = most
+
+    def engine_begins(self, seq: int) -> asyncio.Future[bool] | None:
+        """The engine is about to dispatch the resolution stored at ``seq``: the future to
+        settle with whether it did, or None when the bookkeeping has dispatched it."""
+        if seq in self._by_seq:
+            del self._by_seq[seq]
+            return None
+        published: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._remember(seq, published)
+        return published
+
+    async def engine_dispatched(self, seq: int) -> bool:
+        """For the bookkeeping: did the engine dispatch the resolution at ``seq``? False
+        means the bookkeeping must (and the engine, if it comes later, will not)."""
+        if seq not in self._by_seq:
+            self._remember(seq, None)
+            return False
+        published = self._by_seq.pop(seq)
+        return published is not None and await published
+
+    def _remember(self, seq: int, entry: asyncio.Future[bool] | None) -> None:
+        self._by_seq[seq] = entry
+        if len(self._by_seq) > self._most:
+            self._by_seq.popitem(last=False)
 
 
 async def send_command(

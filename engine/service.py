@@ -8,24 +8,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from tether.engine import commands, ids, wire
 from tether.engine import events as ev
-from tether.engine.bookkeeping import Bookkeeper
+from tether.engine.bookkeeping import RESOLUTION_TOKENS, Bookkeeper
 from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines
 from tether.engine.decide import ExpireWait, ResolveWait, decide, wait_resolution
-from tether.engine.dispatch import dispatch_task
+from tether.engine.dispatch import ResolutionDispatches, WrittenEvent, dispatch_task
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.state import RunState, fold
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
-from tether.engine.tracing import EVENT_TRACEPARENT, messaging
+from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 
 log = logging.getLogger("tether.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """A decision the engine appended: where, what, after which sequence, with which
+    headers beside it."""
+
+    seq: int
+    event: ev.RunEvent
+    previous: int
+    headers: dict[str, str]
 
 
 class EngineService:
@@ -38,7 +50,8 @@ class EngineService:
         self._command_slots = SlotBudget(concurrency)
         self._bookkeeping_slots = SlotBudget(concurrency)
         self._pullers: dict[int, list[SlotPuller]] = {}
-        self._bookkeeper = Bookkeeper(conn)
+        self._resolutions = ResolutionDispatches()
+        self._bookkeeper = Bookkeeper(conn, self._resolutions)
         self._deadlines = Deadlines(conn.deadlines)
         self.commands_handled = 0
         conn.on_reconnect(self._forget_requests)
@@ -160,11 +173,49 @@ class EngineService:
             if event_traceparent:
                 headers[EVENT_TRACEPARENT] = event_traceparent
             decided = await self._append_decision(command, headers)
-            # (a resolution's bookkeeping dispatches the run: see Bookkeeper)
-            seq = None if decided is None else decided[0]
+            seq = None if decided is None else decided.seq
+            if decided is not None and ev.subject_token(decided.event) in RESOLUTION_TOKENS:
+                await self._dispatch_resolution(command.run_id, decided)
         if command.timer_key:
             await self._deadlines.remove(command.timer_key)
         return seq
+
+    async def _dispatch_resolution(self, run_id: str, decided: _Decision) -> None:
+        """Dispatch the run the engine has just made runnable, unless its bookkeeping has
+        already; if this fails, the bookkeeping dispatches it (``ResolutionDispatches``)."""
+        published = self._resolutions.engine_begins(decided.seq)
+        if published is None:
+            return
+        names = self._conn.settings.names
+        traceparent = decided.headers.get(TRACEPARENT)
+        written = WrittenEvent(
+            names.run_subject(run_id, ev.subject_token(decided.event)),
+            ev.encode(decided.event),
+            {
+                **decided.headers,
+                wire.EXPECTED_LAST_SUBJECT_SEQ: str(decided.previous),
+                wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: names.run_filter(run_id),
+            },
+        )
+        done = False
+        try:
+            await dispatch_task(
+                self._conn.js,
+                names,
+                decided.headers[wire.TASK],
+                run_id,
+                decided.seq,
+                {TRACEPARENT: traceparent} if traceparent else None,
+                carried=written,
+            )
+            done = True
+        except Exception as exc:
+            log.warning(
+                "resolved run not dispatched yet; its bookkeeping will",
+                extra={"run_id": run_id, "seq": decided.seq, "error": repr(exc)},
+            )
+        finally:
+            published.set_result(done)
 
     async def _state(self, run_id: str) -> RunState:
         return fold(run_id, await self._conn.store.read(run_id))
@@ -186,9 +237,9 @@ class EngineService:
 
     async def _append_decision(
         self, command: commands.CommandMessage, headers: dict[str, str]
-    ) -> tuple[int, ev.RunEvent] | None:
-        """The decision's sequence and event. The run's task is stored beside it as a
-        header (``wire.TASK``), from which bookkeeping dispatches a resolved wait."""
+    ) -> _Decision | None:
+        """The decision as appended. The run's task is stored beside it as a header
+        (``wire.TASK``), from which a resolved wait is dispatched."""
         store, run_id = self._conn.store, command.run_id
         state_command = command.to_state_command()
         assert state_command is not None
@@ -198,6 +249,7 @@ class EngineService:
             # one guarded write resolves it. Anything else goes through a full decision.
             assert isinstance(state_command, ResolveWait | ExpireWait)
             event = wait_resolution(run_id, state_command, time.time())
+            stored = {**headers, wire.TASK: command.task}
             with contextlib.suppress(ConcurrencyConflictError):
                 seq = await store.append(
                     event,
@@ -205,9 +257,9 @@ class EngineService:
                     msg_id=ids.decision_msg_id(
                         run_id, command.wait_seq, command.kind, command.condition_id
                     ),
-                    headers={**headers, wire.TASK: command.task},
+                    headers=stored,
                 )
-                return seq, event
+                return _Decision(seq, event, command.wait_seq, stored)
 
         def choose(state: RunState) -> ev.RunEvent | None:
             decided = decide(state, state_command, time.time())
@@ -234,4 +286,9 @@ class EngineService:
             self._conn.tracing.record_run(
                 appended.state, "timed_out", appended.log[0][2], time.time()
             )
-        return appended.seq, appended.event
+        return _Decision(
+            appended.seq,
+            appended.event,
+            appended.state.last_seq,
+            {**headers, wire.TASK: appended.state.task},
+        )

@@ -70,3 +70,57 @@ async def test_runs_resume_from_the_kept_log_or_by_reading(
         info = await app.runs.get(ref.run_id)
         types = [e.type for e in info.events]
         assert types.count("run.wait_satisfied.v1") == 2 and types[-1] == "run.completed.v1"
+
+
+async def test_a_resolved_wait_is_dispatched_once_by_the_engine_or_by_its_bookkeeping(
+    app: Tether, server: TetherServer, monkeypatch: Any
+) -> None:
+    """The engine dispatches a run right after resolving its wait; the resolution's
+    bookkeeping then leaves it alone, and dispatches it itself when the engine's publish
+    failed. Either way each resolution is dispatched once and the run resumes."""
+    import tether.engine.bookkeeping as bookkeeping
+    import tether.engine.service as service
+
+    by_engine: list[int] = []
+    by_bookkeeping: list[int] = []
+    failed_by_engine: list[int] = []
+    real_dispatch = service.dispatch_task
+
+    async def engine_dispatch(*args: Any, **kwargs: Any) -> None:
+        if len(failed_by_engine) < 2:
+            failed_by_engine.append(args[4])
+            raise ConnectionError("publish failed (injected)")
+        by_engine.append(args[4])
+        await real_dispatch(*args, **kwargs)
+
+    async def bookkeeping_dispatch(*args: Any, **kwargs: Any) -> None:
+        by_bookkeeping.append(args[4])
+        await real_dispatch(*args, **kwargs)
+
+    monkeypatch.setattr(service, "dispatch_task", engine_dispatch)
+    monkeypatch.setattr(bookkeeping, "dispatch_task", bookkeeping_dispatch)
+    calls: list[int] = []
+    task = define(app, calls)
+    async with app.worker("kept", slots=2):
+        refs = [await task.run_no_wait({"amount": n}) for n in range(4)]
+        for ref in refs:
+            await wait_for_status(app, ref.run_id, "waiting")
+        for decision in ("approve", "reject"):
+            for ref in refs:
+                await app.events.push(KEY, {"runId": ref.run_id, "decision": decision})
+            if decision == "approve":
+                for ref in refs:
+                    await waiting_again(app, ref.run_id)
+        results = [await ref.result(timeout=30) for ref in refs]
+    assert results == [{"action": {"pay": n}, "decisions": ["approve", "reject"]} for n in range(4)]
+    resolutions = []
+    for ref in refs:
+        info = await app.runs.get(ref.run_id)
+        resolutions += [e.seq for e in info.events if e.type == "run.wait_satisfied.v1"]
+    assert len(resolutions) == 8
+    # (the bookkeeping also dispatches the runs' requests: those are not resolutions)
+    booked = [seq for seq in by_bookkeeping if seq in resolutions]
+    # each resolution went out once, by whichever came first; those whose engine dispatch
+    # failed went by the bookkeeping
+    assert sorted(by_engine + booked) == sorted(resolutions)
+    assert set(failed_by_engine) <= set(booked)
