@@ -222,7 +222,6 @@ class Bookkeeper:
             self._conn.store,
             run_id,
             choose,
-            msg_id=lambda state: ids.cancel_msg_id(run_id, seq),
             headers=self._conn.tracing.inject({}),
         )
         if appended is not None:

@@ -77,23 +77,9 @@ def wait_position(wait_id: str) -> int:
 # -- Nats-Msg-Id formulas -------------------------------------------------------------------
 
 
-def request_msg_id(run_id: str) -> str:
-    """The run's first event: a second request for the same run id dedupes."""
-    return f"{run_id}:requested"
-
-
 def dispatch_msg_id(run_id: str, seq: int) -> str:
     """A dispatch to workers, named by the log sequence that made the run runnable."""
     return f"{run_id}:{seq}"
-
-
-def decision_msg_id(run_id: str, expected_seq: int, kind: str, condition_id: str | None) -> str:
-    """An engine decision appended after ``expected_seq``."""
-    return f"{run_id}:{expected_seq}:{kind}:{condition_id}"
-
-
-def cancel_msg_id(run_id: str, expected_seq: int) -> str:
-    return f"{run_id}:{expected_seq}:cancel"
 
 
 def run_ended_msg_id(run_id: str) -> str:
@@ -120,8 +106,3 @@ def retry_msg_id(run_id: str, retry_seq: int | None) -> str:
 def run_command_msg_id(kind: str, run_id: str) -> str:
     """Commands about the whole run (expire_run, expire_schedule, cancel)."""
     return f"{kind}:{run_id}"
-
-
-def attempt_msg_id(run_id: str, expected_seq: int, token: str, attempt: str) -> str:
-    """An event an attempt appends: its durable call's token and the attempt's own id."""
-    return f"{run_id}:{expected_seq}:{token}:{attempt}"

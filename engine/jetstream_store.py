@@ -30,7 +30,6 @@ class JetStreamEventStore:
         event: ev.RunEvent,
         *,
         expected_last_seq: int,
-        msg_id: str,
         headers: dict[str, str] | None = None,
     ) -> int:
         run_id = event.run_id
@@ -38,28 +37,32 @@ class JetStreamEventStore:
             **(headers or {}),
             wire.EXPECTED_LAST_SUBJECT_SEQ: str(expected_last_seq),
             wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self._names.run_filter(run_id),
-            wire.MSG_ID: msg_id,
         }
         subject = self._names.run_subject(run_id, ev.subject_token(event))
+        data = ev.encode(event)
         try:
-            ack = await self._js.publish(subject, ev.encode(event), headers=headers)
+            ack = await self._js.publish(subject, data, headers=headers)
         except APIError as exc:
             if not is_occ_conflict(exc):
                 raise
-            # A standalone server checks OCC before dedupe: a retry of a write that already
-            # landed is reported as a conflict. Look for our own message id to tell them apart.
-            landed = await self._find_msg_id(run_id, msg_id, after=expected_last_seq)
+            # A retry of a write that already landed (its acknowledgement lost) is refused
+            # as a conflict too: look for this very write to tell them apart. (The run log
+            # carries no Nats-Msg-Id: the guard refuses a repeat anyway, and the server
+            # would hold an entry per event for its duplicate window.)
+            landed = await self._find_write(run_id, subject, data, after=expected_last_seq)
             if landed is not None:
                 return landed
             raise ConcurrencyConflictError(run_id, expected_last_seq) from exc
         return int(ack.seq)
 
-    async def _find_msg_id(self, run_id: str, msg_id: str, *, after: int) -> int | None:
+    async def _find_write(
+        self, run_id: str, subject: str, data: bytes, *, after: int
+    ) -> int | None:
         stored = await self._reader.read_subjects(
             self._names.runs_stream, self._names.run_filter(run_id), start_seq=after + 1
         )
         for message in stored:
-            if message.headers.get(wire.MSG_ID) == msg_id:
+            if message.subject == subject and message.data == data:
                 return message.seq
         return None
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
-from tether.engine import commands, ids, wire
+from tether.engine import commands, wire
 from tether.engine import events as ev
 from tether.engine.bookkeeping import RESOLUTION_TOKENS, Bookkeeper
 from tether.engine.connection import Connection
@@ -254,9 +254,6 @@ class EngineService:
                 seq = await store.append(
                     event,
                     expected_last_seq=command.wait_seq,
-                    msg_id=ids.decision_msg_id(
-                        run_id, command.wait_seq, command.kind, command.condition_id
-                    ),
                     headers=stored,
                 )
                 return _Decision(seq, event, command.wait_seq, stored)
@@ -275,9 +272,6 @@ class EngineService:
             store,
             run_id,
             choose,
-            msg_id=lambda state: ids.decision_msg_id(
-                run_id, state.last_seq, command.kind, command.condition_id
-            ),
             headers=lambda state: {**headers, wire.TASK: state.task},
         )
         if appended is None:

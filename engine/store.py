@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tether.engine.events import RunEvent
+from tether.engine.events import RunEvent, encode
 from tether.engine.state import RunState, fold
 
 
@@ -33,13 +33,14 @@ class EventStore(Protocol):
         event: RunEvent,
         *,
         expected_last_seq: int,
-        msg_id: str,
         headers: dict[str, str] | None = None,
     ) -> int:
         """Append ``event`` to its run's log if the log still ends at ``expected_last_seq``.
 
-        Returns the new event's sequence. Re-appending the same ``msg_id`` at the same
-        position is idempotent and returns the original sequence.
+        Returns the new event's sequence. Appending the same event (the same encoded
+        bytes) at the same position again returns the original sequence: a writer whose
+        acknowledgement was lost finds its own write. Nothing else names a write, since
+        every append is guarded by the run's last sequence.
         """
         ...
 
@@ -61,25 +62,25 @@ class InMemoryEventStore:
 
     def __init__(self) -> None:
         self._seq = 0
-        self._logs: dict[str, list[tuple[int, RunEvent, str, dict[str, str]]]] = {}
+        self._logs: dict[str, list[tuple[int, RunEvent, bytes, dict[str, str]]]] = {}
 
     async def append(
         self,
         event: RunEvent,
         *,
         expected_last_seq: int,
-        msg_id: str,
         headers: dict[str, str] | None = None,
     ) -> int:
         log = self._logs.setdefault(event.run_id, [])
         last = log[-1][0] if log else 0
+        encoded = encode(event)
         if last != expected_last_seq:
-            for seq, _, existing_id, _ in log:
-                if existing_id == msg_id:
+            for seq, _, stored, _ in log:
+                if seq > expected_last_seq and stored == encoded:
                     return seq
             raise ConcurrencyConflictError(event.run_id, expected_last_seq)
         self._seq += 1
-        log.append((self._seq, event, msg_id, dict(headers or {})))
+        log.append((self._seq, event, encoded, dict(headers or {})))
         return self._seq
 
     async def read(self, run_id: str) -> list[tuple[int, RunEvent]]:
@@ -111,13 +112,12 @@ async def decide_and_append(
     run_id: str,
     choose: Callable[[RunState], RunEvent | None],
     *,
-    msg_id: Callable[[RunState], str],
     headers: dict[str, str] | Callable[[RunState], dict[str, str]] | None = None,
 ) -> Decided | None:
     """The OCC loop every writer of a decision uses: read the run, ``choose`` its event
     (None: nothing applies any more; ``choose`` may also raise), append it guarded by the
-    sequence read, and on a conflict read and decide again. ``msg_id`` names the write
-    from the state it was decided on, so a retried append dedupes; ``headers`` may too."""
+    sequence read, and on a conflict read and decide again. ``headers`` (stored beside
+    the event) may be derived from the state it was decided on."""
     for _ in range(DECISION_ATTEMPTS):
         log = await store.read_raw(run_id)
         state = fold(run_id, [(seq, event) for seq, event, _ in log])
@@ -128,7 +128,6 @@ async def decide_and_append(
             seq = await store.append(
                 event,
                 expected_last_seq=state.last_seq,
-                msg_id=msg_id(state),
                 headers=headers(state) if callable(headers) else headers,
             )
         except ConcurrencyConflictError:

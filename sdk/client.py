@@ -18,7 +18,7 @@ from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
 from tether.durations import Duration, optional_seconds
-from tether.engine import codec, ids
+from tether.engine import codec
 from tether.engine import events as ev
 from tether.engine.connection import Connection, ConnectionFactory
 from tether.engine.decide import CancelRun, decide
@@ -289,7 +289,6 @@ class RunsClient:
                 await conn.store.append(
                     event,
                     expected_last_seq=0,
-                    msg_id=ids.request_msg_id(run_id),
                     headers=conn.tracing.inject({}),
                 )
         except ConcurrencyConflictError:
@@ -456,7 +455,6 @@ class RunsClient:
             conn.store,
             run_id,
             choose,
-            msg_id=lambda state: ids.cancel_msg_id(run_id, state.last_seq),
             headers=conn.tracing.inject({}),
         )
         assert appended is not None  # choose never declines: it decides or raises

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 
-from tether.engine import ids
-from tether.engine.events import RunEvent, subject_token
+from tether.engine.events import RunEvent
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
 from tether.engine.state import RunState
 from tether.engine.store import ConcurrencyConflictError, EventStore
@@ -69,17 +67,11 @@ class Attempt:
         self._events_position = events_position
         self._read_events = read_events
         self.clock = clock
-        self._token = uuid.uuid4().hex[:12]
         self._timeout: asyncio.Timeout | None = None
 
     async def append(self, event: RunEvent) -> int:
-        msg_id = ids.attempt_msg_id(
-            event.run_id, self.state.last_seq, subject_token(event), self._token
-        )
         headers = self.tracing.inject({})
-        appending = self.store.append(
-            event, expected_last_seq=self.state.last_seq, msg_id=msg_id, headers=headers
-        )
+        appending = self.store.append(event, expected_last_seq=self.state.last_seq, headers=headers)
         try:
             seq = await self.call_nats("append", appending)
         except ConcurrencyConflictError:

@@ -320,3 +320,22 @@ async def test_other_key_or_other_run_does_not_resume(app: Tether, server: Tethe
 
         await assert_resumes(app, ref)
         await assert_resumes(app, healthy)
+
+
+async def test_a_second_run_with_a_taken_run_id_is_refused(
+    app: Tether, server: TetherServer
+) -> None:
+    """A run id names one run: starting another under it is refused with a clear error,
+    and the first run goes on as if nothing happened."""
+    task = define(app)
+    async with app.worker("w", slots=2):
+        first = await task.run_no_wait({}, run_id="order-42")
+        await wait_for_status(app, first.run_id, "waiting")
+        with pytest.raises(ValueError, match="'order-42' already exists; pick another id"):
+            await task.run_no_wait({"key": "other:key"}, run_id="order-42")
+        info = await app.runs.get("order-42")
+        assert info.input == {} and info.status == "waiting"
+        await app.events.push(KEY, {"runId": "order-42", "decision": "approve"})
+        assert await first.result(timeout=15) == {
+            "decision": {"runId": "order-42", "decision": "approve"}
+        }

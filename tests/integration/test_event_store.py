@@ -1,5 +1,5 @@
 """The event-store contract, checked on the in-memory store and on JetStream alike: appends
-are guarded by the log's last sequence, a retried write is found again by its message id,
+are guarded by the log's last sequence, a retried write is found again by its content,
 and a read is always a whole prefix of the log, even while someone appends."""
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ async def store(request: pytest.FixtureRequest, settings: Settings) -> AsyncIter
         await conn.close()
 
 
-def requested(run_id: str) -> ev.RunRequested:
-    return ev.RunRequested(run_id=run_id, at=1.0, task="t", input={}, execution_timeout_s=60.0)
+def requested(run_id: str, at: float = 1.0) -> ev.RunRequested:
+    return ev.RunRequested(run_id=run_id, at=at, task="t", input={}, execution_timeout_s=60.0)
 
 
 def step(run_id: str, position: int) -> ev.StepRecorded:
@@ -53,28 +53,32 @@ def positions(events: list[tuple[int, ev.RunEvent]]) -> list[Any]:
 
 
 async def test_append_is_guarded_by_the_last_sequence(store: EventStore) -> None:
-    first = await store.append(requested("a"), expected_last_seq=0, msg_id="a:req")
-    second = await store.append(step("a", 0), expected_last_seq=first, msg_id="a:0")
+    first = await store.append(requested("a"), expected_last_seq=0)
+    second = await store.append(step("a", 0), expected_last_seq=first)
     assert second > first
 
     with pytest.raises(ConcurrencyConflictError, match="reload its events"):
-        await store.append(step("a", 1), expected_last_seq=first, msg_id="a:stale")
+        await store.append(step("a", 1), expected_last_seq=first)
     with pytest.raises(ConcurrencyConflictError):
-        await store.append(requested("a"), expected_last_seq=0, msg_id="a:req-again")
+        # another writer's request for the same run id
+        await store.append(requested("a", at=5.0), expected_last_seq=0)
 
     # Another run's log is independent of this one's.
-    other = await store.append(requested("b"), expected_last_seq=0, msg_id="b:req")
+    other = await store.append(requested("b"), expected_last_seq=0)
     assert other > second
     assert positions(await store.read("a")) == ["run.requested.v1", 0]
     assert await store.read("unknown") == []
 
 
-async def test_a_retried_write_is_found_by_its_message_id(store: EventStore) -> None:
-    first = await store.append(requested("a"), expected_last_seq=0, msg_id="a:req")
-    landed = await store.append(step("a", 0), expected_last_seq=first, msg_id="a:0")
-    # The caller never saw the acknowledgement and writes again: same message, same answer.
-    again = await store.append(step("a", 0), expected_last_seq=first, msg_id="a:0")
+async def test_a_retried_write_is_found_by_its_content(store: EventStore) -> None:
+    first = await store.append(requested("a"), expected_last_seq=0)
+    landed = await store.append(step("a", 0), expected_last_seq=first)
+    # The caller never saw the acknowledgement and writes again: same event, same answer.
+    again = await store.append(step("a", 0), expected_last_seq=first)
     assert again == landed
+    # A different event at that position is someone else's write: a conflict.
+    with pytest.raises(ConcurrencyConflictError):
+        await store.append(step("a", 7), expected_last_seq=first)
     assert positions(await store.read("a")) == ["run.requested.v1", 0]
 
 
@@ -83,14 +87,14 @@ async def test_reads_during_appends_are_whole_prefixes(store: EventStore) -> Non
     events of another subject: a read must never return a later event without the earlier
     ones (on JetStream, a run's subjects are read by subject and merged)."""
     rounds = 40
-    last = await store.append(requested("a"), expected_last_seq=0, msg_id="a:req")
+    last = await store.append(requested("a"), expected_last_seq=0)
     done = asyncio.Event()
 
     async def writer() -> None:
         nonlocal last
         for n in range(rounds):
             for event in (started("a", n), step("a", n)):
-                last = await store.append(event, expected_last_seq=last, msg_id=f"a:{last}")
+                last = await store.append(event, expected_last_seq=last)
                 await asyncio.sleep(0)  # let the readers in, even on the in-memory store
         done.set()
 
@@ -137,23 +141,23 @@ async def test_the_chain_of_guarded_appends_reads_a_log_whole(conn: Connection) 
     with more of them than the chain reads, or with an unguarded write, is left to the
     counted read, and the store's read is whole either way."""
     store = conn.store
-    last = await store.append(requested("a"), expected_last_seq=0, msg_id="a:req")
+    last = await store.append(requested("a"), expected_last_seq=0)
     assert await chained(conn, "a") == await counted(conn, "a") == [last]
     # the first attempt is hidden under the second
     for event in (started("a", 0), step("a", 0), started("a", 1)):
-        last = await store.append(event, expected_last_seq=last, msg_id=f"a:{last}")
+        last = await store.append(event, expected_last_seq=last)
         # another run's events interleave, as they do on a busy stream
-        await store.append(requested(f"x{last}"), expected_last_seq=0, msg_id=f"x{last}")
+        await store.append(requested(f"x{last}"), expected_last_seq=0)
     assert await chained(conn, "a") == await counted(conn, "a")
     assert len(await counted(conn, "a")) == 4
 
-    last = await store.append(step("a", 1), expected_last_seq=last, msg_id="a:s1")
+    last = await store.append(step("a", 1), expected_last_seq=last)
     assert await chained(conn, "a") is None  # two hidden: a counted read is cheaper
     assert positions(await store.read("a")) == ["run.requested.v1", "a0", 0, "a1", 1]
     assert await chained(conn, "unknown") == []
 
     # A write without the guard breaks the chain: the read counts, and sees it.
-    await store.append(requested("b"), expected_last_seq=0, msg_id="b:req")
+    await store.append(requested("b"), expected_last_seq=0)
     subject = conn.settings.names.run_subject("b", "step")
     await conn.js.publish(subject, b"not an event")
     assert await chained(conn, "b") is None
@@ -178,7 +182,7 @@ async def test_chained_reads_during_appends_are_whole_prefixes(conn: Connection)
             last = 0
             writes[run_id] = []
             for event in events:
-                last = await store.append(event, expected_last_seq=last, msg_id=f"{run_id}:{last}")
+                last = await store.append(event, expected_last_seq=last)
                 writes[run_id].append(last)
                 await asyncio.sleep(0)
         done.set()

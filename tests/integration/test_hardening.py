@@ -323,7 +323,7 @@ async def test_a_forged_wait_on_a_waiting_run_schedules_no_timeout(
             clauses=[[ConditionSpec(id="c0.0", key=KEY, kind="event", event_key=KEY)]],
         )
         conn = await app.connection()
-        seq = await conn.store.append(forged, expected_last_seq=state.last_seq, msg_id="forged")
+        seq = await conn.store.append(forged, expected_last_seq=state.last_seq)
         assert server.conn is not None
         names = server.conn.settings.names
 

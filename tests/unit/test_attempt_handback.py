@@ -13,7 +13,7 @@ RUN = "r1"
 async def store_with(*events: RunEvent) -> InMemoryEventStore:
     store = InMemoryEventStore()
     for seq, event in enumerate(events):
-        await store.append(event, expected_last_seq=seq, msg_id=f"m{seq}")
+        await store.append(event, expected_last_seq=seq)
     return store
 
 

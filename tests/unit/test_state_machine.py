@@ -145,10 +145,10 @@ def test_events_round_trip_and_reject_garbage() -> None:
 
 async def test_in_memory_store_occ_and_idempotent_retry() -> None:
     store = InMemoryEventStore()
-    seq = await store.append(requested(), expected_last_seq=0, msg_id="a")
-    assert await store.append(requested(), expected_last_seq=0, msg_id="a") == seq  # retry
-    with pytest.raises(ConcurrencyConflictError):
-        await store.append(requested(), expected_last_seq=0, msg_id="b")
+    seq = await store.append(requested(), expected_last_seq=0)
+    assert await store.append(requested(), expected_last_seq=0) == seq  # retry
+    with pytest.raises(ConcurrencyConflictError):  # another writer's request
+        await store.append(requested(at=200.0), expected_last_seq=0)
 
 
 # -- replay through run_attempt on the in-memory store --------------------------------------
@@ -169,7 +169,7 @@ async def test_replay_runs_each_step_once_and_suspends_on_wait() -> None:
         return {"a": a, "decision": decision}
 
     store = InMemoryEventStore()
-    await store.append(requested(at=1e12), expected_last_seq=0, msg_id="req")
+    await store.append(requested(at=1e12), expected_last_seq=0)
     result = await run_attempt(flow, store, "r1", worker_id="w", events_position=_position)
     assert result.outcome == "suspended"
     state = fold("r1", await store.read("r1"))
@@ -183,7 +183,7 @@ async def test_replay_runs_each_step_once_and_suspends_on_wait() -> None:
     ).outcome == "skipped"
 
     [satisfied] = decide(state, resolve(wait.wait_id), now=1e12)
-    await store.append(satisfied, expected_last_seq=state.last_seq, msg_id="sat")
+    await store.append(satisfied, expected_last_seq=state.last_seq)
     result = await run_attempt(flow, store, "r1", worker_id="w", events_position=_position)
     assert result.outcome == "completed"
     final = fold("r1", await store.read("r1"))
@@ -203,7 +203,7 @@ async def test_read_behind_the_dispatch_is_retried_not_taken_for_waiting() -> No
         return "resumed"
 
     store = InMemoryEventStore()
-    await store.append(requested(at=1e12), expected_last_seq=0, msg_id="req")
+    await store.append(requested(at=1e12), expected_last_seq=0)
     await run_attempt(flow, store, "r1", worker_id="w", events_position=_position)
     state = fold("r1", await store.read("r1"))
     wait = state.open_wait()
@@ -217,7 +217,7 @@ async def test_read_behind_the_dispatch_is_retried_not_taken_for_waiting() -> No
     assert fold("r1", await store.read("r1")).last_seq == state.last_seq  # nothing written
 
     [satisfied] = decide(state, resolve(wait.wait_id), now=1e12)
-    assert await store.append(satisfied, expected_last_seq=state.last_seq, msg_id="sat") == ahead
+    assert await store.append(satisfied, expected_last_seq=state.last_seq) == ahead
     result = await run_attempt(
         flow, store, "r1", worker_id="w", events_position=_position, dispatched_seq=ahead
     )
@@ -234,13 +234,13 @@ async def test_replay_detects_reordered_calls() -> None:
         await ctx.wait_for_event("k")
 
     store = InMemoryEventStore()
-    await store.append(requested(at=1e12), expected_last_seq=0, msg_id="req")
+    await store.append(requested(at=1e12), expected_last_seq=0)
     await run_attempt(first, store, "r1", worker_id="w", events_position=_position)
     state = fold("r1", await store.read("r1"))
     wait = state.open_wait()
     assert wait is not None
     [satisfied] = decide(state, resolve(wait.wait_id), now=1e12)
-    await store.append(satisfied, expected_last_seq=state.last_seq, msg_id="sat")
+    await store.append(satisfied, expected_last_seq=state.last_seq)
 
     other = Tether(nats_url="nats://unused:4222")
 
@@ -263,7 +263,7 @@ async def test_expired_run_is_timed_out_without_running() -> None:
         ran.append(1)
 
     store = InMemoryEventStore()
-    await store.append(requested(at=0.0, timeout=1.0), expected_last_seq=0, msg_id="req")
+    await store.append(requested(at=0.0, timeout=1.0), expected_last_seq=0)
     result = await run_attempt(flow, store, "r1", worker_id="w", events_position=_position)
     assert result.outcome == "timed_out" and ran == []
     assert fold("r1", await store.read("r1")).status == "timed_out"
@@ -277,7 +277,7 @@ async def test_invalid_expression_fails_the_task_with_a_clear_error() -> None:
         await ctx.wait_for_event("k", "input.runId ==")
 
     store = InMemoryEventStore()
-    await store.append(requested(at=1e12), expected_last_seq=0, msg_id="req")
+    await store.append(requested(at=1e12), expected_last_seq=0)
     result = await run_attempt(flow, store, "r1", worker_id="w", events_position=_position)
     assert result.outcome == "failed"
     error = fold("r1", await store.read("r1")).error
@@ -427,7 +427,7 @@ async def test_lookback_resolved_by_the_attempt_itself_keeps_it_running() -> Non
         return [(40, {"ok": True}, "e40")]  # stored before the wait's position (42)
 
     store = InMemoryEventStore()
-    await store.append(requested(at=1e12), expected_last_seq=0, msg_id="req")
+    await store.append(requested(at=1e12), expected_last_seq=0)
     result = await run_attempt(
         flow,
         store,

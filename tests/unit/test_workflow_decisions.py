@@ -86,7 +86,7 @@ async def request(store: InMemoryEventStore, flow: Workflow, payload: Any) -> No
         workflow=flow.graph(),
         events_position=7,
     )
-    await store.append(event, expected_last_seq=0, msg_id="req")
+    await store.append(event, expected_last_seq=0)
 
 
 async def attempt(flow: Workflow, store: InMemoryEventStore, now: float = NOW) -> AttemptResult:
@@ -107,7 +107,7 @@ async def resolve(store: InMemoryEventStore, key: str, payload: dict[str, Any] |
     spec = next(s for clause in wait.clauses for s in clause if s.key == key)
     command = ResolveWait(wait.wait_id, spec.id, spec.key, spec.event_key, 50, None, payload)
     [event] = decide(state, command, NOW + 1)
-    await store.append(event, expected_last_seq=state.last_seq, msg_id=f"resolve-{key}")
+    await store.append(event, expected_last_seq=state.last_seq)
 
 
 async def test_the_gate_waits_then_the_approval_runs_publish() -> None:
@@ -395,7 +395,7 @@ async def test_a_task_end_written_while_the_run_waits_changes_nothing() -> None:
     await attempt(flow, store)
     state = await state_of(store)
     forged = ev.TaskRecorded(run_id="r1", at=NOW, task="gate", status="cancelled")
-    seq = await store.append(forged, expected_last_seq=state.last_seq, msg_id="forged")
+    seq = await store.append(forged, expected_last_seq=state.last_seq)
     after = await state_of(store)
     assert after.status == "waiting" and after.was_ignored(seq)
     assert task_statuses(after)["gate"] == "waiting"
