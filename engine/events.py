@@ -311,26 +311,12 @@ def decode_stored(subject: str, data: bytes) -> RunEvent:
 
 
 def encode(event: RunEvent) -> bytes:
-    body = event.model_dump(mode="json")
-    # Fields only workflow runs use are left out when unset: they would cost every run's
-    # request and every wait's conditions bytes for nothing.
-    for name in _WORKFLOW_ONLY.get(event.type, ()):
-        if body[name] is None:
-            del body[name]
-    if isinstance(event, WaitStarted):
-        for clause in body["clauses"]:
-            for spec in clause:
-                if not spec["decisive"]:
-                    del spec["decisive"]
+    # Fields at their defaults are left out (decoding fills them in): an unset optional
+    # field would cost every event that carries it bytes in the server's memory for as long
+    # as the run lives, for nothing. The type always stays: it picks the event's model.
+    body = event.model_dump(mode="json", exclude_defaults=True)
+    body["type"] = event.type
     return codec.dumps(body)
-
-
-_WORKFLOW_ONLY: dict[str, tuple[str, ...]] = {
-    "run.requested.v1": ("workflow", "events_position"),
-    "run.step.v1": ("owner",),
-    "run.wait_started.v1": ("tasks", "owner"),
-    "run.completed.v1": ("tasks",),
-}
 
 
 def decode(data: bytes) -> RunEvent:
