@@ -65,12 +65,10 @@ class Bookkeeper:
         await self._deadlines.remove(ids.retry_deadline_key(partition, run_id))
 
     async def _put_run_deadline(self, run_id: str, due_at: float, traceparent: str | None) -> None:
-        """The execution deadline: it covers the whole run, waits included."""
-        command = commands.CommandMessage(
-            kind="expire_run",
-            run_id=run_id,
-            reason="execution timeout passed (it covers the whole run, waits included)",
-        )
+        """The execution deadline: it covers the whole run, waits included. (Its command
+        carries no reason: the engine gives it when it applies it, and every pending
+        deadline's bytes stay in the server's memory until it is removed.)"""
+        command = commands.CommandMessage(kind="expire_run", run_id=run_id)
         key = ids.run_deadline_key(self._conn.settings.names.partition(run_id), run_id)
         await self._deadlines.put(key, due_at, command, traceparent)
 

@@ -70,7 +70,10 @@ class CommandMessage(BaseModel):
         if self.kind == "expire_wait":
             return ExpireWait(wait_id=str(self.wait_id))
         if self.kind == "expire_run":
-            return ExpireRun(reason=self.reason or "execution timeout passed")
+            return ExpireRun(
+                reason=self.reason
+                or "execution timeout passed (it covers the whole run, waits included)"
+            )
         if self.kind == "expire_schedule":
             return ExpireSchedule(reason=self.reason or "no worker started the run in time")
         return CancelRun(reason=self.reason or "cancelled")
