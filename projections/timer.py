@@ -16,6 +16,7 @@ import time
 
 import orjson
 from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
@@ -29,6 +30,8 @@ from tether.projections.follower import Follower
 log = logging.getLogger("tether.timer")
 
 LOAD_WAIT_S = 30.0  # how long own() waits for a partition's deadlines already stored
+# A fired deadline the engine has not removed (the engine down, say) fires again this late.
+REFIRE_AFTER_S = 60.0
 
 
 class TimerProjection:
@@ -37,8 +40,9 @@ class TimerProjection:
     def __init__(self, conn: Connection, *, retry_after_s: float = 5.0) -> None:
         self._conn = conn
         self._retry_after_s = retry_after_s
-        # key -> (due, the entry's raw value): bytes take a third of the parsed body's memory
-        self._due: dict[str, tuple[float, bytes]] = {}
+        # key -> when it is due. The entry's value (the command) is read when it fires: a
+        # pending deadline then costs this process a key and a float, not its bytes.
+        self._due: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -110,7 +114,7 @@ class TimerProjection:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             log.error("ignoring malformed deadline", extra={"key": key})
             return
-        self._due[key] = (due, msg.data)
+        self._due[key] = due
         heapq.heappush(self._heap, (due, key))
         self._wake.set()
 
@@ -119,7 +123,7 @@ class TimerProjection:
         for a default execution deadline), so a busy install would pile them up: rebuild the
         heap from the live deadlines once the stale entries outnumber them."""
         if len(self._heap) > 2 * len(self._due) + 1024:
-            self._heap = [(due, key) for key, (due, _) in self._due.items()]
+            self._heap = [(due, key) for key, due in self._due.items()]
             heapq.heapify(self._heap)
 
     async def _fire_loop(self) -> None:
@@ -127,25 +131,39 @@ class TimerProjection:
             now = time.time()
             while self._heap and self._heap[0][0] <= now:
                 due, key = heapq.heappop(self._heap)
-                current = self._due.get(key)
-                if current is None or current[0] != due:
+                if self._due.get(key) != due:
                     continue  # deleted or moved since it was queued
                 if ids.deadline_partition(key) not in self._followers:
                     self._due.pop(key, None)  # its partition was released meanwhile
                     continue
-                await self._fire(key, current[1])
+                await self._fire(key, due)
             delay = (self._heap[0][0] - now) if self._heap else 60.0
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, min(delay, 60.0)))
 
-    async def _fire(self, key: str, raw: bytes) -> None:
+    async def _fire(self, key: str, due: float) -> None:
         try:
-            body = orjson.loads(raw)
+            entry = await self._conn.deadlines.get(key)
+        except KeyNotFoundError:  # (a removed key raises its subclass KeyDeletedError)
+            entry = None
+        except Exception:
+            log.exception("could not read a deadline; will retry", extra={"key": key})
+            self._retry_at(key, due, time.time() + self._retry_after_s)
+            return
+        if entry is None or not entry.value:
+            self._forget(key, due)  # removed meanwhile; its removal is on its way here
+            return
+        try:
+            body = orjson.loads(entry.value)
             command = CommandMessage.model_validate({**body["command"], "timer_key": key})
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValidationError) as exc:
+            stored_due = float(body["due_at"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, ValidationError) as exc:
             log.error("ignoring malformed deadline", extra={"key": key, "error": str(exc)})
-            self._due.pop(key, None)
+            self._forget(key, due)
+            return
+        if stored_due > time.time():  # moved later, and the move is on its way here
+            self._retry_at(key, due, stored_due)
             return
         tracing, names = self._conn.tracing, self._conn.settings.names
         template = names.command_template(command.kind)
@@ -172,12 +190,18 @@ class TimerProjection:
             self.fired += 1
         except Exception:
             log.exception("could not fire deadline; will retry", extra={"key": key})
-            due = time.time() + self._retry_after_s
-            self._due[key] = (due, raw)
-            heapq.heappush(self._heap, (due, key))
+            self._retry_at(key, due, time.time() + self._retry_after_s)
             return
         # Keep it until the engine deletes the key; if that never happens (engine down),
         # fire again later rather than lose the timeout.
-        due = time.time() + 60.0
-        self._due[key] = (due, raw)
-        heapq.heappush(self._heap, (due, key))
+        self._retry_at(key, due, time.time() + REFIRE_AFTER_S)
+
+    def _retry_at(self, key: str, fired: float, again: float) -> None:
+        """Fire ``key`` again at ``again``, unless it was removed or moved meanwhile."""
+        if self._due.get(key) == fired:
+            self._due[key] = again
+            heapq.heappush(self._heap, (again, key))
+
+    def _forget(self, key: str, due: float) -> None:
+        if self._due.get(key) == due:  # (not a newer deadline stored meanwhile)
+            del self._due[key]
