@@ -10,8 +10,9 @@ worker ran the run since, or this one forgot it) the run is read as usual. Anyth
 after the carried event shows up as a conflict at the attempt's first write, which
 abandons it like any other late write.
 
-Entries are kept encoded (bytes take a fraction of a parsed event's memory) and in all at
-most ``max_bytes``; the oldest are forgotten first.
+A log is kept as one encoded blob per run (a parsed event takes several times its bytes, and
+a tuple, an int and a dict per event over 100 more), in all at most ``max_bytes``; the
+oldest are forgotten first.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import orjson
+
 from tether.engine import events as ev
 from tether.engine.tracing import trace_headers
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
-ENTRY_OVERHEAD = 120  # bytes a kept entry costs beyond its encoded event, roughly
+LOG_OVERHEAD = 200  # bytes a kept log costs beyond its blob, roughly
 
 RawLog = list[tuple[int, ev.RunEvent, dict[str, str]]]
 
@@ -31,6 +34,25 @@ RawLog = list[tuple[int, ev.RunEvent, dict[str, str]]]
 def _compact(data: bytes) -> bytes:
     """A copy of exactly ``data``'s size: orjson's output keeps its whole 4 KB buffer."""
     return bytes(memoryview(data))
+
+
+def _encode_log(log: RawLog) -> bytes:
+    """``[[seq, event, trace headers or 0], ...]`` as one blob."""
+    return _compact(
+        orjson.dumps(
+            [
+                [seq, orjson.Fragment(ev.encode(event)), trace_headers(h) or 0]
+                for seq, event, h in log
+            ]
+        )
+    )
+
+
+def _decode_log(blob: bytes) -> RawLog:
+    return [
+        (int(seq), ev.decode(orjson.dumps(event)), dict(headers or {}))
+        for seq, event, headers in orjson.loads(blob)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +70,8 @@ class CarriedEvent:
 class SuspendedLogs:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._logs: OrderedDict[str, list[tuple[int, bytes, dict[str, str]]]] = OrderedDict()
-        self._sizes: dict[str, int] = {}
+        # run id -> (the sequence its log ends at, the log's blob)
+        self._logs: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self.bytes = 0
         self.read_spared = 0  # dispatches served without a read of the run
 
@@ -59,35 +81,36 @@ class SuspendedLogs:
     def keep(self, run_id: str, log: RawLog) -> None:
         """Keep the log of a run whose attempt just suspended."""
         self.forget(run_id)
-        entries = [(seq, _compact(ev.encode(event)), trace_headers(h)) for seq, event, h in log]
-        size = sum(len(data) + ENTRY_OVERHEAD for _, data, _ in entries)
-        if size > self.max_bytes:
+        if not log:
             return
-        self._logs[run_id] = entries
-        self._sizes[run_id] = size
-        self.bytes += size
+        blob = _encode_log(log)
+        if len(blob) + LOG_OVERHEAD > self.max_bytes:
+            return
+        self._logs[run_id] = (log[-1][0], blob)
+        self.bytes += len(blob) + LOG_OVERHEAD
         while self.bytes > self.max_bytes:
             oldest = next(iter(self._logs))
             self.forget(oldest)
 
     def forget(self, run_id: str) -> None:
-        if self._logs.pop(run_id, None) is not None:
-            self.bytes -= self._sizes.pop(run_id)
+        kept = self._logs.pop(run_id, None)
+        if kept is not None:
+            self.bytes -= len(kept[1]) + LOG_OVERHEAD
 
     def log_for(self, run_id: str, carried: CarriedEvent) -> RawLog | None:
         """The run's log up to the carried event: the event alone when it is the run's
         request, else the kept log plus the event when the kept log ends right before it
         (which is given up either way); None when a read is needed."""
-        entries = [] if carried.previous == 0 else self._logs.get(run_id)
+        kept = (0, b"") if carried.previous == 0 else self._logs.get(run_id)
         self.forget(run_id)
-        if entries is None or (entries and entries[-1][0] != carried.previous):
+        if kept is None or kept[0] != carried.previous:
             return None
         if len(carried.subject.split(".")) < 4:
             return None  # not a run-log subject: read the run
         event = ev.decode_stored(carried.subject, carried.data)
         if event.run_id != run_id or (carried.previous == 0) != isinstance(event, ev.RunRequested):
             return None
-        log: RawLog = [(seq, ev.decode(data), h) for seq, data, h in entries]
+        log = _decode_log(kept[1]) if kept[1] else []
         log.append((carried.seq, event, trace_headers(carried.headers)))
         self.read_spared += 1
         return log
