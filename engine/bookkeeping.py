@@ -139,12 +139,19 @@ class Bookkeeper:
             == names.run_filter(event.run_id)
         ):
             return None, None  # the server stored it only because the run's log was empty
-        if isinstance(event, ev.AttemptFailed):
-            # Booking it only schedules a retry, which the engine applies only while the run
-            # is queued since exactly this event: no read of the log is needed here. (A
-            # wait is different: the engine resolves a wait's timeout in one write when the
-            # log still ends at its wait_started, so a forged one must never be booked.)
+        if isinstance(event, ev.AttemptFailed | ev.WaitStarted):
+            # Booking these only sets deadlines whose commands name the event's sequence:
+            # the engine applies a retry only while the run is queued since exactly this
+            # event, and resolves only the wait registered at it (a forged wait_started
+            # reusing an open wait's id gets its resolutions ignored). A deadline it would
+            # overwrite is checked first (see _book_wait). No read of the log is needed.
             return None, None
+        return await self._read_refusal(event, seq)
+
+    async def _read_refusal(
+        self, event: ev.RunEvent, seq: int
+    ) -> tuple[str | None, RunState | None]:
+        """``_refused`` by reading the run's log."""
         state = await self._state(event.run_id)
         if state.last_seq < seq:  # a replica behind: fail, so the message comes back
             raise RuntimeError(f"run {event.run_id} read up to seq {state.last_seq}, not {seq}")
@@ -153,8 +160,8 @@ class Bookkeeper:
 
     async def _book(self, event: ev.RunEvent, msg: Msg, state: RunState | None) -> None:
         """Keep dispatches and deadlines in step with one run-log event (stored as ``msg``);
-        ``state`` is the run as ``_refused`` read it (every event booked below but requests
-        and failed attempts was read there)."""
+        ``state`` is the run as ``_refused`` read it (every event booked below but requests,
+        failed attempts and waits was read there)."""
         names, run_id = self._conn.settings.names, event.run_id
         seq = msg.metadata.sequence.stream
         traceparent = (msg.headers or {}).get(TRACEPARENT)
@@ -228,10 +235,30 @@ class Bookkeeper:
             )
 
     async def _book_wait(self, event: ev.WaitStarted, seq: int, traceparent: str | None) -> None:
+        """A wait's deadlines. Each is created only where its key is free: a wait_started
+        that finds its deadline there already (the same one booked again, or one the run
+        ignores at the position of an open wait) overwrites it only once the log says the
+        run took it, so a forged one cannot move a real wait's timeout."""
         run_id = event.run_id
         partition = self._conn.settings.names.partition(run_id)
+        taken: list[bool] = []  # whether the run took the event, once read
+
+        async def book(key: str, due_at: float, command: commands.CommandMessage) -> None:
+            if await self._deadlines.create(key, due_at, command, traceparent):
+                return
+            if not taken:
+                reason, _ = await self._read_refusal(event, seq)
+                if reason is not None:
+                    log.warning(
+                        "wait deadline not booked: the run's state machine ignores the wait",
+                        extra={"run_id": run_id, "seq": seq, "reason": reason},
+                    )
+                taken.append(reason is None)
+            if taken[0]:
+                await self._deadlines.put(key, due_at, command, traceparent)
+
         if event.timeout_at is not None:
-            await self._deadlines.put(
+            await book(
                 ids.wait_deadline_key(partition, run_id, event.position),
                 event.timeout_at,
                 commands.CommandMessage(
@@ -241,12 +268,11 @@ class Bookkeeper:
                     wait_id=event.wait_id,
                     wait_seq=seq,
                 ),
-                traceparent,
             )
         for clause in event.clauses:
             for spec in clause:
                 if spec.kind == "sleep" and spec.due_at is not None:
-                    await self._deadlines.put(
+                    await book(
                         ids.sleep_deadline_key(partition, run_id, event.position, spec.id),
                         spec.due_at,
                         commands.CommandMessage(
@@ -259,7 +285,6 @@ class Bookkeeper:
                             condition_key=spec.key,
                             single_clause=len(event.clauses) == 1,
                         ),
-                        traceparent,
                     )
 
     async def _tell_parent(

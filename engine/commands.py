@@ -66,9 +66,10 @@ class CommandMessage(BaseModel):
                 event_id=self.event_id,
                 payload=self.payload,
                 metadata=dict(self.metadata),
+                wait_seq=self.wait_seq,
             )
         if self.kind == "expire_wait":
-            return ExpireWait(wait_id=str(self.wait_id))
+            return ExpireWait(wait_id=str(self.wait_id), wait_seq=self.wait_seq)
         if self.kind == "expire_run":
             return ExpireRun(
                 reason=self.reason

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import orjson
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from tether.engine import commands, ids
@@ -35,6 +36,16 @@ def wait_deadline_keys(partition: int, run_id: str, record: WaitRecord) -> list[
     return keys
 
 
+def _entry(due_at: float, command: commands.CommandMessage, traceparent: str | None) -> bytes:
+    body: dict[str, object] = {
+        "due_at": due_at,
+        "command": command.model_dump(mode="json", exclude_defaults=True),
+    }
+    if traceparent:  # the run's trace, so the timeout shows up in it when it fires
+        body["traceparent"] = traceparent
+    return orjson.dumps(body)
+
+
 class Deadlines:
     def __init__(self, bucket: KeyValue) -> None:
         self._bucket = bucket
@@ -46,13 +57,21 @@ class Deadlines:
         command: commands.CommandMessage,
         traceparent: str | None,
     ) -> None:
-        body: dict[str, object] = {
-            "due_at": due_at,
-            "command": command.model_dump(mode="json", exclude_defaults=True),
-        }
-        if traceparent:  # the run's trace, so the timeout shows up in it when it fires
-            body["traceparent"] = traceparent
-        await self._bucket.put(key, orjson.dumps(body))
+        await self._bucket.put(key, _entry(due_at, command, traceparent))
+
+    async def create(
+        self,
+        key: str,
+        due_at: float,
+        command: commands.CommandMessage,
+        traceparent: str | None,
+    ) -> bool:
+        """``put`` where ``key`` holds no deadline; False (nothing written) where it does."""
+        try:
+            await self._bucket.create(key, _entry(due_at, command, traceparent))
+        except KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def remove(self, key: str) -> None:
         """Drop a deadline that is no longer needed. A failure is logged, not raised: the

@@ -30,11 +30,13 @@ class ResolveWait:
     event_id: str | None = None
     payload: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    wait_seq: int | None = None  # the sequence of the wait_started it is for, when known
 
 
 @dataclass(frozen=True, slots=True)
 class ExpireWait:
     wait_id: str
+    wait_seq: int | None = None  # the sequence of the wait_started it is for, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +65,9 @@ def wait_resolution(
     """The event that completes a wait, given the conditions already met (``met``); the
     caller has checked the wait is open and that ``command`` completes it."""
     if isinstance(command, ExpireWait):
-        return WaitTimedOut(run_id=run_id, at=now, wait_id=command.wait_id)
+        return WaitTimedOut(
+            run_id=run_id, at=now, wait_id=command.wait_id, wait_seq=command.wait_seq
+        )
     fired: list[str] = []
     payloads: dict[str, dict[str, Any]] = {}
     if met is not None:
@@ -88,7 +92,15 @@ def wait_resolution(
         metadata=command.metadata,
         fired=fired,
         payloads=payloads,
+        wait_seq=command.wait_seq,
     )
+
+
+def _open_as_registered(record: WaitRecord | None, wait_seq: int | None) -> bool:
+    """Is the wait open, and (when the command says) the registration it is for?"""
+    if record is None or record.outcome != "open":
+        return False
+    return wait_seq is None or wait_seq == record.started_seq
 
 
 def decide(state: RunState, command: Command, now: float) -> list[RunEvent]:
@@ -99,8 +111,9 @@ def decide(state: RunState, command: Command, now: float) -> list[RunEvent]:
     match command:
         case ResolveWait():
             record = state.wait(command.wait_id)
-            if record is None or record.outcome != "open":
+            if not _open_as_registered(record, command.wait_seq):
                 return []
+            assert record is not None
             spec = record.condition(command.condition_id)
             if spec is None or spec.id in record.met:
                 return []
@@ -119,11 +132,11 @@ def decide(state: RunState, command: Command, now: float) -> list[RunEvent]:
                     event_id=command.event_id,
                     payload=command.payload,
                     metadata=command.metadata,
+                    wait_seq=command.wait_seq,
                 )
             ]
         case ExpireWait():
-            record = state.wait(command.wait_id)
-            if record is None or record.outcome != "open":
+            if not _open_as_registered(state.wait(command.wait_id), command.wait_seq):
                 return []
             return [wait_resolution(run_id, command, now)]
         case ExpireRun():

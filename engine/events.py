@@ -122,6 +122,10 @@ class WaitConditionMet(_Event):
     metadata: dict[str, Any] = Field(default_factory=dict)
     # recorded by the attempt that registered the wait (see WaitSatisfied)
     within_attempt: bool = False
+    # The sequence of the wait_started the engine resolved (None: written without it). A
+    # resolution of a wait registered at another sequence, as a forged wait_started reusing
+    # an open wait's id would bring, is ignored.
+    wait_seq: int | None = None
 
 
 class EventRejected(_Event):
@@ -177,11 +181,19 @@ class WaitSatisfied(_Event):
     # a zero sleep). Such resolutions have subject tokens of their own, so NATS permissions
     # can let workers write them and not the engine's resolutions of a suspended run.
     within_attempt: bool = False
+    # The sequence of the wait_started the engine resolved (None: written without it). A
+    # resolution of a wait registered at another sequence, as a forged wait_started reusing
+    # an open wait's id would bring, is ignored.
+    wait_seq: int | None = None
 
 
 class WaitTimedOut(_Event):
     type: Literal["run.wait_timed_out.v1"] = "run.wait_timed_out.v1"
     wait_id: str
+    # The sequence of the wait_started the engine resolved (None: written without it). A
+    # resolution of a wait registered at another sequence, as a forged wait_started reusing
+    # an open wait's id would bring, is ignored.
+    wait_seq: int | None = None
 
 
 class _Terminal(_Event):

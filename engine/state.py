@@ -229,6 +229,11 @@ def refusal(state: RunState, event: RunEvent) -> str | None:
         record = state.wait(event.wait_id)
         if record is None or record.outcome != "open":
             return f"wait {event.wait_id} is not open"
+        if event.wait_seq is not None and event.wait_seq != record.started_seq:
+            return (
+                f"resolves wait {event.wait_id} as registered at {event.wait_seq}; "
+                f"the open one was registered at {record.started_seq}"
+            )
         if (
             isinstance(event, WaitSatisfied | WaitConditionMet)
             and event.within_attempt

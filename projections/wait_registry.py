@@ -85,6 +85,8 @@ class WaitRegistry:
             return self._on_wait_started(msg, body)
         if open_wait is None or body.get("wait_id", open_wait.wait_id) != open_wait.wait_id:
             return None  # nothing open here (a terminal event, or a resolution already seen)
+        if body.get("wait_seq", open_wait.started_seq) != open_wait.started_seq:
+            return None  # resolves another registration: the run ignores it too
         if token.endswith("_in_attempt") and not attempt_may_resolve(open_wait, body):
             log.warning("in-attempt resolution ignored", extra={"subject": msg.subject})
         elif token in ("wait_satisfied", "wait_satisfied_in_attempt", "wait_timed_out"):

@@ -25,7 +25,7 @@ from tests.integration.test_bad_input import (
     start_waiting,
     wait_rejection,
 )
-from tether import DurableContext, RunFailedError, Tether
+from tether import DurableContext, RunFailedError, Tether, WaitTimeoutError
 from tether.engine.config import Settings
 from tether.engine.events import ConditionSpec, RunEvent, WaitStarted
 from tether.engine.ids import wait_deadline_key
@@ -300,41 +300,67 @@ async def _reopened(server: TetherServer) -> bool:
     return server.conn is not None and server.conn.nc.is_connected
 
 
-async def test_a_forged_wait_on_a_waiting_run_schedules_no_timeout(
+async def test_a_forged_wait_cannot_expire_a_pending_approval(
     app: Tether, server: TetherServer
 ) -> None:
-    """The engine resolves a wait's timeout in one write when the log still ends at its
-    wait_started, so a wait_started the run ignored must never get a deadline: else a
-    worker credential could expire a pending approval early."""
-    async with app.worker("w", tasks=[define(app)], slots=2):
-        ref = await start_waiting(app, app.tasks["approval"])
+    """wait_started events a worker credential appends to a waiting run, reusing its open
+    wait's id with an early timeout, cannot time that wait out: the real wait's deadline
+    stays its own, and a forged deadline that fires resolves a registration the run never
+    took, which the run ignores. A real decision then resumes the run."""
+
+    @app.durable_task(name="guarded", execution_timeout=timedelta(minutes=5))
+    async def guarded(input: dict[str, Any], ctx: DurableContext) -> str:
+        try:
+            decision = await ctx.wait_for_event(
+                KEY, expression=f"input.runId == '{ctx.run_id}'", timeout=timedelta(hours=1)
+            )
+        except WaitTimeoutError:
+            return "expired"
+        return str(decision["decision"])
+
+    async with app.worker("w", tasks=[guarded], slots=2):
+        ref = await guarded.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
         state, _ = await app.runs.state(ref.run_id)
         [real] = [r for r in state.records if isinstance(r, WaitRecord)]
-        forged = WaitStarted(
-            run_id=ref.run_id,
-            at=time.time(),
-            position=real.position,
-            wait_id=real.wait_id,  # the open wait's own id
-            task="approval",
-            event_key=KEY,
-            expression=None,
-            events_position=0,
-            timeout_at=time.time() + 0.2,
-            clauses=[[ConditionSpec(id="c0.0", key=KEY, kind="event", event_key=KEY)]],
-        )
         conn = await app.connection()
-        seq = await conn.store.append(forged, expected_last_seq=state.last_seq)
-        assert server.conn is not None
-        names = server.conn.settings.names
+        names = conn.settings.names
+        real_key = wait_deadline_key(names.partition(ref.run_id), ref.run_id, real.position)
 
-        async def booked() -> bool:
-            consumer = names.bookkeeper_consumer(names.partition(ref.run_id))
-            info = await conn.js.consumer_info(names.runs_stream, consumer)
-            return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
+        async def real_deadline_booked() -> bool:
+            try:
+                return bool(await conn.deadlines.get(real_key))
+            except KeyNotFoundError:
+                return False
 
-        await wait_until(booked, message="the bookkeeper to handle the forged wait")
-        deadline_key = wait_deadline_key(names.partition(ref.run_id), ref.run_id, real.position)
-        with pytest.raises(KeyNotFoundError):
-            await conn.deadlines.get(deadline_key)
-        assert (await app.runs.get(ref.run_id)).status == "waiting"
-        await assert_resumes(app, ref)
+        await wait_until(real_deadline_booked, message="the real wait's deadline")
+        last = state.last_seq
+        # one at the real wait's position (its deadline key), one at another position
+        for position in (real.position, real.position + 7):
+            forged = WaitStarted(
+                run_id=ref.run_id,
+                at=time.time(),
+                position=position,
+                wait_id=real.wait_id,  # the open wait's own id
+                task="guarded",
+                event_key=KEY,
+                expression=None,
+                events_position=0,
+                timeout_at=time.time() + 0.2,
+                clauses=[[ConditionSpec(id="c0.0", key=KEY, kind="event", event_key=KEY)]],
+            )
+            last = await conn.store.append(forged, expected_last_seq=last)
+
+        async def forged_deadline_fired() -> bool:
+            info = await app.runs.get(ref.run_id)
+            return any(e.type == "run.wait_timed_out.v1" for e in info.events)
+
+        await wait_until(forged_deadline_fired, message="the forged deadline to fire")
+        state, _ = await app.runs.state(ref.run_id)
+        assert state.status == "waiting"
+        ignored = [entry["type"] for entry in state.ignored]
+        assert ignored == ["run.wait_started.v1"] * 2 + ["run.wait_timed_out.v1"]
+        entry = await conn.deadlines.get(real_key)
+        assert orjson.loads(entry.value or b"{}")["due_at"] == real.timeout_at
+        await app.events.push(KEY, {"runId": ref.run_id, "decision": "approve"})
+        assert await ref.result(timeout=15) == "approve"

@@ -412,6 +412,20 @@ def test_resolutions_of_a_wait_that_is_not_open_are_ignored() -> None:
     assert [e["seq"] for e in state.ignored] == [5, 6]
 
 
+def test_a_resolution_of_another_registration_of_the_wait_is_ignored() -> None:
+    """The engine's resolutions name the wait_started they resolve: one naming a sequence
+    the run's open wait was not registered at (a forged wait_started reusing its id) is
+    ignored, and the engine decides none for such a command."""
+    state = waiting_run()  # wait r1:0 registered at seq 3
+    evolve(state, ev.WaitTimedOut(run_id="r1", at=301.0, wait_id="r1:0", wait_seq=4), 4)
+    assert state.status == "waiting" and [e["seq"] for e in state.ignored] == [4]
+    assert decide(state, ExpireWait(wait_id="r1:0", wait_seq=4), now=302.0) == []
+    [timed_out] = decide(state, ExpireWait(wait_id="r1:0", wait_seq=3), now=302.0)
+    assert isinstance(timed_out, ev.WaitTimedOut) and timed_out.wait_seq == 3
+    evolve(state, timed_out, 5)
+    assert state.status == "queued" and state.records[0].outcome == "timed_out"  # type: ignore[union-attr]
+
+
 async def test_lookback_resolved_by_the_attempt_itself_keeps_it_running() -> None:
     """A wait the registering attempt resolves from events stored before it (lookback) or
     a zero sleep: the attempt carries on and its later events count."""
