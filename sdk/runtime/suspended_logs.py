@@ -10,13 +10,15 @@ worker ran the run since, or this one forgot it) the run is read as usual. Anyth
 after the carried event shows up as a conflict at the attempt's first write, which
 abandons it like any other late write.
 
-A log is kept as one encoded blob per run (a parsed event takes several times its bytes, and
-a tuple, an int and a dict per event over 100 more), in all at most ``max_bytes``; the
-oldest are forgotten first.
+A log is kept as one compressed blob per run (a parsed event takes several times its bytes,
+and a tuple, an int and a dict per event over 100 more; a log repeats its run id in every
+event and compresses to about 40 % of its JSON), in all at most ``max_bytes``; the oldest
+are forgotten first.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -31,27 +33,21 @@ LOG_OVERHEAD = 200  # bytes a kept log costs beyond its blob, roughly
 RawLog = list[tuple[int, ev.RunEvent, dict[str, str]]]
 
 
-def _compact(data: bytes) -> bytes:
-    """A copy of exactly ``data``'s size: orjson's output keeps its whole 4 KB buffer."""
-    return bytes(memoryview(data))
+# The fastest level: a 1 KB log goes in in about 30 microseconds and comes out in 6.
+COMPRESSION_LEVEL = 1
 
 
 def _encode_log(log: RawLog) -> bytes:
-    """``[[seq, event, trace headers or 0], ...]`` as one blob."""
-    return _compact(
-        orjson.dumps(
-            [
-                [seq, orjson.Fragment(ev.encode(event)), trace_headers(h) or 0]
-                for seq, event, h in log
-            ]
-        )
-    )
+    """``[[seq, event, trace headers or 0], ...]`` as one compressed blob (zlib's output
+    is a bytes object of its own size)."""
+    entries = [[seq, orjson.Fragment(ev.encode(e)), trace_headers(h) or 0] for seq, e, h in log]
+    return zlib.compress(orjson.dumps(entries), COMPRESSION_LEVEL)
 
 
 def _decode_log(blob: bytes) -> RawLog:
     return [
         (int(seq), ev.decode(orjson.dumps(event)), dict(headers or {}))
-        for seq, event, headers in orjson.loads(blob)
+        for seq, event, headers in orjson.loads(zlib.decompress(blob))
     ]
 
 
