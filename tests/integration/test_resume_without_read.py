@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from tests.helpers import wait_for_status, wait_until
-from tether import DurableContext, Tether
+from tether import DurableContext, RunRef, Tether
 from tether.serve import TetherServer
 
 KEY = "approval:decision"
@@ -41,6 +41,17 @@ async def waiting_again(app: Tether, run_id: str) -> None:
     await wait_until(check, timeout=15, message=f"run {run_id} to wait again")
 
 
+async def approve_then_reject(app: Tether, refs: list[RunRef]) -> list[Any]:
+    """Each run's first wait approved, its second rejected; the runs' results."""
+    for decision in ("approve", "reject"):
+        for ref in refs:
+            await app.events.push(KEY, {"runId": ref.run_id, "decision": decision})
+        if decision == "approve":
+            for ref in refs:
+                await waiting_again(app, ref.run_id)
+    return [await ref.result(timeout=30) for ref in refs]
+
+
 async def test_runs_resume_from_the_kept_log_or_by_reading(
     app: Tether, server: TetherServer
 ) -> None:
@@ -53,13 +64,7 @@ async def test_runs_resume_from_the_kept_log_or_by_reading(
         assert len(worker.suspended) == 4
         # one run's kept log is gone (as after a restart): it is read instead
         worker.suspended.forget(refs[0].run_id)
-        for decision in ("approve", "reject"):
-            for ref in refs:
-                await app.events.push(KEY, {"runId": ref.run_id, "decision": decision})
-            if decision == "approve":
-                for ref in refs:
-                    await waiting_again(app, ref.run_id)
-        results = [await ref.result(timeout=30) for ref in refs]
+        results = await approve_then_reject(app, refs)
     assert results == [{"action": {"pay": n}, "decisions": ["approve", "reject"]} for n in range(4)]
     assert sorted(calls) == [0, 1, 2, 3]  # each step ran once, replays used its record
     # 4 starts from the carried request, 4 runs x 2 resumes, less the one whose kept log
@@ -105,13 +110,7 @@ async def test_a_resolved_wait_is_dispatched_once_by_the_engine_or_by_its_bookke
         refs = [await task.run_no_wait({"amount": n}) for n in range(4)]
         for ref in refs:
             await wait_for_status(app, ref.run_id, "waiting")
-        for decision in ("approve", "reject"):
-            for ref in refs:
-                await app.events.push(KEY, {"runId": ref.run_id, "decision": decision})
-            if decision == "approve":
-                for ref in refs:
-                    await waiting_again(app, ref.run_id)
-        results = [await ref.result(timeout=30) for ref in refs]
+        results = await approve_then_reject(app, refs)
     assert results == [{"action": {"pay": n}, "decisions": ["approve", "reject"]} for n in range(4)]
     resolutions = []
     for ref in refs:
