@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from tether.engine import events as ev
 from tether.engine import wire
@@ -12,6 +14,10 @@ from tether.engine.nats_io import DirectReader, StoredMessage
 from tether.engine.run_log_reads import read_run_log
 from tether.engine.store import ConcurrencyConflictError
 from tether.engine.subjects import Names
+
+# How long to wait, in turn, for a replica that answers direct gets to show a run its
+# stream's leader already holds (about a second in all).
+LAGGING_REPLICA_DELAYS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
 
 
 def is_occ_conflict(exc: BaseException) -> bool:
@@ -67,9 +73,23 @@ class JetStreamEventStore:
         return None
 
     async def _read_log(self, run_id: str) -> list[StoredMessage]:
-        return await read_run_log(
-            self._reader, self._names.runs_stream, self._names.run_filter(run_id)
-        )
+        stream, run_filter = self._names.runs_stream, self._names.run_filter(run_id)
+        stored = await read_run_log(self._reader, stream, run_filter)
+        if stored:
+            return stored
+        # Direct gets may be answered by a replica that has not stored a run's first write
+        # yet (they are not read-after-write coherent on a replicated stream): before
+        # calling a run unknown, ask the stream's leader.
+        for delay in LAGGING_REPLICA_DELAYS_S:
+            try:
+                await self._js.get_last_msg(stream, run_filter)
+            except NotFoundError:
+                return []
+            await asyncio.sleep(delay)
+            stored = await read_run_log(self._reader, stream, run_filter)
+            if stored:
+                return stored
+        raise TimeoutError(f"run {run_id}: the stream's replicas are behind its leader")
 
     async def read(self, run_id: str) -> list[tuple[int, ev.RunEvent]]:
         stored = await self._read_log(run_id)
@@ -83,9 +103,14 @@ class JetStreamEventStore:
     async def read_last(self, run_id: str) -> tuple[int, ev.RunEvent] | None:
         """The run's last event (None for a run with no log): one read, however long the
         log is."""
-        stored = await self._reader.read_last(
-            self._names.runs_stream, self._names.run_filter(run_id)
-        )
-        if stored is None:
+        stream, run_filter = self._names.runs_stream, self._names.run_filter(run_id)
+        stored = await self._reader.read_last(stream, run_filter)
+        if stored is not None:
+            return stored.seq, ev.decode_stored(stored.subject, stored.data)
+        try:  # the stream's leader, in case a replica behind it answered (see _read_log)
+            leader = await self._js.get_last_msg(stream, run_filter)
+        except NotFoundError:
             return None
-        return stored.seq, ev.decode_stored(stored.subject, stored.data)
+        if leader.seq is None or leader.subject is None:
+            return None
+        return leader.seq, ev.decode_stored(leader.subject, leader.data or b"")

@@ -201,3 +201,53 @@ async def test_chained_reads_during_appends_are_whole_prefixes(conn: Connection)
     assert len(reads) > 20  # the chain answered while the logs grew
     torn = [(r, got) for r, got in reads if got != writes[r][: len(got)]]
     assert not torn, f"{len(torn)} of {len(reads)} chained reads were not prefixes: {torn[0]}"
+
+
+class _LaggingReplica:
+    """A direct reader answered by a replica that has not yet stored anything of the runs
+    in ``lagging`` for the first ``reads`` reads of each: direct gets are not read-after-write
+    coherent on a replicated stream."""
+
+    def __init__(self, reader: Any, lagging: set[str], reads: int) -> None:
+        self._reader = reader
+        self._left = {run_filter: reads for run_filter in lagging}
+
+    def _behind(self, run_filter: str) -> bool:
+        left = self._left.get(run_filter, 0)
+        self._left[run_filter] = max(0, left - 1)
+        return left > 0
+
+    async def last_of_each(self, stream: str, run_filter: str, **kwargs: Any) -> Any:
+        if self._behind(run_filter):
+            return []
+        return await self._reader.last_of_each(stream, run_filter, **kwargs)
+
+    async def read_last(self, stream: str, run_filter: str) -> Any:
+        if self._behind(run_filter):
+            return None
+        return await self._reader.read_last(stream, run_filter)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+async def test_a_run_a_lagging_replica_does_not_show_yet_is_not_called_unknown(
+    settings: Settings,
+) -> None:
+    """A read that finds no log asks the stream's leader before calling the run unknown,
+    and waits for the replica while the leader has it."""
+    conn = await Connection.open(settings, name="lagging-test", manage_streams=True)
+    try:
+        store = conn.store
+        await store.append(requested("lag"), expected_last_seq=0)
+        await store.append(requested("lag-last"), expected_last_seq=0)
+        names = settings.names
+        lagging = {names.run_filter("lag"), names.run_filter("lag-last")}
+        store._reader = _LaggingReplica(store._reader, lagging, reads=2)  # type: ignore[assignment]
+        assert positions(await store.read("lag")) == ["run.requested.v1"]
+        last = await store.read_last("lag-last")
+        assert last is not None and last[1].type == "run.requested.v1"
+        assert await store.read("never-requested") == []
+        assert await store.read_last("never-requested") is None
+    finally:
+        await conn.close()
