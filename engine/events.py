@@ -110,11 +110,20 @@ class WaitStarted(_Event):
     owner: str | None = None  # the workflow task whose durable call this is
 
 
-class WaitConditionMet(_Event):
+class WaitResolution(_Event):
+    """A wait's condition met, or the wait satisfied or timed out."""
+
+    wait_id: str
+    # The sequence of the wait_started the engine resolved (None: written without it). A
+    # resolution of a wait registered at another sequence, as a forged wait_started reusing
+    # an open wait's id would bring, is ignored.
+    wait_seq: int | None = None
+
+
+class WaitConditionMet(WaitResolution):
     """One condition of a multi-clause wait fired; the wait stays open for the others."""
 
     type: Literal["run.wait_condition_met.v1"] = "run.wait_condition_met.v1"
-    wait_id: str
     condition_id: str
     event_seq: int | None = None
     event_id: str | None = None
@@ -122,10 +131,6 @@ class WaitConditionMet(_Event):
     metadata: dict[str, Any] = Field(default_factory=dict)
     # recorded by the attempt that registered the wait (see WaitSatisfied)
     within_attempt: bool = False
-    # The sequence of the wait_started the engine resolved (None: written without it). A
-    # resolution of a wait registered at another sequence, as a forged wait_started reusing
-    # an open wait's id would bring, is ignored.
-    wait_seq: int | None = None
 
 
 class EventRejected(_Event):
@@ -164,12 +169,11 @@ class TimeoutRefreshed(_Event):
     execution_timeout_s: float  # the new total, counted from the request
 
 
-class WaitSatisfied(_Event):
+class WaitSatisfied(WaitResolution):
     """The wait resolved. ``fired``/``payloads`` name every satisfied condition; the
     ``event_*``/``payload``/``metadata`` fields describe the event that completed it."""
 
     type: Literal["run.wait_satisfied.v1"] = "run.wait_satisfied.v1"
-    wait_id: str
     event_key: str | None
     event_seq: int | None
     event_id: str | None
@@ -181,19 +185,10 @@ class WaitSatisfied(_Event):
     # a zero sleep). Such resolutions have subject tokens of their own, so NATS permissions
     # can let workers write them and not the engine's resolutions of a suspended run.
     within_attempt: bool = False
-    # The sequence of the wait_started the engine resolved (None: written without it). A
-    # resolution of a wait registered at another sequence, as a forged wait_started reusing
-    # an open wait's id would bring, is ignored.
-    wait_seq: int | None = None
 
 
-class WaitTimedOut(_Event):
+class WaitTimedOut(WaitResolution):
     type: Literal["run.wait_timed_out.v1"] = "run.wait_timed_out.v1"
-    wait_id: str
-    # The sequence of the wait_started the engine resolved (None: written without it). A
-    # resolution of a wait registered at another sequence, as a forged wait_started reusing
-    # an open wait's id would bring, is ignored.
-    wait_seq: int | None = None
 
 
 class _Terminal(_Event):

@@ -26,6 +26,7 @@ from tether.engine.events import (
     TimeoutRefreshed,
     UnusableEntry,
     WaitConditionMet,
+    WaitResolution,
     WaitSatisfied,
     WaitStarted,
     WaitTimedOut,
@@ -225,7 +226,7 @@ def refusal(state: RunState, event: RunEvent) -> str | None:
         if state.in_attempt or (state.status == "queued" and state.attempt == 0):
             return None
         return f"no attempt is running (the run is {state.status})"
-    if isinstance(event, WaitSatisfied | WaitTimedOut | WaitConditionMet):
+    if isinstance(event, WaitResolution):
         record = state.wait(event.wait_id)
         if record is None or record.outcome != "open":
             return f"wait {event.wait_id} is not open"
