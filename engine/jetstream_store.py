@@ -81,9 +81,7 @@ class JetStreamEventStore:
         # yet (they are not read-after-write coherent on a replicated stream): before
         # calling a run unknown, ask the stream's leader.
         for delay in LAGGING_REPLICA_DELAYS_S:
-            try:
-                await self._js.get_last_msg(stream, run_filter)
-            except NotFoundError:
+            if await self._leader_last(stream, run_filter) is None:
                 return []
             await asyncio.sleep(delay)
             stored = await read_run_log(self._reader, stream, run_filter)
@@ -96,7 +94,7 @@ class JetStreamEventStore:
         return [(m.seq, ev.decode_stored(m.subject, m.data)) for m in stored]
 
     async def read_raw(self, run_id: str) -> list[tuple[int, ev.RunEvent, dict[str, str]]]:
-        """Events with their stored headers (trace context, message ids)."""
+        """Events with their stored headers (trace context, the sequence each append followed)."""
         stored = await self._read_log(run_id)
         return [(m.seq, ev.decode_stored(m.subject, m.data), m.headers) for m in stored]
 
@@ -107,10 +105,20 @@ class JetStreamEventStore:
         stored = await self._reader.read_last(stream, run_filter)
         if stored is not None:
             return stored.seq, ev.decode_stored(stored.subject, stored.data)
-        try:  # the stream's leader, in case a replica behind it answered (see _read_log)
-            leader = await self._js.get_last_msg(stream, run_filter)
+        leader = await self._leader_last(stream, run_filter)  # (a replica may be behind it)
+        if leader is None:
+            return None
+        seq, subject, data = leader
+        return seq, ev.decode_stored(subject, data)
+
+    async def _leader_last(self, stream: str, run_filter: str) -> tuple[int, str, bytes] | None:
+        """The sequence, subject and body of the run's last message as the stream's leader
+        has it (not a direct get, which a replica behind the leader may answer); None when
+        the run has no log."""
+        try:
+            last = await self._js.get_last_msg(stream, run_filter)
         except NotFoundError:
             return None
-        if leader.seq is None or leader.subject is None:
+        if last.seq is None or last.subject is None:
             return None
-        return leader.seq, ev.decode_stored(leader.subject, leader.data or b"")
+        return last.seq, last.subject, last.data or b""
