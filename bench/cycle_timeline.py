@@ -4,9 +4,9 @@ Layout as in ``hitl_method.py`` (nats-server, ``tether serve``, a worker process
 process as the client), one run at a time on an idle system. For each cycle the client
 notes when it started the push, when the push returned and when ``RunRef.result()``
 returned; the run's own events give the moments in between, from the clock of the process
-that wrote each (all on this box): the engine's resolution of the wait, the resumed
-attempt's start, and its completion. Reported: the median and p90 of each moment,
-milliseconds after the push started.
+that wrote each (all on this box): the engine's resolution of the wait and the resumed
+attempt's completion (an attempt that runs no step records no start of its own).
+Reported: the median and p90 of each moment, milliseconds after the push started.
 
 Usage: python bench/cycle_timeline.py [--cycles 100] [--pause-ms 300]
 Writes bench/results/cycle_timeline.json.
@@ -35,7 +35,6 @@ WARM_UP = 10
 # the run's events whose time is a moment of the cycle (the last of each type), in order
 MOMENTS = {
     "run.wait_satisfied.v1": "engine resolved the wait",
-    "run.started.v1": "worker started the resumed attempt",
     "run.completed.v1": "worker completed the run",
 }
 

@@ -22,6 +22,14 @@ class _Event(BaseModel):
     at: float  # epoch seconds, from the writer's clock
 
 
+class AttemptWrite(_Event):
+    """An event only a running attempt writes (its steps, waits and outcome). An attempt
+    that wrote no ``run.started`` began with its first such write (the fold counts the
+    attempt there), and that write names the worker: each attempt names its worker once."""
+
+    worker: str | None = None
+
+
 class ErrorInfo(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -66,7 +74,7 @@ class AttemptStarted(_Event):
     worker: str
 
 
-class StepRecorded(_Event):
+class StepRecorded(AttemptWrite):
     type: Literal["run.step.v1"] = "run.step.v1"
     position: int
     name: str
@@ -86,7 +94,7 @@ class TaskEnd(BaseModel):
     reason: str | None = None
 
 
-class WaitStarted(_Event):
+class WaitStarted(AttemptWrite):
     """The task registered a wait and suspended; it holds no slot until the wait resolves.
 
     ``clauses`` are in conjunctive normal form: every clause needs one satisfied condition.
@@ -133,7 +141,7 @@ class WaitConditionMet(WaitResolution):
     within_attempt: bool = False
 
 
-class EventRejected(_Event):
+class EventRejected(AttemptWrite):
     """A matched event failed the wait's model validation; the wait is registered again."""
 
     type: Literal["run.event_rejected.v1"] = "run.event_rejected.v1"
@@ -143,7 +151,7 @@ class EventRejected(_Event):
     error: str
 
 
-class TaskRecorded(_Event):
+class TaskRecorded(AttemptWrite):
     """A task of a workflow run ended (``completed``, ``skipped``, ``failed`` after its
     retries, ``cancelled``) or failed an attempt it will retry (``retrying``)."""
 
@@ -155,7 +163,7 @@ class TaskRecorded(_Event):
     reason: str | None = None
 
 
-class AttemptFailed(_Event):
+class AttemptFailed(AttemptWrite):
     """An attempt raised and the task has retries left: the run retries at ``retry_at``."""
 
     type: Literal["run.attempt_failed.v1"] = "run.attempt_failed.v1"
@@ -164,7 +172,7 @@ class AttemptFailed(_Event):
     retry_at: float
 
 
-class TimeoutRefreshed(_Event):
+class TimeoutRefreshed(AttemptWrite):
     type: Literal["run.timeout_refreshed.v1"] = "run.timeout_refreshed.v1"
     execution_timeout_s: float  # the new total, counted from the request
 
@@ -195,13 +203,13 @@ class _Terminal(_Event):
     parent_run_id: str | None = None  # copied from the request so the parent is told
 
 
-class RunCompleted(_Terminal):
+class RunCompleted(_Terminal, AttemptWrite):
     type: Literal["run.completed.v1"] = "run.completed.v1"
     output: Any
     tasks: list[TaskEnd] | None = None  # workflow tasks that ended just before the run
 
 
-class RunFailed(_Terminal):
+class RunFailed(_Terminal, AttemptWrite):
     type: Literal["run.failed.v1"] = "run.failed.v1"
     error: ErrorInfo
 

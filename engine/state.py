@@ -12,6 +12,7 @@ from tether.engine.events import (
     TERMINAL_TOKENS,
     AttemptFailed,
     AttemptStarted,
+    AttemptWrite,
     ConditionSpec,
     EventRejected,
     RunCancelled,
@@ -36,21 +37,6 @@ from tether.engine.workflow_graph import WorkflowGraph
 RunStatus = Literal["queued", "running", "waiting", "completed", "failed", "timed_out", "cancelled"]
 # A run's terminal statuses are named as its terminal events' subject tokens: one list.
 TERMINAL_STATUSES: frozenset[str] = frozenset(TERMINAL_TOKENS)
-
-# Events only the attempt that is running writes: its steps, waits and outcome. The NATS
-# permissions of a worker cannot tell one run from another, so the fold is what keeps a
-# worker credential from moving a run no attempt of it is running (a waiting or finished
-# run): outside an attempt these are ignored.
-ATTEMPT_EVENTS = (
-    StepRecorded,
-    TaskRecorded,
-    WaitStarted,
-    TimeoutRefreshed,
-    EventRejected,
-    AttemptFailed,
-    RunCompleted,
-    RunFailed,
-)
 
 
 @dataclass(slots=True)
@@ -154,13 +140,13 @@ class RunState:
     ended_at: float | None = None
     # how the run became runnable last: the seq of that event names its dispatch uniquely
     runnable_since_seq: int = 0
-    started_seq: int = 0  # log sequence of the newest run.started event
+    started_seq: int = 0  # log sequence where the newest attempt began (see begin_attempt)
     failures: int = 0  # attempts that failed and were retried
     retry_at: float | None = None
     schedule_timeout_s: float | None = None
     parent_run_id: str | None = None
     rejected: list[dict[str, Any]] = field(default_factory=list)  # events a wait's model refused
-    # An attempt is running and may write (see ATTEMPT_EVENTS): from run.started until it
+    # An attempt is running and may write (``AttemptWrite`` events): from its start until it
     # suspends on a wait, fails or ends. A wait it resolves itself (lookback, a zero sleep)
     # does not end it.
     in_attempt: bool = False
@@ -219,11 +205,14 @@ def refusal(state: RunState, event: RunEvent) -> str | None:
     if isinstance(event, AttemptStarted):
         # a worker may take over a running attempt whose worker went silent, never a wait
         return None if state.status in ("queued", "running") else "the run is waiting"
-    if isinstance(event, ATTEMPT_EVENTS):
-        # A run no attempt has started yet takes them too: whoever may write them may also
-        # write run.started first, so refusing would protect nothing (and the state
-        # machine's own tests fold such short histories).
-        if state.in_attempt or (state.status == "queued" and state.attempt == 0):
+    if isinstance(event, AttemptWrite):
+        # Only the running attempt writes these (its steps, waits and outcome). The NATS
+        # permissions of a worker cannot tell one run from another, so the fold is what
+        # keeps a worker credential from moving a run no attempt of it is running (a
+        # waiting or finished run). A queued run takes them, as the start of an attempt:
+        # whoever may write them may also write run.started first, so refusing would
+        # protect nothing.
+        if state.in_attempt or state.status == "queued":
             return None
         return f"no attempt is running (the run is {state.status})"
     if isinstance(event, WaitResolution):
@@ -282,6 +271,8 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
         state.last_seq = seq
         return state
     state.last_seq = seq
+    if isinstance(event, AttemptWrite) and not state.in_attempt:
+        begin_attempt(state, state.attempt + 1, seq)  # an attempt that wrote no run.started
     match event:
         case RunRequested():
             state.task = event.task
@@ -296,11 +287,7 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.status = "queued"
             state.runnable_since_seq = seq
         case AttemptStarted():
-            state.attempt = event.attempt
-            state.started_seq = seq
-            state.status = "running"
-            state.retry_at = None
-            state.in_attempt = True
+            begin_attempt(state, event.attempt, seq)
         case AttemptFailed():
             state.in_attempt = False
             state.failures += 1
@@ -378,6 +365,16 @@ def evolve(state: RunState, event: RunEvent, seq: int) -> RunState:
             state.status, state.output, state.error = terminal_outcome(event)
             state.ended_at = event.at
     return state
+
+
+def begin_attempt(state: RunState, attempt: int, seq: int) -> None:
+    """Attempt ``attempt`` begins at ``seq``: with its run.started, or with its first write
+    when it wrote none (an attempt that suspends or ends at once records no start)."""
+    state.attempt = attempt
+    state.started_seq = seq
+    state.status = "running"
+    state.retry_at = None
+    state.in_attempt = True
 
 
 def record_task(

@@ -129,6 +129,13 @@ class _WaitNotes:
 
 def _note(event: ev.RunEvent) -> str:
     """A short human description of an event, for tables and timelines."""
+    note = _what(event)
+    if isinstance(event, ev.AttemptWrite) and event.worker:  # it began an attempt
+        return f"{note} (began an attempt on {event.worker})" if note else f"on {event.worker}"
+    return note
+
+
+def _what(event: ev.RunEvent) -> str:
     match event:
         case ev.RunRequested():
             return f"task {event.task}"

@@ -36,3 +36,9 @@ async def wait_for_status(app: Tether, run_id: str, status: str, timeout: float 
         return info if info.status == status else None
 
     return await wait_until(check, timeout=timeout, message=f"run {run_id} to be {status}")
+
+
+def attempt_workers(info: Any) -> list[str]:
+    """The worker of each attempt of a run (a ``RunInfo``), in order: an attempt names its
+    worker once, in its run.started or, when it recorded no start, in its first write."""
+    return [event.data["worker"] for event in info.events if event.data.get("worker")]

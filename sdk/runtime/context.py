@@ -113,6 +113,7 @@ class DurableContext:
         if isinstance(record, StepRecord):
             return record.output
         position = self._position_for(self._position - 1)
+        await self._attempt.begin()
         with self._attempt.tracing.span(
             f"step {name}",
             attributes={

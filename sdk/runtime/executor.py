@@ -15,14 +15,13 @@ from opentelemetry.trace import SpanKind
 from tether.engine import codec
 from tether.engine.events import (
     AttemptFailed,
-    AttemptStarted,
     ErrorInfo,
     RunCompleted,
     RunEvent,
     RunFailed,
     RunTimedOut,
 )
-from tether.engine.state import RunState, evolve, fold
+from tether.engine.state import RunState, fold
 from tether.engine.store import EventStore
 from tether.engine.tracing import Tracing
 from tether.errors import NonRetryableError, _Abandon, _Ended, _Interrupted, _Suspend
@@ -174,6 +173,7 @@ async def _run(
         tracing,
         headers,
         trigger_child=trigger_child,
+        worker_id=worker_id,
     )
     attempt.appended = appended  # the caller keeps the log of a run that suspends
     parent = state.parent_run_id
@@ -186,8 +186,10 @@ async def _run(
                 )
             )
             return AttemptResult("timed_out")
-        started = AttemptStarted(run_id=run_id, at=now, attempt=attempt.number, worker=worker_id)
-        evolve(state, started, await attempt.append(started))
+        if _start_matters(state):
+            await attempt.begin()
+        else:
+            attempt.begin_lazily()
         ctx = DurableContext(attempt)
         token = current_context.set(ctx)
         try:
@@ -229,6 +231,19 @@ async def _run(
         return AttemptResult("interrupted", str(exc))
     except _Abandon:
         return await _after_conflict(store, run_id, attempt.number)
+    finally:
+        await attempt.close()
+
+
+def _start_matters(state: RunState) -> bool:
+    """Must this attempt record its start before running the task? When it takes the run
+    over from an attempt that went silent (the newer number is what stops the old one), and
+    when a schedule timeout waits for the run's first start."""
+    return (
+        state.status == "running"
+        or state.in_attempt
+        or (state.schedule_timeout_s is not None and state.attempt == 0)
+    )
 
 
 async def _after_conflict(store: EventStore, run_id: str, number: int) -> AttemptResult:

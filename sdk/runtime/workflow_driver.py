@@ -320,6 +320,7 @@ class WorkflowDriver:
         node = self._graph.task(task.name)
         limit = node.execution_timeout_s if node is not None else None
         attributes = {"tether.run_id": self._state.run_id, "tether.task": task.name}
+        await self._attempt.begin()  # as before a step: a duplicate attempt stops here
         with self._attempt.tracing.span(f"task {task.name}", attributes=attributes):
             # a durable task's child runs are its own (recorded, waited on durably); a plain
             # task's are runs of their own

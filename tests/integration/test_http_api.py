@@ -112,7 +112,9 @@ async def test_list_waits_approve_with_token_and_approver_on_run_events(
     assert detail["run"]["status"] == "completed"
     assert detail["wait"] is None
     types = [e["type"] for e in detail["events"]]
-    assert types[types.index("run.wait_satisfied.v1") + 1] == "run.started.v1"  # resumed
+    # resumed: the next attempt's only write, which names its worker
+    resumed = detail["events"][types.index("run.wait_satisfied.v1") + 1]
+    assert resumed["type"] == "run.completed.v1" and resumed["data"]["worker"]
     satisfied = next(e for e in detail["events"] if e["type"] == "run.wait_satisfied.v1")
     assert satisfied["data"]["metadata"] == {"approver": "alice"}
     assert satisfied["note"] == "approve by alice"

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import pytest
 from nats.aio.msg import Msg
 
-from tests.helpers import wait_until
+from tests.helpers import attempt_workers, wait_until
 from tests.integration.procs import (
     APPROVAL_KEY,
     approve,
@@ -280,8 +280,7 @@ async def test_worker_killed_while_run_waits(
     assert result == [{"decision": "approve", "action": {"pay": 120}}], children.report()
     info = await app.runs.get(ref.run_id)
     assert info.status == "completed"
-    started = [e.data for e in info.events if e.type == "run.started.v1"]
-    assert [(s["attempt"], s["worker"]) for s in started] == [(1, first_id), (2, second_id)]
+    assert attempt_workers(info) == [first_id, second_id]
     assert first_id != second_id
     assert executions(tmp_path, "propose") == 1  # the recorded step was replayed, not re-run
     await second.terminate()

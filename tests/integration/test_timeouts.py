@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_for_status, wait_until
+from tests.helpers import attempt_workers, wait_for_status, wait_until
 from tether import (
     DurableContext,
     DurableTask,
@@ -74,12 +74,11 @@ async def test_wait_timeout_takes_the_expired_branch(app: Tether, server: Tether
     assert info.status == "completed"
     assert [e.type for e in info.events] == [
         "run.requested.v1",
-        "run.started.v1",
         "run.wait_started.v1",
         "run.wait_timed_out.v1",
-        "run.started.v1",
         "run.completed.v1",
     ]
+    assert len(attempt_workers(info)) == 2  # the attempt that waited, the one that resumed
 
 
 async def test_execution_timeout_while_waiting(app: Tether, server: TetherServer) -> None:

@@ -14,7 +14,7 @@ import nats
 import pytest
 from pydantic import BaseModel
 
-from tests.helpers import wait_for_status
+from tests.helpers import attempt_workers, wait_for_status
 from tether import DurableContext, RunFailedError, Tether, WaitTimeoutError
 from tether.serve import TetherServer
 
@@ -73,9 +73,11 @@ async def test_decision_from_app_events_push(
         "run.step.v1",
         "run.wait_started.v1",
         "run.wait_satisfied.v1",
-        "run.started.v1",
         "run.completed.v1",
     ]
+    # two attempts: the first recorded its start before its step ran; the resumed one ran
+    # no step and wrote only its outcome, which names its worker
+    assert [w.split("@")[0] for w in attempt_workers(info)] == ["payments", "payments"]
     satisfied = info.events[4].data
     assert satisfied["payload"]["decision"] == decision
 

@@ -349,23 +349,28 @@ def test_worker_events_do_not_move_a_waiting_run() -> None:
     assert state.status == "completed" and state.output == "real"
 
 
-def test_worker_events_wait_for_the_next_attempt_after_a_resolution() -> None:
-    """Queued again (its wait resolved, or a retry pending): nothing but run.started moves
-    the run until a new attempt starts."""
+def test_a_queued_run_takes_an_attempt_write_as_the_next_attempt_s_start() -> None:
+    """Queued again (its wait resolved, or a retry pending): the next attempt may begin
+    with its first write instead of a run.started (a resumed attempt that ends at once
+    writes only its outcome); the fold counts the attempt from that write."""
     state = waiting_run()
     [satisfied] = decide(state, resolve(), now=300.0)
     evolve(state, satisfied, 4)
-    evolve(state, ev.RunCompleted(run_id="r1", at=301.0, output="early"), 5)
-    assert state.status == "queued" and state.ignored[0]["reason"].startswith("no attempt")
-    evolve(state, started(attempt=2), 6)
-    evolve(state, ev.RunCompleted(run_id="r1", at=302.0, output="real"), 7)
-    assert (state.status, state.output) == ("completed", "real")
+    evolve(state, ev.RunCompleted(run_id="r1", at=301.0, output="done", worker="w2"), 5)
+    assert (state.status, state.output, state.attempt) == ("completed", "done", 2)
+    assert state.started_seq == 5 and state.ignored == []
 
     retrying = fold("r1", [(1, requested()), (2, started())])
     error = ev.ErrorInfo(type="X", message="m")
     evolve(retrying, ev.AttemptFailed(run_id="r1", at=1, attempt=1, error=error, retry_at=9), 3)
-    evolve(retrying, ev.RunFailed(run_id="r1", at=2, error=error), 4)
-    assert retrying.status == "queued" and retrying.was_ignored(4)
+    assert (retrying.status, retrying.in_attempt) == ("queued", False)
+    evolve(retrying, ev.StepRecorded(run_id="r1", at=2, position=0, name="s", output=1), 4)
+    assert (retrying.status, retrying.attempt, retrying.started_seq) == ("running", 2, 4)
+    assert retrying.in_attempt and retrying.retry_at is None
+    evolve(retrying, ev.WaitStarted(**wait_started(1).model_dump(exclude={"type"})), 5)
+    assert (retrying.status, retrying.attempt) == ("waiting", 2)  # the same attempt goes on
+    evolve(retrying, ev.RunFailed(run_id="r1", at=3, error=error), 6)
+    assert retrying.status == "waiting" and retrying.was_ignored(6)
 
 
 def test_finished_runs_record_late_writes_as_ignored() -> None:

@@ -535,14 +535,18 @@ function taskGraph(tasks, wait) {
 
 // -- run page ------------------------------------------------------------------------------
 
+function attemptTitle(previousType, attempt, worker) {
+  const resumed = previousType === "run.wait_satisfied.v1" || previousType === "run.wait_timed_out.v1";
+  return `${resumed ? "Resumed" : "Started"}: attempt ${attempt} on ${worker}`;
+}
+
 function describeEvent(event, previousType) {
   const d = event.data;
   switch (event.type) {
     case "run.requested.v1":
       return { title: `Requested (task ${d.task})`, body: d.input === undefined ? null : pretty(d.input) };
     case "run.started.v1":
-      return { title: previousType === "run.wait_satisfied.v1" || previousType === "run.wait_timed_out.v1"
-        ? `Resumed: attempt ${d.attempt} on ${d.worker}` : `Started: attempt ${d.attempt} on ${d.worker}` };
+      return { title: attemptTitle(previousType, d.attempt, d.worker) };
     case "run.step.v1":
       return { title: `Step ${d.name} recorded`, body: pretty(d.output) };
     case "run.wait_started.v1":
@@ -626,13 +630,24 @@ const runPage = {
     const terminal = ["completed", "failed", "timed_out", "cancelled"].includes(run.status);
     $("run-cancel").hidden = terminal || !(me && me.cancel);
     let previous = null;
-    $("timeline").replaceChildren(...data.events.map((event) => {
+    let attempt = 0;
+    $("timeline").replaceChildren(...data.events.flatMap((event) => {
       const info = describeEvent(event, previous);
+      const items = [];
+      if (event.type === "run.started.v1") attempt = event.data.attempt;
+      else if (event.data.worker) {
+        // an attempt that recorded no start of its own began with this write, which names it
+        attempt += 1;
+        items.push(el("li", { "data-type": "attempt" },
+          el("strong", { text: attemptTitle(previous, attempt, event.data.worker) }),
+          el("span", { class: "when" }, timeEl(event.at, "absolute"))));
+      }
       previous = event.type;
-      return el("li", { class: info.cls || "", "data-type": event.type },
+      items.push(el("li", { class: info.cls || "", "data-type": event.type },
         el("strong", { text: info.title }), el("span", { class: "when" }, timeEl(event.at, "absolute")),
         el("div", { class: "type", text: `#${event.seq} ${event.type}` }),
-        info.body ? el("details", {}, el("summary", { text: "details" }), el("pre", { text: info.body })) : null);
+        info.body ? el("details", {}, el("summary", { text: "details" }), el("pre", { text: info.body })) : null));
+      return items;
     }));
   },
 
