@@ -7,26 +7,23 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from opentelemetry.trace import SpanKind
 
 from tether.durations import Duration, optional_seconds
 from tether.engine import codec
 from tether.engine import events as ev
-from tether.engine.connection import Connection, ConnectionFactory
+from tether.engine.connection import ConnectionFactory
 from tether.engine.decide import CancelRun, decide
 from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
 from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, fold
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
-from tether.engine.subjects import check_run_id, run_subject_parts
+from tether.engine.subjects import check_run_id
 from tether.engine.tracing import messaging
 from tether.engine.workflow_decisions import task_statuses
 from tether.engine.workflow_graph import WorkflowGraph
@@ -36,6 +33,7 @@ from tether.errors import (
     raise_for_outcome,
 )
 from tether.sync import SyncRunner
+from tether.terminal_watch import RECENT_NOTICE_S, TerminalWatch
 
 
 class TaskDefinition(Protocol):
@@ -153,67 +151,6 @@ class RunRef:
         return await self._runs.result(self.run_id, timeout=timeout)
 
 
-class _TerminalWatcher:
-    """One set of subscriptions on terminal run subjects, shared by every waiting caller.
-
-    Runs noticed in the last ``RECENT_NOTICE_S`` are remembered: the server fans a write out
-    to core subscribers before the stream stores it, so a caller that registers and reads
-    in that moment would otherwise miss the notice and find the run not ended yet."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._subs: list[Subscription] = []
-        self._recent: OrderedDict[str, float] = OrderedDict()  # run id -> when noticed
-
-    async def start(self) -> None:
-        names = self.conn.settings.names
-        for token in ev.TERMINAL_TOKENS:
-            sub = await self.conn.nc.subscribe(names.runs_token_filter(token), cb=self._on_msg)
-            self._subs.append(sub)
-        # Notices published while the connection was down are gone: every waiter re-reads.
-        self.conn.on_reconnect(self.wake_all)
-
-    async def _on_msg(self, msg: Msg) -> None:
-        run_id = run_subject_parts(msg.subject)[0]
-        now = time.monotonic()
-        recent = self._recent
-        recent[run_id] = now
-        recent.move_to_end(run_id)
-        while recent and (
-            len(recent) > RECENT_NOTICE_MAX or next(iter(recent.values())) < now - RECENT_NOTICE_S
-        ):
-            recent.popitem(last=False)
-        self._wake(run_id)
-
-    def _wake(self, run_id: str) -> None:
-        for fut in self._waiters.pop(run_id, []):
-            if not fut.done():
-                fut.set_result(None)
-
-    async def wake_all(self) -> None:
-        for run_id in list(self._waiters):
-            self._wake(run_id)
-
-    def register(self, run_id: str, *, after: float = 0.0) -> asyncio.Future[None]:
-        """A future set by the next notice of ``run_id``, or already set by one noticed at
-        or after ``after`` (monotonic time)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        noticed = self._recent.get(run_id)
-        if noticed is not None and noticed >= after:
-            fut.set_result(None)
-        else:
-            self._waiters.setdefault(run_id, []).append(fut)
-        return fut
-
-    def discard(self, run_id: str, fut: asyncio.Future[None]) -> None:
-        waiters = self._waiters.get(run_id)
-        if waiters and fut in waiters:
-            waiters.remove(fut)
-            if not waiters:
-                del self._waiters[run_id]
-
-
 # When a waiter re-reads a run's log. After a notice the announced write is readable within
 # milliseconds (a replica behind the stream leader may take longer), so it polls from
 # AFTER_NOTICE_S. Without one it still re-reads, from FIRST_RECHECK_S backing off to
@@ -224,9 +161,6 @@ class _TerminalWatcher:
 AFTER_NOTICE_S = 0.002
 FIRST_RECHECK_S = 5.0
 MAX_RECHECK_S = 60.0
-# Notices are remembered this long (and at most this many) for callers that register late.
-RECENT_NOTICE_S = 30.0
-RECENT_NOTICE_MAX = 100_000
 
 
 class RunsClient:
@@ -236,7 +170,7 @@ class RunsClient:
     def __init__(self, connect: ConnectionFactory, sync: SyncRunner) -> None:
         self._connect = connect
         self.sync = sync
-        self._watcher: _TerminalWatcher | None = None
+        self._watcher: TerminalWatch | None = None
 
     async def trigger(
         self,
@@ -329,13 +263,13 @@ class RunsClient:
             tasks=task_infos(state),
         )
 
-    async def _ensure_watcher(self) -> _TerminalWatcher:
+    async def _ensure_watcher(self) -> TerminalWatch:
         conn = await self._connect()
         if self._watcher is not None and self._watcher.conn is conn:
             return self._watcher
         # first use, or the app's connection changed (a new event loop, or NATS closed the
         # old one): the old subscriptions are gone with it
-        self._watcher = watcher = _TerminalWatcher(conn)
+        self._watcher = watcher = TerminalWatch(conn)
         await watcher.start()
         return watcher
 

@@ -1,0 +1,82 @@
+"""Notices of runs ending, shared by every caller waiting in one client: a run's terminal
+events as the server fans them out to core subscribers. A notice is a hint only (it may be
+a write the store refused, or one the run's state machine ignores, and it can arrive before
+the stream has stored it): a waiter woken by one reads the run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from tether.engine import events as ev
+from tether.engine.connection import Connection
+from tether.engine.subjects import run_subject_parts
+
+# Notices are remembered this long (and at most this many) for callers that register late.
+RECENT_NOTICE_S = 30.0
+RECENT_NOTICE_MAX = 100_000
+
+
+class TerminalWatch:
+    """One set of subscriptions on terminal run subjects, shared by every waiting caller.
+
+    Runs noticed in the last ``RECENT_NOTICE_S`` are remembered: the server fans a write out
+    to core subscribers before the stream stores it, so a caller that registers and reads
+    in that moment would otherwise miss the notice and find the run not ended yet."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._subs: list[Subscription] = []
+        self._recent: OrderedDict[str, float] = OrderedDict()  # run id -> when noticed
+
+    async def start(self) -> None:
+        names = self.conn.settings.names
+        for token in ev.TERMINAL_TOKENS:
+            sub = await self.conn.nc.subscribe(names.runs_token_filter(token), cb=self._on_msg)
+            self._subs.append(sub)
+        # Notices published while the connection was down are gone: every waiter re-reads.
+        self.conn.on_reconnect(self.wake_all)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        run_id = run_subject_parts(msg.subject)[0]
+        now = time.monotonic()
+        recent = self._recent
+        recent[run_id] = now
+        recent.move_to_end(run_id)
+        while recent and (
+            len(recent) > RECENT_NOTICE_MAX or next(iter(recent.values())) < now - RECENT_NOTICE_S
+        ):
+            recent.popitem(last=False)
+        self._wake(run_id)
+
+    def _wake(self, run_id: str) -> None:
+        for fut in self._waiters.pop(run_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wake_all(self) -> None:
+        for run_id in list(self._waiters):
+            self._wake(run_id)
+
+    def register(self, run_id: str, *, after: float = 0.0) -> asyncio.Future[None]:
+        """A future set by the next notice of ``run_id``, or already set by one noticed at
+        or after ``after`` (monotonic time)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        noticed = self._recent.get(run_id)
+        if noticed is not None and noticed >= after:
+            fut.set_result(None)
+        else:
+            self._waiters.setdefault(run_id, []).append(fut)
+        return fut
+
+    def discard(self, run_id: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(run_id)
+        if waiters and fut in waiters:
+            waiters.remove(fut)
+            if not waiters:
+                del self._waiters[run_id]
