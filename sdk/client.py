@@ -132,12 +132,22 @@ class RunInfo:
         return self.status in TERMINAL_STATUSES
 
 
+@dataclass(frozen=True, slots=True)
+class _Watched:
+    """The terminal notices a client was already listening to when it triggered a run."""
+
+    watch: TerminalWatch
+    epoch: int
+    since: float  # monotonic time of the trigger
+
+
 class RunRef:
     """A handle on a triggered run."""
 
-    def __init__(self, runs: RunsClient, run_id: str) -> None:
+    def __init__(self, runs: RunsClient, run_id: str, watched: _Watched | None = None) -> None:
         self._runs = runs
         self.run_id = run_id
+        self._watched = watched
 
     def __repr__(self) -> str:
         return f"RunRef({self.run_id!r})"
@@ -148,7 +158,7 @@ class RunRef:
 
     async def result(self, timeout: Duration | None = None) -> Any:
         """Wait for the run to end; return its output or raise the matching RunError."""
-        return await self._runs.result(self.run_id, timeout=timeout)
+        return await self._runs._result(self.run_id, timeout, self._watched)
 
 
 # When a waiter re-reads a run's log. After a notice the announced write is readable within
@@ -205,6 +215,8 @@ class RunsClient:
         )
         names = conn.settings.names
         template = names.run_template("requested")
+        watch = self._watcher if self._watcher is not None and self._watcher.conn is conn else None
+        watched = None if watch is None else _Watched(watch, watch.epoch, time.monotonic())
         try:
             # The trigger's span anchors the run's trace; its context is stored with the
             # request so that every attempt, however late, joins it.
@@ -230,7 +242,8 @@ class RunsClient:
                 raise ValueError(
                     f"a run with id {run_id!r} already exists; pick another id"
                 ) from None
-        return RunRef(self, run_id)
+            watched = None  # the run is older than this call
+        return RunRef(self, run_id, watched)
 
     def ref(self, run_id: str) -> RunRef:
         return RunRef(self, run_id)
@@ -304,16 +317,26 @@ class RunsClient:
         run_id: str,
         ended: Callable[[Prompt], Awaitable[T | None]],
         timeout: Duration | None,
+        watched: _Watched | None = None,
     ) -> T:
         """Call ``ended(prompt)`` until it gives a value: first at once (``"first"``), then
         after each terminal notice of the run (``"notice"``), and on a backoff without one
         (``"recheck"``): from ``AFTER_NOTICE_S`` after a notice whose read found no end
         (the write may not be readable yet), else from ``FIRST_RECHECK_S``. A notice counts
         once: from the first look on, only notices that came after the previous look began
-        prompt another."""
+        prompt another.
+
+        A run this client triggered while it was listening for notices (``watched``) needs
+        no first look while every notice since is still known: none means it has not
+        ended, so the waiter waits for one."""
         watcher = await self._ensure_watcher()
         recheck = FIRST_RECHECK_S
-        prompt: Prompt = "first"
+        quiet = (
+            watched is not None
+            and watched.watch is watcher
+            and watcher.heard_all_since(watched.epoch, watched.since)
+        )
+        prompt: Prompt | None = None if quiet else "first"
         noticed_after = time.monotonic() - RECENT_NOTICE_S  # a notice before the call counts
         async with asyncio.timeout(optional_seconds(timeout, "timeout")):
             while True:
@@ -322,7 +345,7 @@ class RunsClient:
                 noticed_after = time.monotonic()
                 try:
                     try:
-                        done = await ended(prompt)
+                        done = None if prompt is None else await ended(prompt)
                     except TRANSIENT_NATS_ERRORS as exc:
                         # A reconnect or a leader election: the caller's timeout still holds.
                         log.debug("run read failed; retrying", extra={"error": repr(exc)})
@@ -356,6 +379,11 @@ class RunsClient:
         read: while it is an event of a run going on, the run has not ended, and nothing
         more is read. Otherwise, and after a notice, the whole log is folded, which tells a
         real ending from a write the state machine ignores (a forged completion, say)."""
+        return await self._result(run_id, timeout, None)
+
+    async def _result(self, run_id: str, timeout: Duration | None, watched: _Watched | None) -> Any:
+        """``result``; for a run this client triggered, ``watched`` says what it listened to
+        then (see ``_until_ended``)."""
 
         async def ended(prompt: Prompt) -> tuple[str, Any, dict[str, str] | None] | None:
             if prompt in ("first", "recheck") and await self._still_going(run_id):
@@ -366,7 +394,7 @@ class RunsClient:
                 raise RunNotFoundError(run_id)
             return (state.status, state.output, state.error) if state.is_terminal else None
 
-        status, output, error = await self._until_ended(run_id, ended, timeout)
+        status, output, error = await self._until_ended(run_id, ended, timeout, watched)
         return raise_for_outcome(run_id, status, output, error)
 
     async def cancel(self, run_id: str, *, reason: str = "cancelled") -> RunInfo:

@@ -33,6 +33,9 @@ class TerminalWatch:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._subs: list[Subscription] = []
         self._recent: OrderedDict[str, float] = OrderedDict()  # run id -> when noticed
+        # Bumped when notices may have been lost: a reconnect (none comes while the
+        # connection is down) or a recent notice forgotten to keep RECENT_NOTICE_MAX.
+        self.epoch = 0
 
     async def start(self) -> None:
         names = self.conn.settings.names
@@ -48,10 +51,11 @@ class TerminalWatch:
         recent = self._recent
         recent[run_id] = now
         recent.move_to_end(run_id)
-        while recent and (
-            len(recent) > RECENT_NOTICE_MAX or next(iter(recent.values())) < now - RECENT_NOTICE_S
-        ):
+        while recent and next(iter(recent.values())) < now - RECENT_NOTICE_S:
             recent.popitem(last=False)
+        if len(recent) > RECENT_NOTICE_MAX:
+            recent.popitem(last=False)
+            self.epoch += 1
         self._wake(run_id)
 
     def _wake(self, run_id: str) -> None:
@@ -60,8 +64,14 @@ class TerminalWatch:
                 fut.set_result(None)
 
     async def wake_all(self) -> None:
+        self.epoch += 1
         for run_id in list(self._waiters):
             self._wake(run_id)
+
+    def heard_all_since(self, epoch: int, since: float) -> bool:
+        """Would any notice since ``since`` (monotonic), when ``epoch`` was current, still
+        be known here? Then a run that has none has not ended since."""
+        return epoch == self.epoch and time.monotonic() - since < RECENT_NOTICE_S
 
     def register(self, run_id: str, *, after: float = 0.0) -> asyncio.Future[None]:
         """A future set by the next notice of ``run_id``, or already set by one noticed at

@@ -85,3 +85,44 @@ async def test_a_notice_of_a_write_the_run_ignores_does_not_make_the_waiter_spin
         assert 1 <= len(reads) <= 20, f"{len(reads)} whole-log reads in a second"
         await app.events.push("approval:decision", {"decision": "approve"})
         assert await waiter == {"decision": "approve"}
+
+
+async def test_a_run_triggered_while_listening_is_read_only_after_its_notice(
+    app: Tether, server: TetherServer
+) -> None:
+    """A client that already listens for terminal notices when it triggers a run needs no
+    first look at the run: no notice means it has not ended. Once notices may have been
+    lost (a reconnect), the waiter looks first, as for any other run."""
+
+    @app.durable_task(name="quick")
+    async def quick(input: Any, ctx: DurableContext) -> Any:
+        return input
+
+    conn = await app.connection()
+    real_read_last = conn.store.read_last
+    looks: list[str] = []
+
+    async def counted_read_last(run_id: str) -> Any:
+        looks.append(run_id)
+        return await real_read_last(run_id)
+
+    conn.store.read_last = counted_read_last  # type: ignore[method-assign]
+    async with app.worker("w", slots=2):
+        assert await (await quick.run_no_wait({"n": 0})).result(timeout=15) == {"n": 0}
+        assert len(looks) == 1  # the client was not listening yet when it triggered that one
+
+        ref = await quick.run_no_wait({"n": 1})
+        assert await ref.result(timeout=15) == {"n": 1}
+        assert await ref.result(timeout=15) == {"n": 1}  # ended before the call: its notice
+        assert len(looks) == 1
+
+        watcher = app.runs._watcher
+        assert watcher is not None
+        ended = await quick.run_no_wait({"n": 2})
+        await wait_for_status(app, ended.run_id, "completed")
+        # as if its notice had come while the connection was down: the reconnect bumps the
+        # watcher's epoch, and the waiter reads first instead of waiting for a notice
+        watcher._recent.pop(ended.run_id, None)
+        await watcher.wake_all()
+        assert await ended.result(timeout=15) == {"n": 2}
+    assert looks[1:] == [ended.run_id]
