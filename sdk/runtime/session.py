@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -21,8 +20,6 @@ from tether.engine.tracing import Tracing
 from tether.errors import _Abandon, _Interrupted
 
 T = TypeVar("T")
-
-log = logging.getLogger("tether.worker")
 
 # An attempt that has written nothing after this long records its start (run.started), so
 # that a run doing long work before its first durable call shows as running. One that
