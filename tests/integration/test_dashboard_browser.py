@@ -162,21 +162,24 @@ async def test_inbox_approve_then_run_page_shows_completed(
                 assert "Pay 1,200 EUR to ACME Ltd" in card.text
                 assert "approval:decision" in card.text
                 assert "Signed in as alice" in browser.find_element(By.ID, "who").text
-                # a run that starts waiting now appears without a reload
+                reason = card.find_element(By.CSS_SELECTOR, "input[name='reason']")
+                reason.send_keys("within")
+                # a run that starts waiting now appears without a reload, and the card
+                # being typed into keeps the focus through the refreshes that add it
                 later = asyncio.run_coroutine_threadsafe(later_run(), loop).result(15)
                 wait.until(
                     ec.presence_of_element_located((By.CSS_SELECTOR, f'li[data-run-id="{later}"]'))
                 )
                 wait.until(ec.text_to_be_present_in_element((By.ID, "inbox-count"), "(2)"))
+                assert browser.switch_to.active_element == reason
                 SCREENSHOT.parent.mkdir(exist_ok=True)
                 browser.save_screenshot(str(SCREENSHOT))
 
-                reason = card.find_element(By.CSS_SELECTOR, "input[name='reason']")
                 label = browser.find_element(
                     By.CSS_SELECTOR, f"label[for='{reason.get_attribute('id')}']"
                 )
                 assert label.text == "Reason (optional)"
-                reason.send_keys("within budget")
+                reason.send_keys(" budget")
                 card.find_element(By.XPATH, ".//button[normalize-space()='Approve']").click()
                 wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "approved"))
                 wait.until(ec.staleness_of(card))  # the decided run leaves the inbox

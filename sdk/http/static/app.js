@@ -334,8 +334,14 @@ const inbox = {
     for (const [runId, known] of [...this.cards]) {
       if (!seen.has(runId)) { known.node.remove(); this.cards.delete(runId); }
     }
-    // keep the order of the API (longest waiting first)
-    for (const wait of data.waits) list.append(this.cards.get(wait.run_id).node);
+    // keep the order of the API (longest waiting first), moving only the cards out of
+    // place: a moved card loses the focus, and a reason being typed into it its keys
+    let next = list.firstElementChild;
+    for (const wait of data.waits) {
+      const node = this.cards.get(wait.run_id).node;
+      if (node === next) next = next.nextElementSibling;
+      else list.insertBefore(node, next);
+    }
     $("empty").hidden = data.waits.length > 0;
     setCount(data.total);
     if (data.total > data.waits.length) say(`Showing the ${data.waits.length} longest waiting of ${data.total}.`);
