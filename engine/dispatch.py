@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
@@ -26,15 +25,6 @@ class StoredEvent(Protocol):
     def data(self) -> bytes: ...
     @property
     def headers(self) -> Mapping[str, str] | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class WrittenEvent:
-    """An event this process has just appended, as the stream stored it."""
-
-    subject: str
-    data: bytes
-    headers: Mapping[str, str] | None
 
 
 async def dispatch_task(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -18,6 +20,35 @@ from tether.engine.subjects import Names
 # How long to wait, in turn, for a replica that answers direct gets to show a run its
 # stream's leader already holds (about a second in all).
 LAGGING_REPLICA_DELAYS_S = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenEvent:
+    """A run-log event as a guarded append stores it: subject, body and headers."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+def guarded_write(
+    names: Names,
+    event: ev.RunEvent,
+    expected_last_seq: int,
+    headers: Mapping[str, str] | None = None,
+) -> WrittenEvent:
+    """``event`` as appended to its run's log after ``expected_last_seq``: the guard headers
+    (which the server checks, and which every stored event keeps) beside ``headers``."""
+    run_id = event.run_id
+    return WrittenEvent(
+        names.run_subject(run_id, ev.subject_token(event)),
+        ev.encode(event),
+        {
+            **(headers or {}),
+            wire.EXPECTED_LAST_SUBJECT_SEQ: str(expected_last_seq),
+            wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: names.run_filter(run_id),
+        },
+    )
 
 
 def is_occ_conflict(exc: BaseException) -> bool:
@@ -39,15 +70,10 @@ class JetStreamEventStore:
         headers: dict[str, str] | None = None,
     ) -> int:
         run_id = event.run_id
-        headers = {
-            **(headers or {}),
-            wire.EXPECTED_LAST_SUBJECT_SEQ: str(expected_last_seq),
-            wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: self._names.run_filter(run_id),
-        }
-        subject = self._names.run_subject(run_id, ev.subject_token(event))
-        data = ev.encode(event)
+        write = guarded_write(self._names, event, expected_last_seq, headers)
+        subject, data = write.subject, write.data
         try:
-            ack = await self._js.publish(subject, data, headers=headers)
+            ack = await self._js.publish(subject, data, headers=write.headers)
         except APIError as exc:
             if not is_occ_conflict(exc):
                 raise

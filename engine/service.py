@@ -19,7 +19,8 @@ from tether.engine.bookkeeping import RESOLUTION_TOKENS, Bookkeeper
 from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines
 from tether.engine.decide import ExpireWait, ResolveWait, decide, wait_resolution
-from tether.engine.dispatch import ResolutionDispatches, WrittenEvent, dispatch_task
+from tether.engine.dispatch import ResolutionDispatches, dispatch_task
+from tether.engine.jetstream_store import guarded_write
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.state import RunState, fold
@@ -188,15 +189,7 @@ class EngineService:
             return
         names = self._conn.settings.names
         traceparent = decided.headers.get(TRACEPARENT)
-        written = WrittenEvent(
-            names.run_subject(run_id, ev.subject_token(decided.event)),
-            ev.encode(decided.event),
-            {
-                **decided.headers,
-                wire.EXPECTED_LAST_SUBJECT_SEQ: str(decided.previous),
-                wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: names.run_filter(run_id),
-            },
-        )
+        written = guarded_write(names, decided.event, decided.previous, decided.headers)
         done = False
         try:
             await dispatch_task(
