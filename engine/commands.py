@@ -20,6 +20,11 @@ from tether.engine.decide import (
 CommandKind = Literal["resume", "expire_wait", "expire_run", "expire_schedule", "cancel", "retry"]
 
 
+# What an execution timeout's reason says of its scope: the engine's (which applies a
+# deadline's command) and a worker's (whose attempt runs past it) both end with it.
+EXECUTION_TIMEOUT_SCOPE = "(it covers the whole run, waits included)"
+
+
 class CommandMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -72,8 +77,7 @@ class CommandMessage(BaseModel):
             return ExpireWait(wait_id=str(self.wait_id), wait_seq=self.wait_seq)
         if self.kind == "expire_run":
             return ExpireRun(
-                reason=self.reason
-                or "execution timeout passed (it covers the whole run, waits included)"
+                reason=self.reason or f"execution timeout passed {EXECUTION_TIMEOUT_SCOPE}"
             )
         if self.kind == "expire_schedule":
             return ExpireSchedule(reason=self.reason or "no worker started the run in time")

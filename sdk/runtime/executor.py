@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from opentelemetry.trace import SpanKind
 
 from tether.engine import codec
+from tether.engine.commands import EXECUTION_TIMEOUT_SCOPE
 from tether.engine.events import (
     AttemptFailed,
     ErrorInfo,
@@ -305,7 +306,4 @@ async def _record_failure(
 
 
 def _timeout_reason(state: RunState) -> str:
-    return (
-        f"execution timeout of {state.execution_timeout_s:g}s passed "
-        "(it covers the whole run, waits included)"
-    )
+    return f"execution timeout of {state.execution_timeout_s:g}s passed {EXECUTION_TIMEOUT_SCOPE}"
