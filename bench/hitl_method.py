@@ -15,7 +15,8 @@ Phases, as the peers ran them:
   * throughput: --runs started (--in-flight at a time), all waiting, then --runs decisions
     pushed (--in-flight at a time) while every result is awaited through ``RunRef.result()``;
     cycles/s = runs / (first push -> last result); CPU seconds per cycle of every process,
-    the client included, over that phase.
+    the client included, over that phase, and per start over the phase that starts the runs
+    (from the first start until every run waits).
 
 Usage: python bench/hitl_method.py [--runs 2000] [--latency-runs 200] [--in-flight 16]
        [--sync-always]
@@ -164,11 +165,13 @@ async def throughput_and_memory(
 ) -> dict[str, Any]:
     await asyncio.sleep(SETTLE_S)
     idle = {name: pss_bytes(pid) for name, pid in pids.items()}
+    cpu.begin()
     began = time.perf_counter()
     refs = await bounded(list(range(args.runs)), args.in_flight, cycle.start)
     started = time.perf_counter()
     await cycle.all_waiting(refs, f"{args.runs} runs waiting")
     waiting = time.perf_counter()
+    start_cpu = cpu.end()
     await asyncio.sleep(SETTLE_S)
     loaded = {name: pss_bytes(pid) for name, pid in pids.items()}
     per_wait = {name: (loaded[name] - idle[name]) / args.runs for name in pids}
@@ -192,6 +195,8 @@ async def throughput_and_memory(
             "starts_per_s": round(args.runs / (started - began), 1),
             "cycles_per_s": round(args.runs / (last - first), 1),
             "cpu_ms_per_cycle": {k: round(v * 1000 / args.runs, 3) for k, v in used.items()},
+            # from the first start until every run waits
+            "cpu_ms_per_start": {k: round(v * 1000 / args.runs, 3) for k, v in start_cpu.items()},
         },
         "memory": {
             "idle_pss": idle,
@@ -236,6 +241,7 @@ def report(results: dict[str, Any]) -> None:
         )
     print(f"throughput: {t['cycles_per_s']} cycles/s, starts {t['starts_per_s']}/s")
     print(f"CPU ms per cycle: {t['cpu_ms_per_cycle']}")
+    print(f"CPU ms per start: {t['cpu_ms_per_start']}")
     print(
         f"bytes per waiting run: {m['bytes_per_waiting_run_total']:,} "
         f"({m['bytes_per_waiting_run']})"
