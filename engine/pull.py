@@ -124,10 +124,16 @@ class SlotPuller:
         """How many messages to ask for now. Pullers sharing a budget each ask for at most
         their share of it, and an idle puller always keeps one request open while a slot is
         free: otherwise one task's standing request could hold every slot of the worker and
-        starve its other tasks. The rare delivery beyond capacity is handed back at once."""
+        starve its other tasks. The rare delivery beyond capacity is handed back at once.
+
+        While messages are still owed, a puller asks again only once half its share is
+        used up: a request per handled message would double the messages a busy consumer
+        costs both ends, and the open requests keep deliveries coming meanwhile."""
         budget = self._budget
         share = -(-budget.capacity // max(1, len(budget.pullers)))
         want = min(budget.free(), share - self.outstanding)
+        if self.outstanding > 0 and want < max(1, share // 2):
+            return 0
         if want <= 0 and self.outstanding == 0 and budget.active < budget.capacity:
             want = 1
         return want
@@ -191,7 +197,7 @@ class SlotPuller:
             budget.active -= 1
             if starved:
                 budget.wake_all()
-            else:
+            elif self._wanted() > 0:
                 self.wake()
 
     async def stop(self, grace_s: float = 10.0) -> None:

@@ -1,0 +1,64 @@
+"""The slot-bounded pull consumer against a real JetStream consumer: it never runs more
+messages than its slots, handles every message, and a busy puller asks for messages in
+batches rather than once per handled message."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from tests.helpers import wait_until
+from tether.engine import wire
+from tether.engine.pull import SlotBudget, SlotPuller
+
+SLOTS = 16
+MESSAGES = 400
+
+
+async def test_a_busy_puller_stays_within_its_slots_and_asks_in_batches(plain_nc: NATS) -> None:
+    stream, consumer = f"PULL_{uuid.uuid4().hex[:8]}", "work"
+    subject = f"pull.{stream}"
+    js = plain_nc.jetstream()
+    await js.add_stream(name=stream, subjects=[subject])
+    await js.add_consumer(
+        stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
+    )
+    requests: list[bytes] = []
+
+    async def on_request(msg: Msg) -> None:  # every pull request the puller sends
+        requests.append(msg.data)
+
+    watch = await plain_nc.subscribe(wire.consumer_next(stream, consumer), cb=on_request)
+    running, most_running = 0, 0
+    handled: set[bytes] = set()
+
+    async def handle(msg: Msg) -> None:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        await asyncio.sleep(0.001)  # some work, so that handlers overlap
+        handled.add(msg.data)
+        running -= 1
+        await msg.ack()
+
+    puller = SlotPuller(plain_nc, stream, consumer, handle, budget=SlotBudget(SLOTS))
+    await puller.start()
+    try:
+        for i in range(MESSAGES):
+            await js.publish(subject, str(i).encode())
+
+        async def all_handled() -> bool:
+            return len(handled) == MESSAGES
+
+        await wait_until(all_handled, message=f"all {MESSAGES} messages handled")
+    finally:
+        await puller.stop()
+        await watch.unsubscribe()
+    assert most_running <= SLOTS
+    # Asking again once half the slots' share is used up: about one request per eight
+    # messages here, where asking per handled message made one request per message.
+    assert len(requests) <= MESSAGES // (SLOTS // 2) + 10, f"{len(requests)} pull requests"
