@@ -113,7 +113,7 @@ class Bookkeeper:
         engine's resolution of its wait), carrying the event to the worker."""
         traceparent = (msg.headers or {}).get(TRACEPARENT)
         await dispatch_task(
-            self._conn.js,
+            self._conn.publisher,
             self._conn.settings.names,
             task,
             run_subject_parts(msg.subject)[0],
@@ -305,7 +305,7 @@ class Bookkeeper:
                 "message": event.reason,
             }
         names = self._conn.settings.names
-        await self._conn.js.publish(
+        await self._conn.publisher.publish(
             names.event_subject(f"tether:run:{event.run_id}"),
             orjson.dumps(body),
             headers={

@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 from opentelemetry.trace import TracerProvider
 
 from tether.engine import codec, nats_headers, wire
+from tether.engine.acked_publish import AckedPublisher
 from tether.engine.config import Settings
 from tether.engine.event_reads import read_key_events
 from tether.engine.jetstream_store import JetStreamEventStore
@@ -57,6 +58,7 @@ class Connection:
     reader: DirectReader
     store: JetStreamEventStore
     deadlines: KeyValue
+    publisher: AckedPublisher
 
     reconnect_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     tracing: Tracing = field(default_factory=Tracing)
@@ -172,7 +174,8 @@ class Connection:
             await nc.close()
             raise
         reader = DirectReader(nc)
-        store = JetStreamEventStore(nc, js, settings.names, reader)
+        publisher = AckedPublisher(nc)
+        store = JetStreamEventStore(nc, js, settings.names, reader, publisher)
         return cls(
             settings,
             nc,
@@ -180,6 +183,7 @@ class Connection:
             reader,
             store,
             deadlines,
+            publisher,
             hooks,
             Tracing(tracer_provider),
             permissions=watch,
@@ -218,6 +222,7 @@ class Connection:
     async def close(self) -> None:
         try:
             await self.reader.close()
+            await self.publisher.close()
             await self.nc.drain()
         except Exception:
             log.debug("error while closing the NATS connection", exc_info=True)

@@ -11,6 +11,7 @@ import orjson
 from nats.js import JetStreamContext
 
 from tether.engine import commands, ids, wire
+from tether.engine.acked_publish import AckedPublisher
 from tether.engine.run_log_reads import guarded_predecessor
 from tether.engine.subjects import Names
 from tether.engine.tracing import trace_headers
@@ -28,7 +29,7 @@ class StoredEvent(Protocol):
 
 
 async def dispatch_task(
-    js: JetStreamContext,
+    publisher: AckedPublisher,
     names: Names,
     task: str,
     run_id: str,
@@ -48,7 +49,7 @@ async def dispatch_task(
     event = _carried(names, run_id, carried) if carried is not None else None
     if event is not None:
         body["carried"] = event
-    await js.publish(
+    await publisher.publish(
         names.task_subject(task),
         orjson.dumps(body),
         headers={**(headers or {}), wire.MSG_ID: ids.dispatch_msg_id(run_id, seq)},

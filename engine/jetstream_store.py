@@ -12,6 +12,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from tether.engine import events as ev
 from tether.engine import wire
+from tether.engine.acked_publish import AckedPublisher
 from tether.engine.nats_io import DirectReader, StoredMessage
 from tether.engine.run_log_reads import read_run_log
 from tether.engine.store import ConcurrencyConflictError
@@ -56,11 +57,19 @@ def is_occ_conflict(exc: BaseException) -> bool:
 
 
 class JetStreamEventStore:
-    def __init__(self, nc: NATS, js: JetStreamContext, names: Names, reader: DirectReader) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        names: Names,
+        reader: DirectReader,
+        publisher: AckedPublisher,
+    ) -> None:
         self._nc = nc
         self._js = js
         self._names = names
         self._reader = reader
+        self._publisher = publisher
 
     async def append(
         self,
@@ -73,7 +82,7 @@ class JetStreamEventStore:
         write = guarded_write(self._names, event, expected_last_seq, headers)
         subject, data = write.subject, write.data
         try:
-            ack = await self._js.publish(subject, data, headers=write.headers)
+            ack = await self._publisher.publish(subject, data, headers=write.headers)
         except APIError as exc:
             if not is_occ_conflict(exc):
                 raise

@@ -193,7 +193,7 @@ class EngineService:
         done = False
         try:
             await dispatch_task(
-                self._conn.js,
+                self._conn.publisher,
                 names,
                 decided.headers[wire.TASK],
                 run_id,
@@ -219,7 +219,7 @@ class EngineService:
         if state.status != "queued" or state.runnable_since_seq != command.retry_seq:
             return None  # cancelled, timed out, or already retried
         await dispatch_task(
-            self._conn.js,
+            self._conn.publisher,
             self._conn.settings.names,
             state.task,
             command.run_id,

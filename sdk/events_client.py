@@ -113,7 +113,7 @@ class EventsClient:
         ) as span:
             # A subject this user may not publish to fails at once, not after the timeout.
             ack = await conn.permissions.guard(
-                subject, conn.js.publish(subject, data, headers=conn.tracing.inject(headers))
+                subject, conn.publisher.publish(subject, data, headers=conn.tracing.inject(headers))
             )
             span.set_attribute("tether.event_seq", int(ack.seq))
         return PushResult(id=event_id, seq=int(ack.seq), duplicate=bool(ack.duplicate))

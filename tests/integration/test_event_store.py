@@ -88,14 +88,17 @@ async def test_reads_during_appends_are_whole_prefixes(store: EventStore) -> Non
     ones (on JetStream, a run's subjects are read by subject and merged)."""
     rounds = 40
     last = await store.append(requested("a"), expected_last_seq=0)
-    done = asyncio.Event()
+    done, read_done = asyncio.Event(), asyncio.Event()
 
     async def writer() -> None:
         nonlocal last
         for n in range(rounds):
             for event in (started("a", n), step("a", n)):
                 last = await store.append(event, expected_last_seq=last)
-                await asyncio.sleep(0)  # let the readers in, even on the in-memory store
+                # a read ends between any two appends (the other reader may be mid-read),
+                # however fast appends are against reads
+                read_done.clear()
+                await read_done.wait()
         done.set()
 
     reads: list[list[Any]] = []
@@ -103,6 +106,7 @@ async def test_reads_during_appends_are_whole_prefixes(store: EventStore) -> Non
     async def reader() -> None:
         while not done.is_set():
             reads.append(positions(await store.read("a")))
+            read_done.set()
             await asyncio.sleep(0)
 
     await asyncio.gather(writer(), reader(), reader())
