@@ -50,7 +50,9 @@ class Bookkeeper:
     def __init__(self, conn: Connection, resolutions: ResolutionDispatches) -> None:
         self._conn = conn
         self._resolutions = resolutions
-        self._deadlines = Deadlines(conn.deadlines)
+        self._deadlines = Deadlines(
+            conn.deadlines, conn.publisher, conn.settings.names.deadlines_bucket
+        )
 
     async def _state(self, run_id: str) -> RunState:
         return fold(run_id, await self._conn.store.read(run_id))

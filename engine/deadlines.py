@@ -12,14 +12,24 @@ from __future__ import annotations
 import logging
 
 import orjson
+from nats.js.api import Header
 from nats.js.errors import KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_OP, KV_PURGE, MSG_ROLLUP_SUBJECT, KeyValue
 
 from tether.engine import commands, ids
-from tether.engine.provision import DEADLINE_MARKER_TTL_S
+from tether.engine.acked_publish import AckedPublisher
+from tether.engine.provision import DEADLINE_MARKER_TTL_S, bucket_prefix
 from tether.engine.state import WaitRecord
 
 log = logging.getLogger("tether.engine")
+
+# A purge as KeyValue.purge(key, msg_ttl=DEADLINE_MARKER_TTL_S) writes it: the marker rolls
+# up the key's entries and expires by itself.
+PURGE_HEADERS = {
+    KV_OP: KV_PURGE,
+    Header.ROLLUP: MSG_ROLLUP_SUBJECT,
+    Header.MSG_TTL: str(int(DEADLINE_MARKER_TTL_S)),
+}
 
 
 def wait_deadline_keys(partition: int, run_id: str, record: WaitRecord) -> list[str]:
@@ -47,8 +57,14 @@ def _entry(due_at: float, command: commands.CommandMessage, traceparent: str | N
 
 
 class Deadlines:
-    def __init__(self, bucket: KeyValue) -> None:
+    """Writes to the deadlines bucket. A put and a purge are what nats-py's ``KeyValue``
+    sends, published through ``AckedPublisher``: the bookkeeping puts one per run and one
+    per wait."""
+
+    def __init__(self, bucket: KeyValue, publisher: AckedPublisher, bucket_name: str) -> None:
         self._bucket = bucket
+        self._publisher = publisher
+        self._prefix = bucket_prefix(bucket_name)
 
     async def put(
         self,
@@ -57,7 +73,7 @@ class Deadlines:
         command: commands.CommandMessage,
         traceparent: str | None,
     ) -> None:
-        await self._bucket.put(key, _entry(due_at, command, traceparent))
+        await self._publisher.publish(self._prefix + key, _entry(due_at, command, traceparent))
 
     async def create(
         self,
@@ -77,7 +93,7 @@ class Deadlines:
         """Drop a deadline that is no longer needed. A failure is logged, not raised: the
         deadline then fires, and the engine finds its command no longer applies."""
         try:
-            await self._bucket.purge(key, msg_ttl=DEADLINE_MARKER_TTL_S)
+            await self._publisher.publish(self._prefix + key, headers=PURGE_HEADERS)
         except Exception as exc:
             log.warning(
                 "deadline not removed; it will fire and find nothing to do",

@@ -299,7 +299,12 @@ async def ensure_bucket(
         actual = await _stream_info(js, stream, watch)
     # Built from the lookup instead of js.key_value(), which would ask for it again.
     direct = bool(actual.allow_direct) if actual is not None else True
-    return KeyValue(name=bucket, stream=stream, pre=f"$KV.{bucket}.", js=js, direct=direct)
+    return KeyValue(name=bucket, stream=stream, pre=bucket_prefix(bucket), js=js, direct=direct)
+
+
+def bucket_prefix(bucket: str) -> str:
+    """The subject prefix of a key-value bucket's keys."""
+    return f"$KV.{bucket}."
 
 
 async def ensure_pull_consumer(
