@@ -54,3 +54,21 @@ def test_the_oldest_logs_go_first_beyond_the_byte_budget() -> None:
     assert 0 < logs.bytes <= 1000
     assert logs.log_for("r0", resolution("r0", 9, 1)) is None  # forgotten
     assert logs.log_for("r9", resolution("r9", 9, 1)) is not None
+
+
+def test_a_kept_log_comes_back_as_it_was_kept() -> None:
+    """Every event of a kept log decodes to what was kept, text with newlines, quotes and
+    any script included, with each event's sequence and trace context."""
+    odd = {"text": 'line one\nline "two"\r\n\ttab', "emoji": "✓ ünïcode 🎉", "n": [1, 2.5, None]}
+    events: list[tuple[int, ev.RunEvent, dict[str, str]]] = [
+        *log_of("k"),
+        (3, ev.AttemptStarted(run_id="k", at=2.0, attempt=1, worker="w\n1"), {}),
+        (4, ev.StepRecorded(run_id="k", at=3.0, position=1, name="s\n", output=odd), {}),
+        (6, ev.StepRecorded(run_id="k", at=4.0, position=2, name="t", output="\n"), {}),
+    ]
+    logs = SuspendedLogs()
+    logs.keep("k", events)
+    resumed = logs.log_for("k", resolution("k", 9, 6))
+    assert resumed is not None
+    assert [(seq, event) for seq, event, _ in resumed[:-1]] == [(s, e) for s, e, _ in events]
+    assert [headers for _, _, headers in resumed[:-1]] == [{"traceparent": "00-a-b-01"}, {}, {}, {}]
