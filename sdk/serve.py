@@ -11,6 +11,7 @@ from opentelemetry.trace import TracerProvider
 
 from tether.engine.config import Settings
 from tether.engine.connection import Connection, redact
+from tether.engine.gc_freeze import freeze_long_lived
 from tether.engine.provision import ensure_bucket
 from tether.engine.reconnect import ClosedConnectionWatch
 from tether.engine.service import EngineService
@@ -78,6 +79,7 @@ class TetherServer:
                 await self.stop()
                 raise
             self.api = api
+        freeze_long_lived()
         log.info(
             "tether serve running",
             extra={

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from tether.engine.connection import ConnectionFactory
+from tether.engine.gc_freeze import freeze_long_lived
 from tether.engine.nats_io import hand_back
 from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
@@ -98,6 +99,7 @@ class Worker:
             f"worker {self.name}", self._connection_closed, self._restart_pullers
         )
         self._watch.start()
+        freeze_long_lived()
 
     def _connection_closed(self) -> bool:
         return self._nc is not None and self._nc.is_closed
