@@ -23,6 +23,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    RePublish,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -63,6 +64,9 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             allow_direct=True,
             duplicate_window=120.0,
             max_msg_size=max(settings.max_event_bytes * 2, 1024 * 1024),
+            republish=RePublish(
+                src=names.stored_resolutions_source, dest=names.stored_resolutions_destination
+            ),
             **common,
         ),
         # Pushed events: anonymous ones and those of approver identities, each identity on
@@ -115,6 +119,7 @@ _STREAM_FIELDS = (
     "deny_purge",
     "allow_direct",
     "duplicate_window",
+    "republish",
     "max_age",
     "max_msg_size",
     "discard",

@@ -53,6 +53,22 @@ class SlotBudget:
         for puller in self.pullers:
             puller.wake()
 
+    def take(self) -> bool:
+        """Take a slot for work that comes from outside the pullers; False when every slot
+        runs something. (A delivery the pullers are owed that then finds every slot taken
+        is handed back, as always.)"""
+        if self.active >= self.capacity:
+            return False
+        self.active += 1
+        return True
+
+    def give_back(self) -> None:
+        """Return a slot from ``take``; the pullers ask again if they could not."""
+        starved = self.free() <= 0
+        self.active -= 1
+        if starved:
+            self.wake_all()
+
 
 class SlotPuller:
     def __init__(

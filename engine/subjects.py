@@ -76,6 +76,11 @@ def check_identity(identity: str) -> str:
     return check_token("approver identity", identity)
 
 
+# The run-log token of the resolution republished once stored (a wait satisfied by a pushed
+# event, the one a person's decision makes).
+STORED_RESOLUTION_TOKEN = "wait_satisfied"
+
+
 @dataclass(frozen=True, slots=True)
 class Names:
     """Every NATS name Tether uses, for one namespace and its partition count.
@@ -156,6 +161,22 @@ class Names:
     @property
     def runs_all(self) -> str:
         return f"{self.namespace}.runs.>"
+
+    # The engine's resolutions of waits by a pushed event, republished by the run log once
+    # stored (with their stream sequence): the worker that suspended the run resumes it
+    # from there, ahead of its dispatch (tether.runtime.early_resume).
+    @property
+    def stored_resolutions_source(self) -> str:
+        return self.runs_token_filter(STORED_RESOLUTION_TOKEN)
+
+    @property
+    def stored_resolutions_destination(self) -> str:
+        """``<ns>.resolved.<run_id>.<partition>``, as a stream's subject transform."""
+        return f"{self.namespace}.resolved.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+
+    @property
+    def stored_resolutions_all(self) -> str:
+        return f"{self.namespace}.resolved.*.*"
 
     def event_subject(self, key: str) -> str:
         return f"{self.namespace}.events.{key}"

@@ -88,6 +88,11 @@ class SuspendedLogs:
             oldest = next(iter(self._logs))
             self.forget(oldest)
 
+    def ends_at(self, run_id: str) -> int | None:
+        """The sequence the kept log of ``run_id`` ends at; None when none is kept."""
+        kept = self._logs.get(run_id)
+        return None if kept is None else kept[0]
+
     def forget(self, run_id: str) -> None:
         kept = self._logs.pop(run_id, None)
         if kept is not None:

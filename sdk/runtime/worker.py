@@ -23,7 +23,8 @@ from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.reconnect import ClosedConnectionWatch
 from tether.logs import show_tether_logs
-from tether.runtime.executor import run_attempt
+from tether.runtime.early_resume import NOT_DONE, EarlyResumes
+from tether.runtime.executor import AttemptResult, run_attempt
 from tether.runtime.session import ChildTrigger
 from tether.runtime.signals import until_signalled
 from tether.runtime.suspended_logs import CarriedEvent, SuspendedLogs
@@ -87,6 +88,7 @@ class Worker:
         self._background: asyncio.Task[None] | None = None
         self.completed_attempts = 0
         self.suspended = SuspendedLogs()
+        self.early = EarlyResumes(self.tasks, self._budget, self.suspended, self._early_attempt)
 
     @property
     def active(self) -> int:
@@ -134,6 +136,7 @@ class Worker:
             await puller.start()
             conn.on_reconnect(puller.forget_requests)
             self._pullers.append(puller)
+        await self.early.start(conn.nc, names)
         log.info(
             "worker started",
             extra={"worker": self.worker_id, "slots": self.slots, "tasks": sorted(self.tasks)},
@@ -160,19 +163,10 @@ class Worker:
         conn = await self._connect()
         heartbeat = asyncio.create_task(self._keep_alive(msg, conn.settings.task_ack_wait_s))
         try:
-            result = await run_attempt(
-                task,
-                conn.store,
-                run_id,
-                worker_id=self.worker_id,
-                events_position=conn.events_position,
-                read_events=conn.read_events,
-                tracing=conn.tracing,
-                dispatched_seq=dispatched_seq,
-                trigger_child=self._trigger_child,
-                suspended=self.suspended,
-                carried=carried,
-            )
+            if await self.early.settled(run_id, dispatched_seq):
+                await msg.ack()  # resumed from its stored resolution already
+                return
+            result = await self._attempt(task, run_id, dispatched_seq, carried)
         except asyncio.CancelledError:
             await hand_back(msg)
             raise
@@ -205,6 +199,37 @@ class Worker:
         self.completed_attempts += 1
         log.debug("attempt ended", extra={"run_id": run_id, "outcome": result.outcome})
         await msg.ack()
+
+    async def _attempt(
+        self,
+        task: DurableTask[Any, Any],
+        run_id: str,
+        dispatched_seq: int,
+        carried: CarriedEvent | None,
+    ) -> AttemptResult:
+        conn = await self._connect()
+        return await run_attempt(
+            task,
+            conn.store,
+            run_id,
+            worker_id=self.worker_id,
+            events_position=conn.events_position,
+            read_events=conn.read_events,
+            tracing=conn.tracing,
+            dispatched_seq=dispatched_seq,
+            trigger_child=self._trigger_child,
+            suspended=self.suspended,
+            carried=carried,
+        )
+
+    async def _early_attempt(
+        self, task: DurableTask[Any, Any], run_id: str, seq: int, carried: CarriedEvent
+    ) -> str:
+        result = await self._attempt(task, run_id, seq, carried)
+        if result.outcome not in NOT_DONE:
+            self.completed_attempts += 1
+        log.debug("early attempt ended", extra={"run_id": run_id, "outcome": result.outcome})
+        return result.outcome
 
     @staticmethod
     async def _keep_alive(msg: Msg, ack_wait_s: float) -> None:
@@ -258,6 +283,7 @@ class Worker:
             self._background = None
 
     async def _stop_pullers(self) -> None:
+        await self.early.stop()
         for puller in self._pullers:
             await puller.stop()
         self._pullers.clear()

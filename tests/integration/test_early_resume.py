@@ -1,0 +1,76 @@
+"""A worker resumes a run it suspended as soon as the run log has stored the wait's
+resolution, before any dispatch; the dispatch that follows does not run the run again."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.helpers import wait_for_status, wait_until
+from tether import DurableContext, Tether
+from tether.engine import events as ev
+from tether.engine import wire
+from tether.engine.config import Settings
+from tether.serve import TetherServer
+
+KEY = "approval:decision"
+
+
+async def test_a_stored_resolution_resumes_the_run_before_its_dispatch(
+    app: Tether, settings: Settings
+) -> None:
+    bodies: list[str] = []
+
+    @app.durable_task(name="early")
+    async def early(input: Any, ctx: DurableContext) -> Any:
+        bodies.append(ctx.run_id)  # every time the task's body runs, replays included
+        decision = await ctx.wait_for_event(KEY)
+        return {"decision": decision["decision"]}
+
+    serve = TetherServer(settings)
+    await serve.start()
+    async with app.worker("w", slots=2) as worker:
+        ref = await early.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
+        # No engine from here on: nothing dispatches the resolution, which is written as
+        # the engine writes it (after the wait's event, naming the run's task).
+        await serve.stop()
+        state, _ = await app.runs.state(ref.run_id)
+        wait = state.open_wait()
+        assert wait is not None
+        resolution = ev.WaitSatisfied(
+            run_id=ref.run_id,
+            at=time.time(),
+            wait_id=wait.wait_id,
+            event_key=KEY,
+            event_seq=None,
+            event_id=None,
+            payload={"decision": "approve"},
+            fired=[KEY],
+            payloads={KEY: {"decision": "approve"}},
+        )
+        conn = await app.connection()
+        await conn.store.append(
+            resolution, expected_last_seq=state.last_seq, headers={wire.TASK: "early"}
+        )
+        assert await ref.result(timeout=10) == {"decision": "approve"}
+        assert worker.early.started == 1
+        assert bodies == [ref.run_id, ref.run_id]  # the first attempt, the resumed one
+
+        # The engine is back: its bookkeeping dispatches the resolution it has not booked.
+        # The worker acknowledges that dispatch without running the run a third time.
+        serve = TetherServer(settings)
+        await serve.start()
+        try:
+            names = settings.names
+            consumer = names.task_consumer("early")
+
+            async def dispatch_acknowledged() -> bool:
+                info = await conn.js.consumer_info(names.tasks_stream, consumer)
+                return info.delivered.stream_seq == 2 and info.num_ack_pending == 0
+
+            await wait_until(dispatch_acknowledged, message="the resolution's dispatch acked")
+        finally:
+            await serve.stop()
+    assert bodies == [ref.run_id, ref.run_id]
+    assert (await app.runs.get(ref.run_id)).status == "completed"
