@@ -8,8 +8,8 @@ arrived carrying the resolution. The dispatch still comes (it is what survives a
 worker that does not hold the log): for an attempt started early it waits for that attempt
 and is acknowledged without running the run again, unless the attempt was interrupted.
 
-A run reaches the worker this way three messages sooner (the engine's acknowledgement,
-its dispatch, the dispatch's delivery). A republished resolution is a hint: anything that
+One message, the republished resolution, takes the place of three on the way to the worker
+(the engine's acknowledgement, its dispatch, the dispatch's delivery). A republished resolution is a hint: anything that
 does not fit (another worker's run, a log this worker no longer holds, no free slot) is
 left to the dispatch.
 """
