@@ -9,9 +9,9 @@ worker that does not hold the log): for an attempt started early it waits for th
 and is acknowledged without running the run again, unless the attempt was interrupted.
 
 One message, the republished resolution, takes the place of three on the way to the worker
-(the engine's acknowledgement, its dispatch, the dispatch's delivery). A republished resolution is a hint: anything that
-does not fit (another worker's run, a log this worker no longer holds, no free slot) is
-left to the dispatch.
+(the engine's acknowledgement, its dispatch, the dispatch's delivery). A republished
+resolution is a hint: anything that does not fit (another worker's run, a log this worker
+no longer holds, no free slot) is left to the dispatch.
 """
 
 from __future__ import annotations
