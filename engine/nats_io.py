@@ -68,6 +68,14 @@ async def retry_transient(
 ORDERED_IDLE_HEARTBEAT_S = 1.0
 
 
+async def unsubscribe_quietly(sub: Subscription, what: str) -> None:
+    """Unsubscribe ``sub``; a connection NATS has closed already dropped it."""
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:
+        log.debug("unsubscribe failed", extra={"subscription": what, "error": repr(exc)})
+
+
 def status_of(msg: Msg) -> str | None:
     """The inline status code of a control message ('204', '404', '408', ...), else None."""
     if msg.headers and not msg.data:

@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tether.engine import wire
-from tether.engine.nats_io import DESCRIPTION, hand_back, status_of
+from tether.engine.nats_io import DESCRIPTION, hand_back, status_of, unsubscribe_quietly
 
 log = logging.getLogger("tether.pull")
 
@@ -34,6 +34,18 @@ HANDLER_FAILED_REDELIVERY_S = 1.0
 # count is dropped and asked again, so a failover stalls a puller for seconds, not longer.
 PULL_EXPIRES_S = 3.0
 PULL_GRACE_S = 1.0
+
+
+async def finish_or_cancel(tasks: set[asyncio.Task[None]], grace_s: float) -> None:
+    """Let ``tasks`` finish for up to ``grace_s``, then cancel the rest (and give them a
+    second to unwind)."""
+    if not tasks:
+        return
+    _, late = await asyncio.wait(set(tasks), timeout=grace_s)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=1.0)
 
 
 class SlotBudget:
@@ -224,15 +236,7 @@ class SlotPuller:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        await finish_or_cancel(self._tasks, grace_s)
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # a closed connection has dropped it already
-                log.debug("puller unsubscribe failed", extra={"error": repr(exc)})
+            await unsubscribe_quietly(sub, f"puller {self._consumer}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,9 +17,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
-
-log = logging.getLogger("tether.follower")
+from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S, unsubscribe_quietly
 
 Handler = Callable[[Msg], Awaitable[None] | None]
 
@@ -106,9 +103,5 @@ class Follower:
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
-        if sub is None:
-            return
-        try:
-            await sub.unsubscribe()
-        except Exception as exc:  # a closed connection has already dropped it
-            log.debug("follower unsubscribe failed", extra={"error": repr(exc)})
+        if sub is not None:
+            await unsubscribe_quietly(sub, f"follower of {self._stream}")

@@ -34,7 +34,7 @@ from tether.engine.expressions import (
     InvalidExpressionError,
     compile_program,
 )
-from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S
+from tether.engine.nats_io import ORDERED_IDLE_HEARTBEAT_S, unsubscribe_quietly
 from tether.engine.subjects import MAX_EVENT_KEY_LENGTH
 from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 from tether.projections.checkpoints import Checkpoint, Checkpoints
@@ -209,10 +209,7 @@ class Matcher:
             self._checkpoint_task = None
         if self._events_sub is not None:
             sub, self._events_sub = self._events_sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # a closed connection has dropped it already
-                log.debug("events unsubscribe failed", extra={"error": repr(exc)})
+            await unsubscribe_quietly(sub, "matcher events")
         for partition in list(self._followers):
             await self.release(partition)
         if self._background:

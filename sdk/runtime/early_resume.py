@@ -27,7 +27,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tether.engine import wire
-from tether.engine.pull import SlotBudget
+from tether.engine.nats_io import unsubscribe_quietly
+from tether.engine.pull import SlotBudget, finish_or_cancel
 from tether.engine.subjects import Names
 from tether.runtime.suspended_logs import CarriedEvent, SuspendedLogs
 
@@ -76,16 +77,8 @@ class EarlyResumes:
         is run again by its dispatch, which another worker then takes)."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # a closed connection has dropped it already
-                log.debug("early-resume unsubscribe failed", extra={"error": repr(exc)})
-        if self._running:
-            _, late = await asyncio.wait(set(self._running), timeout=grace_s)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=1.0)
+            await unsubscribe_quietly(sub, "stored resolutions")
+        await finish_or_cancel(self._running, grace_s)
 
     async def settled(self, run_id: str, seq: int) -> bool:
         """For the dispatch of ``run_id`` at ``seq``: True once an attempt started early

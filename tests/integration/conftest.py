@@ -21,6 +21,7 @@ from jsonschema.exceptions import best_match
 
 import tether.http.server
 from tether.engine.config import Settings
+from tether.engine.connection import Connection
 from tether.http.openapi import document
 from tether.http.routes import CONTEXT, ApiContext, build_app
 from tether.operator.auth import TokenAuth
@@ -167,3 +168,13 @@ async def http(api_server: TetherServer) -> AsyncIterator[aiohttp.ClientSession]
     assert api_server.api is not None
     async with aiohttp.ClientSession(api_server.api.url) as session:
         yield session
+
+
+@pytest.fixture
+async def conn(settings: Settings) -> AsyncIterator[Connection]:
+    """An engine's connection to the test's namespace, streams provisioned."""
+    conn = await Connection.open(settings, name="test-conn", manage_streams=True)
+    try:
+        yield conn
+    finally:
+        await conn.close()

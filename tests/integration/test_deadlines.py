@@ -4,26 +4,15 @@ removal leaves only a purge marker that expires by itself."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
 from nats.js.errors import KeyNotFoundError
 
 from tether.engine import commands, ids
-from tether.engine.config import Settings
 from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines
 from tether.engine.provision import DEADLINE_MARKER_TTL_S
-
-
-@pytest.fixture
-async def conn(settings: Settings) -> AsyncIterator[Connection]:
-    conn = await Connection.open(settings, name="deadlines-test", manage_streams=True)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def test_a_removed_deadline_leaves_a_marker_that_expires(conn: Connection) -> None:

@@ -117,15 +117,6 @@ async def test_reads_during_appends_are_whole_prefixes(store: EventStore) -> Non
     assert not torn, f"{len(torn)} of {len(reads)} reads were not prefixes, e.g. {torn[0]}"
 
 
-@pytest.fixture
-async def conn(settings: Settings) -> AsyncIterator[Connection]:
-    conn = await Connection.open(settings, name="chain-test", manage_streams=True)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def chained(conn: Connection, run_id: str) -> list[int] | None:
     names = conn.settings.names
     run_filter = names.run_filter(run_id)
