@@ -3,6 +3,7 @@ resolution, before any dispatch; the dispatch that follows does not run the run 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -14,6 +15,21 @@ from tether.engine.config import Settings
 from tether.serve import TetherServer
 
 KEY = "approval:decision"
+
+
+def resolved(run_id: str, wait_id: str) -> ev.WaitSatisfied:
+    """The engine's resolution of the run's wait by an approval."""
+    return ev.WaitSatisfied(
+        run_id=run_id,
+        at=time.time(),
+        wait_id=wait_id,
+        event_key=KEY,
+        event_seq=None,
+        event_id=None,
+        payload={"decision": "approve"},
+        fired=[KEY],
+        payloads={KEY: {"decision": "approve"}},
+    )
 
 
 async def test_a_stored_resolution_resumes_the_run_before_its_dispatch(
@@ -38,20 +54,11 @@ async def test_a_stored_resolution_resumes_the_run_before_its_dispatch(
         state, _ = await app.runs.state(ref.run_id)
         wait = state.open_wait()
         assert wait is not None
-        resolution = ev.WaitSatisfied(
-            run_id=ref.run_id,
-            at=time.time(),
-            wait_id=wait.wait_id,
-            event_key=KEY,
-            event_seq=None,
-            event_id=None,
-            payload={"decision": "approve"},
-            fired=[KEY],
-            payloads={KEY: {"decision": "approve"}},
-        )
         conn = await app.connection()
         await conn.store.append(
-            resolution, expected_last_seq=state.last_seq, headers={wire.TASK: "early"}
+            resolved(ref.run_id, wait.wait_id),
+            expected_last_seq=state.last_seq,
+            headers={wire.TASK: "early"},
         )
         assert await ref.result(timeout=10) == {"decision": "approve"}
         assert worker.early.started == 1
@@ -74,3 +81,64 @@ async def test_a_stored_resolution_resumes_the_run_before_its_dispatch(
             await serve.stop()
     assert bodies == [ref.run_id, ref.run_id]
     assert (await app.runs.get(ref.run_id)).status == "completed"
+
+
+async def test_a_dispatch_waits_for_an_early_attempt_holding_the_only_slot(
+    app: Tether, settings: Settings
+) -> None:
+    """The early attempt holds the worker's one slot for a while; its dispatch, sent
+    meanwhile, is taken once the slot is free and acknowledged without running the run
+    again."""
+    bodies: list[str] = []
+
+    def last_step() -> str:
+        return "done"
+
+    @app.durable_task(name="slow-after")
+    async def slow_after(input: Any, ctx: DurableContext) -> Any:
+        bodies.append(ctx.run_id)
+        await ctx.wait_for_event(KEY)
+        await asyncio.sleep(1.5)  # work after the decision, holding the slot
+        return await ctx.step("after", last_step)
+
+    serve = TetherServer(settings)
+    await serve.start()
+    async with app.worker("w", slots=1) as worker:
+        ref = await slow_after.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
+        await serve.stop()
+        state, _ = await app.runs.state(ref.run_id)
+        wait = state.open_wait()
+        assert wait is not None
+        conn = await app.connection()
+        await conn.store.append(
+            resolved(ref.run_id, wait.wait_id),
+            expected_last_seq=state.last_seq,
+            headers={wire.TASK: "slow-after"},
+        )
+
+        async def started_early() -> bool:
+            return worker.early.started == 1
+
+        await wait_until(started_early, message="the attempt to start from the stored event")
+        serve = TetherServer(settings)  # its bookkeeping dispatches the resolution now
+        await serve.start()
+        try:
+            assert await ref.result(timeout=15) == "done"
+            assert worker.early.started == 1
+            names = settings.names
+
+            async def dispatch_acknowledged() -> Any:
+                info = await conn.js.consumer_info(
+                    names.tasks_stream, names.task_consumer("slow-after")
+                )
+                done = info.delivered.stream_seq == 2 and info.num_ack_pending == 0
+                return info if done else None
+
+            info = await wait_until(dispatch_acknowledged, message="the dispatch acked")
+        finally:
+            await serve.stop()
+    assert bodies == [ref.run_id, ref.run_id]
+    # while its one slot is taken the worker asks for no message: no delivery goes round
+    # and round while the early attempt runs
+    assert info.delivered.consumer_seq <= 4, f"{info.delivered.consumer_seq} deliveries"
