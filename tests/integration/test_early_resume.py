@@ -17,12 +17,18 @@ from tether.serve import TetherServer
 KEY = "approval:decision"
 
 
-def resolved(run_id: str, wait_id: str) -> ev.WaitSatisfied:
-    """The engine's resolution of the run's wait by an approval."""
-    return ev.WaitSatisfied(
+async def resolve_with_no_engine(app: Tether, serve: TetherServer, run_id: str, task: str) -> None:
+    """Stop the engine of a waiting run, then write the resolution of its wait as the engine
+    writes it (right after the wait's event, naming the run's task): nothing dispatches it."""
+    await wait_for_status(app, run_id, "waiting")
+    await serve.stop()
+    state, _ = await app.runs.state(run_id)
+    wait = state.open_wait()
+    assert wait is not None
+    resolution = ev.WaitSatisfied(
         run_id=run_id,
         at=time.time(),
-        wait_id=wait_id,
+        wait_id=wait.wait_id,
         event_key=KEY,
         event_seq=None,
         event_id=None,
@@ -30,6 +36,8 @@ def resolved(run_id: str, wait_id: str) -> ev.WaitSatisfied:
         fired=[KEY],
         payloads={KEY: {"decision": "approve"}},
     )
+    conn = await app.connection()
+    await conn.store.append(resolution, expected_last_seq=state.last_seq, headers={wire.TASK: task})
 
 
 async def test_a_stored_resolution_resumes_the_run_before_its_dispatch(
@@ -47,19 +55,7 @@ async def test_a_stored_resolution_resumes_the_run_before_its_dispatch(
     await serve.start()
     async with app.worker("w", slots=2) as worker:
         ref = await early.run_no_wait({})
-        await wait_for_status(app, ref.run_id, "waiting")
-        # No engine from here on: nothing dispatches the resolution, which is written as
-        # the engine writes it (after the wait's event, naming the run's task).
-        await serve.stop()
-        state, _ = await app.runs.state(ref.run_id)
-        wait = state.open_wait()
-        assert wait is not None
-        conn = await app.connection()
-        await conn.store.append(
-            resolved(ref.run_id, wait.wait_id),
-            expected_last_seq=state.last_seq,
-            headers={wire.TASK: "early"},
-        )
+        await resolve_with_no_engine(app, serve, ref.run_id, "early")
         assert await ref.result(timeout=10) == {"decision": "approve"}
         assert worker.early.started == 1
         assert bodies == [ref.run_id, ref.run_id]  # the first attempt, the resumed one
@@ -73,6 +69,7 @@ async def test_a_stored_resolution_resumes_the_run_before_its_dispatch(
             consumer = names.task_consumer("early")
 
             async def dispatch_acknowledged() -> bool:
+                conn = await app.connection()
                 info = await conn.js.consumer_info(names.tasks_stream, consumer)
                 return info.delivered.stream_seq == 2 and info.num_ack_pending == 0
 
@@ -105,17 +102,7 @@ async def test_a_dispatch_waits_for_an_early_attempt_holding_the_only_slot(
     await serve.start()
     async with app.worker("w", slots=1) as worker:
         ref = await slow_after.run_no_wait({})
-        await wait_for_status(app, ref.run_id, "waiting")
-        await serve.stop()
-        state, _ = await app.runs.state(ref.run_id)
-        wait = state.open_wait()
-        assert wait is not None
-        conn = await app.connection()
-        await conn.store.append(
-            resolved(ref.run_id, wait.wait_id),
-            expected_last_seq=state.last_seq,
-            headers={wire.TASK: "slow-after"},
-        )
+        await resolve_with_no_engine(app, serve, ref.run_id, "slow-after")
 
         async def started_early() -> bool:
             return worker.early.started == 1
@@ -129,6 +116,7 @@ async def test_a_dispatch_waits_for_an_early_attempt_holding_the_only_slot(
             names = settings.names
 
             async def dispatch_acknowledged() -> Any:
+                conn = await app.connection()
                 info = await conn.js.consumer_info(
                     names.tasks_stream, names.task_consumer("slow-after")
                 )
