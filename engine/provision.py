@@ -133,6 +133,10 @@ _CONSUMER_FIELDS = (
 )
 
 
+# Fields a stream can do without: when the engine may not bring them to these settings, it
+# starts anyway (the run log's republishing of stored resolutions, added by a later version).
+_OPTIONAL = ("republish",)
+
 # Fields whose unset value (None) is itself the setting, so it is compared too: an age limit
 # dropped from the settings must be dropped from the stream.
 _CLEARABLE = ("max_age",)
@@ -236,6 +240,15 @@ async def _ensure_stream(
     try:
         await _guarded(watch, wire.stream_update(name), js.update_stream(config))
     except (NatsPermissionError, TimeoutError):
+        if all(difference.split(" ", 1)[0] in _OPTIONAL for difference in differences):
+            log.warning(
+                "stream differs only in what speeds Tether up, and these NATS credentials "
+                "may not update it: apply the change once with the operator's credentials "
+                "(`tether serve` as tether-operator); until then workers resume runs when "
+                "their dispatch comes",
+                extra={"stream": name, "differences": differences},
+            )
+            return
         raise ProvisionError(
             f"stream {name} differs from these settings ({'; '.join(differences)}) and these "
             "NATS credentials may not update it: apply the change once with the operator's "

@@ -362,6 +362,15 @@ async def test_only_the_operator_destroys_streams_and_the_errors_say_why() -> No
             serve = await Connection.open(server.settings("tether-engine"), manage_streams=True)
             await serve.close()  # same settings: nothing to update, so it starts
 
+            # A run log made by an older version lacks the republishing of resolutions: the
+            # engine may not add it, and starts all the same (workers wait for dispatches).
+            runs = (await admin.js.stream_info("TETHER_RUNS")).config
+            runs.republish = None
+            await admin.js.update_stream(runs)
+            serve = await Connection.open(server.settings("tether-engine"), manage_streams=True)
+            await serve.close()
+            assert (await admin.js.stream_info("TETHER_RUNS")).config.republish is None
+
             raw = await Raw.open(server, "tether-engine")
             try:
                 for subject, request in (
