@@ -240,7 +240,8 @@ async def _ensure_stream(
     try:
         await _guarded(watch, wire.stream_update(name), js.update_stream(config))
     except (NatsPermissionError, TimeoutError):
-        if all(difference.split(" ", 1)[0] in _OPTIONAL for difference in differences):
+        required = tuple(field for field in _STREAM_FIELDS if field not in _OPTIONAL)
+        if not _differences(config, actual, required):
             log.warning(
                 "stream differs only in what speeds Tether up, and these NATS credentials "
                 "may not update it: apply the change once with the operator's credentials "
