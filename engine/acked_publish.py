@@ -26,7 +26,6 @@ from tether.engine import wire
 
 # As the JetStream context of a connection (``nc.jetstream(timeout=10)``).
 ACK_TIMEOUT_S = 10.0
-NO_RESPONDERS = "503"
 
 
 class AckedPublisher:
@@ -74,7 +73,7 @@ class AckedPublisher:
                 raise nats.errors.TimeoutError from None
         finally:
             self._waiting.pop(inbox, None)
-        if reply.headers and reply.headers.get(wire.STATUS) == NO_RESPONDERS:
+        if reply.headers and reply.headers.get(wire.STATUS) == wire.STATUS_UNAVAILABLE:
             raise nats.js.errors.NoStreamResponseError
         answer = orjson.loads(reply.data)
         if "error" in answer:

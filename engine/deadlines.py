@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 
 import orjson
-from nats.js.api import Header
 from nats.js.errors import KeyWrongLastSequenceError
-from nats.js.kv import KV_OP, KV_PURGE, MSG_ROLLUP_SUBJECT, KeyValue
+from nats.js.kv import KeyValue
 
-from tether.engine import commands, ids
+from tether.engine import commands, ids, wire
 from tether.engine.acked_publish import AckedPublisher
 from tether.engine.provision import DEADLINE_MARKER_TTL_S, bucket_prefix
 from tether.engine.state import WaitRecord
@@ -26,9 +25,9 @@ log = logging.getLogger("tether.engine")
 # A purge as KeyValue.purge(key, msg_ttl=DEADLINE_MARKER_TTL_S) writes it: the marker rolls
 # up the key's entries and expires by itself.
 PURGE_HEADERS = {
-    KV_OP: KV_PURGE,
-    Header.ROLLUP: MSG_ROLLUP_SUBJECT,
-    Header.MSG_TTL: str(int(DEADLINE_MARKER_TTL_S)),
+    wire.KV_OPERATION: wire.KV_PURGE,
+    wire.ROLLUP: wire.ROLLUP_SUBJECT,
+    wire.MSG_TTL: str(int(DEADLINE_MARKER_TTL_S)),
 }
 
 

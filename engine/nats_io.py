@@ -349,7 +349,7 @@ def _raise_for_status(status: str | None, msg: Msg, stream: str) -> None:
     if status is None or status == "200":
         return
     desc = (msg.headers or {}).get(DESCRIPTION, "")
-    if status == "503":  # (a 408 here means a bad request, not a timeout)
+    if status == wire.STATUS_UNAVAILABLE:  # (a 408 here means a bad request, not a timeout)
         raise StreamUnavailableError(f"direct get on stream {stream}: {desc}")
     raise RuntimeError(
         f"direct get on stream {stream} failed: {status} {desc}; the stream needs allow_direct=True"

@@ -8,13 +8,19 @@ MSG_ID = "Nats-Msg-Id"  # dedupe within the stream's duplicate window
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"  # OCC
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"  # its scope
 KV_OPERATION = "KV-Operation"  # DEL or PURGE on a key-value delete or purge
-KV_REMOVALS = ("DEL", "PURGE")
+KV_PURGE = "PURGE"
+KV_REMOVALS = ("DEL", KV_PURGE)
+ROLLUP = "Nats-Rollup"
+ROLLUP_SUBJECT = "sub"  # the message replaces every earlier one of its subject
+MSG_TTL = "Nats-TTL"  # seconds the message is kept
 STATUS = "Status"  # inline status of a control message (204, 404, 408, ...)
+# The status when nobody answered: no stream takes a publish, or a stream has no leader.
+STATUS_UNAVAILABLE = "503"
 DESCRIPTION = "Description"
 PENDING_MESSAGES = "Nats-Pending-Messages"  # what a pull request will no longer get
 NUM_PENDING = "Nats-Num-Pending"  # direct get: messages left after this batch
-SEQUENCE = "Nats-Sequence"  # direct get: the message's stream sequence
-SUBJECT = "Nats-Subject"
+SEQUENCE = "Nats-Sequence"  # direct get and republished: the message's stream sequence
+SUBJECT = "Nats-Subject"  # direct get and republished: the subject it was stored on
 TIME_STAMP = "Nats-Time-Stamp"
 # Stored with the engine's resolution of a wait: the run's task, so that its bookkeeping can
 # dispatch the run again without reading its log.

@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.worker")
 
-# Headers the server adds to a republished message.
-STORED_SEQUENCE = "Nats-Sequence"
-STORED_SUBJECT = "Nats-Subject"
 # Outcomes after which the dispatch must run the run itself.
 NOT_DONE = frozenset({"interrupted", "behind", "crashed"})
 # Early attempts remembered for their dispatch; one whose dispatch never comes (a resolution
@@ -87,10 +84,10 @@ class EarlyResumes:
         return started is not None and await started not in NOT_DONE
 
     async def _on_stored(self, msg: Msg) -> None:
-        carried, task = self._resumable(msg)
-        if carried is None or task is None or self._sub is None or not self._budget.take():
+        resumable = self._resumable(msg)
+        if resumable is None or self._sub is None or not self._budget.take():
             return
-        run_id = msg.subject.split(".")[-2]
+        run_id, carried, task = resumable
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._started[(run_id, carried.seq)] = done
         while len(self._started) > MOST_REMEMBERED:
@@ -100,23 +97,23 @@ class EarlyResumes:
         self._running.add(running)
         running.add_done_callback(self._running.discard)
 
-    def _resumable(self, msg: Msg) -> tuple[CarriedEvent | None, DurableTask[Any, Any] | None]:
-        """The stored resolution as a dispatch would carry it, and the run's task, when this
-        worker holds the run's log up to right before it; else (None, None)."""
+    def _resumable(self, msg: Msg) -> tuple[str, CarriedEvent, DurableTask[Any, Any]] | None:
+        """The run, its stored resolution as a dispatch would carry it, and its task, when
+        this worker holds the run's log up to right before it; else None."""
         headers = msg.headers or {}
         try:
             run_id = msg.subject.split(".")[-2]
-            seq = int(headers[STORED_SEQUENCE])
+            seq = int(headers[wire.SEQUENCE])
             previous = int(headers[wire.EXPECTED_LAST_SUBJECT_SEQ])
-            subject = headers[STORED_SUBJECT]
+            subject = headers[wire.SUBJECT]
         except (KeyError, ValueError, IndexError):
-            return None, None
+            return None
         task = self._tasks.get(headers.get(wire.TASK, ""))
         if task is None or self._suspended.ends_at(run_id) != previous:
-            return None, None
+            return None
         if (run_id, seq) in self._started:
-            return None, None  # the server republished it twice (a replica's copy)
-        return CarriedEvent(seq, previous, subject, msg.data, dict(headers)), task
+            return None  # the server republished it twice (a replica's copy)
+        return run_id, CarriedEvent(seq, previous, subject, msg.data, dict(headers)), task
 
     async def _run(
         self,

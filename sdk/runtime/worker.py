@@ -153,9 +153,6 @@ class Worker:
             body = orjson.loads(msg.data)
             run_id = str(body["run_id"])
             dispatched_seq = int(body.get("seq", 0))
-            # A dispatch handed back (an attempt interrupted, a worker gone) may have
-            # writes after the event it carries: only a first delivery uses it.
-            carried = _carried(body, dispatched_seq) if msg.metadata.num_delivered <= 1 else None
         except Exception:
             log.error("malformed task message dropped", extra={"data": msg.data[:200]})
             await msg.term()
@@ -166,6 +163,9 @@ class Worker:
             if await self.early.settled(run_id, dispatched_seq):
                 await msg.ack()  # resumed from its stored resolution already
                 return
+            # A dispatch handed back (an attempt interrupted, a worker gone) may have
+            # writes after the event it carries: only a first delivery uses it.
+            carried = _carried(body, dispatched_seq) if msg.metadata.num_delivered <= 1 else None
             result = await self._attempt(task, run_id, dispatched_seq, carried)
         except asyncio.CancelledError:
             await hand_back(msg)
