@@ -65,6 +65,9 @@ class Connection:
     # The server's permission errors on this connection: ``permissions.guard(subject, req)``
     # fails a denied request at once instead of after the client timeout.
     permissions: PermissionWatch = field(default_factory=PermissionWatch)
+    # The run log republishes its events once stored (``Names.stored_runs_*``): notices of
+    # runs ending and resolutions for workers come from there.
+    stores_notices: bool = True
 
     def on_reconnect(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Run ``hook`` after every reconnect (pull requests made before it are gone)."""
@@ -166,7 +169,7 @@ class Connection:
             ) from exc
         js = nc.jetstream(timeout=10)
         try:
-            deadlines = await ensure_streams(js, settings, update=manage_streams, watch=watch)
+            provisioned = await ensure_streams(js, settings, update=manage_streams, watch=watch)
             config = await ensure_bucket(js, settings, settings.names.config_bucket, watch)
             # every subject of a run depends on the namespace's partition count
             settings = settings.with_partitions(await namespace_partitions(js, settings, config))
@@ -182,11 +185,12 @@ class Connection:
             js,
             reader,
             store,
-            deadlines,
+            provisioned.deadlines,
             publisher,
             hooks,
             Tracing(tracer_provider),
             permissions=watch,
+            stores_notices=provisioned.stores_notices,
         )
 
     async def events_position(self) -> int:

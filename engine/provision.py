@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -34,6 +35,7 @@ from nats.js.kv import KeyValue
 from tether.engine import wire
 from tether.engine.config import Settings
 from tether.engine.permissions import NatsPermissionError, PermissionWatch
+from tether.engine.subjects import Names
 
 log = logging.getLogger("tether.provision")
 
@@ -64,9 +66,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             allow_direct=True,
             duplicate_window=120.0,
             max_msg_size=max(settings.max_event_bytes * 2, 1024 * 1024),
-            republish=RePublish(
-                src=names.stored_resolutions_source, dest=names.stored_resolutions_destination
-            ),
+            republish=RePublish(src=names.stored_runs_source, dest=names.stored_runs_destination),
             **common,
         ),
         # Pushed events: anonymous ones and those of approver identities, each identity on
@@ -134,7 +134,7 @@ _CONSUMER_FIELDS = (
 
 
 # Fields a stream can do without: when the engine may not bring them to these settings, it
-# starts anyway (the run log's republishing of stored resolutions, added by a later version).
+# starts anyway (the run log's republishing of stored events, added by a later version).
 _OPTIONAL = ("republish",)
 
 # Fields whose unset value (None) is itself the setting, so it is compared too: an age limit
@@ -222,21 +222,22 @@ async def _create(
 
 async def _ensure_stream(
     js: JetStreamContext, config: StreamConfig, update: bool, watch: PermissionWatch | None
-) -> None:
+) -> StreamConfig:
+    """Create or update the stream as ``config`` says; the configuration it then has."""
     name = str(config.name)
     actual = await _stream_info(js, name, watch)
     if actual is None:
         await _create(js, name, js.add_stream(config), watch)
-        return
+        return config
     differences = _differences(config, actual, _STREAM_FIELDS)
     if not differences:
-        return
+        return config
     if not update:
         log.warning(
             "stream exists with other settings; leaving it as it is (tether serve updates it)",
             extra={"stream": name, "differences": differences},
         )
-        return
+        return actual
     try:
         await _guarded(watch, wire.stream_update(name), js.update_stream(config))
     except (NatsPermissionError, TimeoutError):
@@ -246,16 +247,25 @@ async def _ensure_stream(
                 "stream differs only in what speeds Tether up, and these NATS credentials "
                 "may not update it: apply the change once with the operator's credentials "
                 "(`tether serve` as tether-operator); until then workers resume runs when "
-                "their dispatch comes",
+                "their dispatch comes and clients read runs on a backoff",
                 extra={"stream": name, "differences": differences},
             )
-            return
+            return actual
         raise ProvisionError(
             f"stream {name} differs from these settings ({'; '.join(differences)}) and these "
             "NATS credentials may not update it: apply the change once with the operator's "
             "credentials (`tether serve` as tether-operator), or align the settings"
         ) from None
     log.info("stream updated", extra={"stream": name, "differences": differences})
+    return config
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    deadlines: KeyValue
+    # Does the run log republish its events once stored (``Names.stored_runs_*``)? One made
+    # by an older version that the engine may not update does not.
+    stores_notices: bool
 
 
 async def ensure_streams(
@@ -264,18 +274,33 @@ async def ensure_streams(
     *,
     update: bool,
     watch: PermissionWatch | None = None,
-) -> KeyValue:
-    """Create what is missing and return the deadlines bucket. Only the engine service
-    (``update=True``) changes existing streams; a worker or client whose settings differ
-    leaves them alone, so one misconfigured process cannot, say, drop a cluster's streams
-    to one replica. ``watch`` turns a denied request into an immediate, named error."""
+) -> Provisioned:
+    """Create what is missing; the deadlines bucket, and whether the run log republishes.
+    Only the engine service (``update=True``) changes existing streams; a worker or client
+    whose settings differ leaves them alone, so one misconfigured process cannot, say, drop
+    a cluster's streams to one replica. ``watch`` turns a denied request into an immediate,
+    named error."""
+    names = settings.names
+    stores_notices = False
     for config in stream_configs(settings):
-        await _ensure_stream(js, config, update, watch)
+        applied = await _ensure_stream(js, config, update, watch)
+        if config.name == names.runs_stream:
+            stores_notices = _republishes_stored(applied, names)
     # A deadline is removed with a purge marker that expires by itself (DEADLINE_MARKER_TTL_S),
     # so the bucket holds what is due, not one marker per deadline ever set: a timer that
     # starts reads what is open now.
-    return await ensure_bucket(
-        js, settings, settings.names.deadlines_bucket, watch, marker_ttl_s=DEADLINE_MARKER_TTL_S
+    deadlines = await ensure_bucket(
+        js, settings, names.deadlines_bucket, watch, marker_ttl_s=DEADLINE_MARKER_TTL_S
+    )
+    return Provisioned(deadlines, stores_notices)
+
+
+def _republishes_stored(config: StreamConfig, names: Names) -> bool:
+    republish = config.republish
+    return (
+        republish is not None
+        and republish.src == names.stored_runs_source
+        and republish.dest == names.stored_runs_destination
     )
 
 

@@ -76,11 +76,6 @@ def check_identity(identity: str) -> str:
     return check_token("approver identity", identity)
 
 
-# The run-log token of the resolution republished once stored (a wait satisfied by a pushed
-# event, the one a person's decision makes).
-STORED_RESOLUTION_TOKEN = "wait_satisfied"
-
-
 @dataclass(frozen=True, slots=True)
 class Names:
     """Every NATS name Tether uses, for one namespace and its partition count.
@@ -162,21 +157,24 @@ class Names:
     def runs_all(self) -> str:
         return f"{self.namespace}.runs.>"
 
-    # The engine's resolutions of waits by a pushed event, republished by the run log once
-    # stored (with their stream sequence): the worker that suspended the run resumes it
-    # from there, ahead of its dispatch (tether.runtime.early_resume).
+    # Every run event, republished by the run log once stored (with its stream sequence and
+    # the headers stored beside it) on ``<ns>.stored.<run_id>.<token>.<partition>``: only
+    # the server writes there, and only what the log holds. The worker that suspended a run
+    # resumes it from its stored resolution (tether.runtime.early_resume); clients hear runs
+    # end (tether.terminal_watch).
     @property
-    def stored_resolutions_source(self) -> str:
-        return self.runs_token_filter(STORED_RESOLUTION_TOKEN)
+    def stored_runs_source(self) -> str:
+        return f"{self.namespace}.runs.*.*.*"
 
     @property
-    def stored_resolutions_destination(self) -> str:
-        """``<ns>.resolved.<run_id>.<partition>``, as a stream's subject transform."""
-        return f"{self.namespace}.resolved.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
+    def stored_runs_destination(self) -> str:
+        """``<ns>.stored.<run_id>.<token>.<partition>``, as a stream's subject transform."""
+        wildcards = ".".join(f"{{{{wildcard({n})}}}}" for n in (1, 2, 3))
+        return f"{self.namespace}.stored.{wildcards}"
 
-    @property
-    def stored_resolutions_all(self) -> str:
-        return f"{self.namespace}.resolved.*.*"
+    def stored_token_filter(self, token: str) -> str:
+        """Every run's ``token`` events as republished once stored, in every partition."""
+        return f"{self.namespace}.stored.*.{token}.*"
 
     def event_subject(self, key: str) -> str:
         return f"{self.namespace}.events.{key}"

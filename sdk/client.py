@@ -289,9 +289,9 @@ class RunsClient:
     async def wait_terminal(self, run_id: str, timeout: Duration | None = None) -> RunInfo:
         """Wait until the run's log holds a terminal event; the run as it then stands.
 
-        A notice on a terminal subject wakes the waiter at once, but it is only a hint: core
-        subscribers also see writes the store refused (a lost OCC race), can see a stored
-        write before it is readable, and miss what is written while the connection is down.
+        A notice of a stored terminal event wakes the waiter at once, but it is only a hint:
+        the run's state machine may ignore the event, a replica may answer the read before it
+        holds it, and notices are missed while the connection is down.
         So the log is read after every notice and, without notices, on a backoff from
         ``FIRST_RECHECK_S`` up to ``MAX_RECHECK_S``."""
 

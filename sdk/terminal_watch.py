@@ -1,7 +1,7 @@
 """Notices of runs ending, shared by every caller waiting in one client: a run's terminal
-events as the server fans them out to core subscribers. A notice is a hint only (it may be
-a write the store refused, or one the run's state machine ignores, and it can arrive before
-the stream has stored it): a waiter woken by one reads the run."""
+events as the run log republishes them once stored (``Names.stored_token_filter``). A notice
+is a hint only (the run's state machine may ignore the event, and a replica answering a
+read may not hold it yet): a waiter woken by one reads the run."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ RECENT_NOTICE_MAX = 100_000
 class TerminalWatch:
     """One set of subscriptions on terminal run subjects, shared by every waiting caller.
 
-    Runs noticed in the last ``RECENT_NOTICE_S`` are remembered: the server fans a write out
-    to core subscribers before the stream stores it, so a caller that registers and reads
-    in that moment would otherwise miss the notice and find the run not ended yet."""
+    Runs noticed in the last ``RECENT_NOTICE_S`` are remembered: a caller that registers
+    after a notice and reads from a replica that does not hold the event yet would otherwise
+    miss the notice and find the run not ended yet."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -40,7 +40,13 @@ class TerminalWatch:
     async def start(self) -> None:
         names = self.conn.settings.names
         for token in ev.TERMINAL_TOKENS:
-            sub = await self.conn.nc.subscribe(names.runs_token_filter(token), cb=self._on_msg)
+            # (a run log made by an older version republishes nothing: hear the writes)
+            subject = (
+                names.stored_token_filter(token)
+                if self.conn.stores_notices
+                else names.runs_token_filter(token)
+            )
+            sub = await self.conn.nc.subscribe(subject, cb=self._on_msg)
             self._subs.append(sub)
         # Notices published while the connection was down are gone: every waiter re-reads.
         self.conn.on_reconnect(self.wake_all)

@@ -1,7 +1,8 @@
 """Resuming a suspended run as soon as its resolution is stored, ahead of its dispatch.
 
-The run log republishes the engine's resolutions of waits by a pushed event once it has
-stored them, with their stream sequence (``Names.stored_resolutions_*``). The worker that
+The run log republishes every event once it has stored it, with its stream sequence
+(``Names.stored_runs_*``); workers hear the engine's resolutions of waits by a pushed event
+(``wait_satisfied``). The worker that
 suspended the run holds its log (``SuspendedLogs``); when that log ends right where the
 resolution follows, the worker starts the resumed attempt at once, as if the dispatch had
 arrived carrying the resolution. The dispatch still comes (it is what survives a crash or a
@@ -29,7 +30,7 @@ from nats.aio.subscription import Subscription
 from tether.engine import wire
 from tether.engine.nats_io import unsubscribe_quietly
 from tether.engine.pull import SlotBudget, finish_or_cancel
-from tether.engine.subjects import Names
+from tether.engine.subjects import Names, run_subject_parts
 from tether.runtime.suspended_logs import CarriedEvent, SuspendedLogs
 
 if TYPE_CHECKING:
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.worker")
 
+# The resolution a worker resumes from once stored: a wait satisfied by a pushed event, the
+# one a person's decision makes.
+STORED_RESOLUTION_TOKEN = "wait_satisfied"
 # Outcomes after which the dispatch must run the run itself.
 NOT_DONE = frozenset({"interrupted", "behind", "crashed"})
 # Early attempts remembered for their dispatch; one whose dispatch never comes (a resolution
@@ -67,7 +71,9 @@ class EarlyResumes:
         self.started = 0
 
     async def start(self, nc: NATS, names: Names) -> None:
-        self._sub = await nc.subscribe(names.stored_resolutions_all, cb=self._on_stored)
+        self._sub = await nc.subscribe(
+            names.stored_token_filter(STORED_RESOLUTION_TOKEN), cb=self._on_stored
+        )
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Start no more; let the attempts running finish (up to ``grace_s``: one cut short
@@ -102,7 +108,7 @@ class EarlyResumes:
         this worker holds the run's log up to right before it; else None."""
         headers = msg.headers or {}
         try:
-            run_id = msg.subject.split(".")[-2]
+            run_id = run_subject_parts(msg.subject)[0]
             seq = int(headers[wire.SEQUENCE])
             previous = int(headers[wire.EXPECTED_LAST_SUBJECT_SEQ])
             subject = headers[wire.SUBJECT]

@@ -361,8 +361,9 @@ async def test_only_the_operator_destroys_streams_and_the_errors_say_why() -> No
                 await Connection.open(wider, manage_streams=True)
             serve = await Connection.open(server.settings("tether-engine"), manage_streams=True)
             await serve.close()  # same settings: nothing to update, so it starts
+            assert serve.stores_notices
 
-            # A run log made by an older version lacks the republishing of resolutions: the
+            # A run log made by an older version lacks the republishing of stored events: the
             # engine may not add it, and starts all the same (workers wait for dispatches).
             runs = (await admin.js.stream_info("TETHER_RUNS")).config
             runs.republish = None
@@ -370,6 +371,7 @@ async def test_only_the_operator_destroys_streams_and_the_errors_say_why() -> No
             serve = await Connection.open(server.settings("tether-engine"), manage_streams=True)
             await serve.close()
             assert (await admin.js.stream_info("TETHER_RUNS")).config.republish is None
+            assert not serve.stores_notices  # so clients hear the writes themselves
 
             raw = await Raw.open(server, "tether-engine")
             try:

@@ -12,9 +12,10 @@ import pytest
 
 from tests.helpers import wait_for_status
 from tether import DurableContext, RunCancelledError, Tether
-from tether.client import MAX_RECHECK_S
+from tether.client import FIRST_RECHECK_S, MAX_RECHECK_S
 from tether.engine import events as ev
 from tether.engine.config import Settings
+from tether.engine.connection import Connection
 from tether.serve import TetherServer
 
 
@@ -126,3 +127,33 @@ async def test_a_run_triggered_while_listening_is_read_only_after_its_notice(
         await watcher.wake_all()
         assert await ended.result(timeout=15) == {"n": 2}
     assert looks[1:] == [ended.run_id]
+
+
+async def test_a_run_log_that_republishes_nothing_still_tells_clients_of_endings(
+    server: TetherServer, settings: Settings
+) -> None:
+    """Notices come from the run log's republishing of stored events. A client that finds a
+    run log without it (made by an older version, which the engine may not update) hears
+    the writes themselves instead, rather than waiting for its first re-read."""
+    admin = await Connection.open(settings)
+    try:
+        runs = (await admin.js.stream_info(settings.names.runs_stream)).config
+        runs.republish = None
+        await admin.js.update_stream(runs)
+    finally:
+        await admin.close()
+    client = Tether(settings=settings)
+
+    @client.durable_task(name="quick")
+    async def quick(input: Any, ctx: DurableContext) -> Any:
+        return input
+
+    try:
+        assert not (await client.connection()).stores_notices
+        async with client.worker("w", slots=2):
+            began = time.monotonic()
+            ref = await quick.run_no_wait(7)  # triggered while listening: no first look
+            assert await ref.result(timeout=30) == 7
+            assert time.monotonic() - began < FIRST_RECHECK_S
+    finally:
+        await client.close()
