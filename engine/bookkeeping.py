@@ -24,12 +24,11 @@ from tether.engine.dispatch import ResolutionDispatches, dispatch_task
 from tether.engine.state import RunState, WaitRecord, fold
 from tether.engine.store import decide_and_append
 from tether.engine.subjects import is_token, run_subject_parts
+from tether.engine.taken import RESOLUTION_TOKENS, TakenByRun, marked_taken, vouched_ending
 from tether.engine.tracing import TRACEPARENT
 
 log = logging.getLogger("tether.engine")
 
-# The engine's resolutions of a wait: each makes its run runnable again.
-RESOLUTION_TOKENS = frozenset({"wait_satisfied", "wait_timed_out"})
 # The run-log events that change dispatches, deadlines or parents.
 BOOKED_TOKENS = frozenset(
     {
@@ -53,6 +52,12 @@ class Bookkeeper:
         self._deadlines = Deadlines(
             conn.deadlines, conn.publisher, conn.settings.names.deadlines_bucket
         )
+        # The wait each run took, as read when it was booked: the engine marks its
+        # resolution of that wait as taken (tether.engine.taken).
+        self.waits_taken = TakenByRun()
+        # The resolution each run took, as the engine marked it: an ending right after it
+        # needs no read.
+        self._resolutions_taken = TakenByRun()
 
     async def _state(self, run_id: str) -> RunState:
         return fold(run_id, await self._conn.store.read(run_id))
@@ -75,10 +80,14 @@ class Bookkeeper:
         await self._deadlines.put(key, due_at, command, traceparent)
 
     async def on_run_event(self, msg: Msg) -> None:
-        token = run_subject_parts(msg.subject)[1]
+        run_id, token = run_subject_parts(msg.subject)
         if token not in BOOKED_TOKENS:
             await msg.ack()  # a step, a start: nothing to book
             return
+        if token in RESOLUTION_TOKENS:  # (only the engine may write these)
+            self.waits_taken.forget(run_id)
+            if marked_taken(msg.headers or {}):
+                self._resolutions_taken.remember(run_id, msg.metadata.sequence.stream)
         if token in RESOLUTION_TOKENS and await self._dispatch_resolved(msg):
             await msg.ack()
             return
@@ -134,6 +143,10 @@ class Bookkeeper:
             return event.reason, None
         names = self._conn.settings.names
         headers = msg.headers or {}
+        if isinstance(event, ev.RunCompleted | ev.RunFailed):
+            taken_seq = self._resolutions_taken.forget(event.run_id)
+            if vouched_ending(event, headers, names, event.run_id, taken_seq):
+                return None, None  # right after a resolution the run took (tether.engine.taken)
         if (
             isinstance(event, ev.RunRequested)
             and headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ) == "0"
@@ -146,7 +159,7 @@ class Bookkeeper:
             # the engine applies a retry only while the run is queued since exactly this
             # event, and resolves only the wait registered at it (a forged wait_started
             # reusing an open wait's id gets its resolutions ignored). A deadline it would
-            # overwrite is checked first (see _book_wait). No read of the log is needed.
+            # overwrite is checked first (see _book_wait), on the read _book_wait makes.
             return None, None
         return await self._read_refusal(event, seq)
 
@@ -197,7 +210,10 @@ class Bookkeeper:
                 traceparent,
             )
         elif isinstance(event, ev.WaitStarted):
-            await self._book_wait(event, seq, traceparent)
+            reason, _ = await self._read_refusal(event, seq)
+            if reason is None:
+                self.waits_taken.remember(run_id, seq)
+            await self._book_wait(event, seq, traceparent, taken=reason is None)
         elif isinstance(event, ev.TaskRecorded) and event.status == "cancelled":
             await self._cancel_for_task(event, seq)
         elif isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):
@@ -236,28 +252,26 @@ class Bookkeeper:
                 appended.state, "cancelled", appended.log[0][2], appended.event.at
             )
 
-    async def _book_wait(self, event: ev.WaitStarted, seq: int, traceparent: str | None) -> None:
+    async def _book_wait(
+        self, event: ev.WaitStarted, seq: int, traceparent: str | None, *, taken: bool
+    ) -> None:
         """A wait's deadlines. Each is created only where its key is free: a wait_started
         that finds its deadline there already (the same one booked again, or one the run
-        ignores at the position of an open wait) overwrites it only once the log says the
-        run took it, so a forged one cannot move a real wait's timeout."""
+        ignores at the position of an open wait) overwrites it only if the run ``taken``
+        it, so a forged one cannot move a real wait's timeout."""
         run_id = event.run_id
         partition = self._conn.settings.names.partition(run_id)
-        taken: list[bool] = []  # whether the run took the event, once read
 
         async def book(key: str, due_at: float, command: commands.CommandMessage) -> None:
             if await self._deadlines.create(key, due_at, command, traceparent):
                 return
-            if not taken:
-                reason, _ = await self._read_refusal(event, seq)
-                if reason is not None:
-                    log.warning(
-                        "wait deadline not booked: the run's state machine ignores the wait",
-                        extra={"run_id": run_id, "seq": seq, "reason": reason},
-                    )
-                taken.append(reason is None)
-            if taken[0]:
+            if taken:
                 await self._deadlines.put(key, due_at, command, traceparent)
+            else:
+                log.warning(
+                    "wait deadline not booked: the run's state machine ignores the wait",
+                    extra={"run_id": run_id, "seq": seq},
+                )
 
         if event.timeout_at is not None:
             await book(

@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 
 from tether.engine import commands, wire
 from tether.engine import events as ev
-from tether.engine.bookkeeping import RESOLUTION_TOKENS, Bookkeeper
+from tether.engine.bookkeeping import Bookkeeper
 from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines
 from tether.engine.decide import ExpireWait, ResolveWait, decide, wait_resolution
@@ -25,6 +25,7 @@ from tether.engine.provision import ensure_pull_consumer
 from tether.engine.pull import SlotBudget, SlotPuller
 from tether.engine.state import RunState, fold
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
+from tether.engine.taken import RESOLUTION_TOKENS
 from tether.engine.tracing import EVENT_TRACEPARENT, TRACEPARENT, messaging
 
 log = logging.getLogger("tether.engine")
@@ -234,7 +235,8 @@ class EngineService:
         self, command: commands.CommandMessage, headers: dict[str, str]
     ) -> _Decision | None:
         """The decision as appended. The run's task is stored beside it as a header
-        (``wire.TASK``), from which a resolved wait is dispatched."""
+        (``wire.TASK``), from which a resolved wait is dispatched, and whether the engine
+        knows the run takes it (``wire.TAKEN``)."""
         store, run_id = self._conn.store, command.run_id
         state_command = command.to_state_command()
         assert state_command is not None
@@ -245,6 +247,8 @@ class EngineService:
             assert isinstance(state_command, ResolveWait | ExpireWait)
             event = wait_resolution(run_id, state_command, time.time())
             stored = {**headers, wire.TASK: command.task}
+            if self._bookkeeper.waits_taken.took(run_id, command.wait_seq):
+                stored[wire.TAKEN] = "1"  # the run took that wait: it takes this (taken.py)
             with contextlib.suppress(ConcurrencyConflictError):
                 seq = await store.append(
                     event,
@@ -263,11 +267,15 @@ class EngineService:
                 return None
             return decided[0]
 
+        def stored_with(state: RunState) -> dict[str, str]:
+            # decided on a read of the whole log: the run takes it (tether.engine.taken)
+            return {**headers, wire.TASK: state.task, wire.TAKEN: "1"}
+
         appended = await decide_and_append(
             store,
             run_id,
             choose,
-            headers=lambda state: {**headers, wire.TASK: state.task},
+            headers=stored_with,
         )
         if appended is None:
             return None
@@ -279,5 +287,5 @@ class EngineService:
             appended.seq,
             appended.event,
             appended.state.last_seq,
-            {**headers, wire.TASK: appended.state.task},
+            stored_with(appended.state),
         )

@@ -25,6 +25,9 @@ TIME_STAMP = "Nats-Time-Stamp"
 # Stored with the engine's resolution of a wait: the run's task, so that its bookkeeping can
 # dispatch the run again without reading its log.
 TASK = "Tether-Task"
+# Stored by the engine with an event it knows the run takes (decided on a read of the log,
+# or resolving a wait the run is known to have taken): see tether.engine.taken.
+TAKEN = "Tether-Taken"
 
 # -- JetStream API error codes ---------------------------------------------------------------
 # 10071: wrong last sequence; 10164: the same check on the subject-filter form.
