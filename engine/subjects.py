@@ -172,6 +172,10 @@ class Names:
         wildcards = ".".join(f"{{{{wildcard({n})}}}}" for n in (1, 2, 3))
         return f"{self.namespace}.stored.{wildcards}"
 
+    def run_subject_of_stored(self, subject: str) -> str:
+        """The run-log subject an event republished on ``subject`` was stored on."""
+        return f"{self.namespace}.runs.{subject.split('.', 2)[2]}"
+
     def stored_token_filter(self, token: str) -> str:
         """Every run's ``token`` events as republished once stored, in every partition."""
         return f"{self.namespace}.stored.*.{token}.*"

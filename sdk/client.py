@@ -21,7 +21,7 @@ from tether.engine.connection import ConnectionFactory
 from tether.engine.decide import CancelRun, decide
 from tether.engine.events import RunRequested
 from tether.engine.nats_io import TRANSIENT_NATS_ERRORS
-from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, fold
+from tether.engine.state import TERMINAL_STATUSES, RunState, evolve, fold, terminal_outcome
 from tether.engine.store import ConcurrencyConflictError, decide_and_append
 from tether.engine.subjects import check_run_id
 from tether.engine.tracing import messaging
@@ -378,7 +378,10 @@ class RunsClient:
         At first, and on each re-check without a notice, only the run's last event is
         read: while it is an event of a run going on, the run has not ended, and nothing
         more is read. Otherwise, and after a notice, the whole log is folded, which tells a
-        real ending from a write the state machine ignores (a forged completion, say)."""
+        real ending from a write the state machine ignores (a forged completion, say),
+        unless the chain vouches for the ending the notice brought (a completion or
+        failure right after a resolution the engine marked as taken, see
+        ``tether.engine.taken``): that is returned as it came."""
         return await self._result(run_id, timeout, None)
 
     async def _result(self, run_id: str, timeout: Duration | None, watched: _Watched | None) -> Any:
@@ -386,6 +389,10 @@ class RunsClient:
         then (see ``_until_ended``)."""
 
         async def ended(prompt: Prompt) -> tuple[str, Any, dict[str, str] | None] | None:
+            if prompt == "notice":
+                vouched = (await self._ensure_watcher()).vouched(run_id)
+                if vouched is not None:  # the chain vouches for it: no read needed
+                    return terminal_outcome(vouched)
             if prompt in ("first", "recheck") and await self._still_going(run_id):
                 return None
             conn = await self._connect()

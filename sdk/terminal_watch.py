@@ -1,7 +1,11 @@
 """Notices of runs ending, shared by every caller waiting in one client: a run's terminal
-events as the run log republishes them once stored (``Names.stored_token_filter``). A notice
-is a hint only (the run's state machine may ignore the event, and a replica answering a
-read may not hold it yet): a waiter woken by one reads the run."""
+events as the run log republishes them once stored (``Names.stored_token_filter``).
+
+A notice is a hint (the run's state machine may ignore the event, and a replica answering
+a read may not hold it yet): a waiter woken by one reads the run. Except where the chain
+vouches for the ending (``tether.engine.taken``): a completion or failure stored right
+after an engine resolution marked as taken, both heard here, is the run's ending, and the
+waiter needs no read. Resolutions are kept only for runs someone here waits for."""
 
 from __future__ import annotations
 
@@ -13,12 +17,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from tether.engine import events as ev
+from tether.engine import wire
 from tether.engine.connection import Connection
 from tether.engine.subjects import run_subject_parts
+from tether.engine.taken import RESOLUTION_TOKENS, TakenByRun, marked_taken, vouched_ending
 
 # Notices are remembered this long (and at most this many) for callers that register late.
 RECENT_NOTICE_S = 30.0
 RECENT_NOTICE_MAX = 100_000
+# Endings the chain vouched for, kept for the waiters they woke (beyond this many, the
+# oldest are read instead).
+VOUCHED_MAX = 10_000
 
 
 class TerminalWatch:
@@ -36,6 +45,8 @@ class TerminalWatch:
         # Bumped when notices may have been lost: a reconnect (none comes while the
         # connection is down) or a recent notice forgotten to keep RECENT_NOTICE_MAX.
         self.epoch = 0
+        self._taken = TakenByRun()  # the resolution each awaited run took, by sequence
+        self._vouched: OrderedDict[str, ev.RunCompleted | ev.RunFailed] = OrderedDict()
 
     async def start(self) -> None:
         names = self.conn.settings.names
@@ -48,11 +59,46 @@ class TerminalWatch:
             )
             sub = await self.conn.nc.subscribe(subject, cb=self._on_msg)
             self._subs.append(sub)
+        if self.conn.stores_notices:
+            for token in RESOLUTION_TOKENS:
+                sub = await self.conn.nc.subscribe(
+                    names.stored_token_filter(token), cb=self._on_resolution
+                )
+                self._subs.append(sub)
         # Notices published while the connection was down are gone: every waiter re-reads.
         self.conn.on_reconnect(self.wake_all)
 
+    async def _on_resolution(self, msg: Msg) -> None:
+        run_id = run_subject_parts(msg.subject)[0]
+        if run_id not in self._waiters:
+            return  # (every resolution of the namespace comes here)
+        headers = msg.headers or {}
+        if marked_taken(headers) and wire.SEQUENCE in headers:
+            self._taken.remember(run_id, int(headers[wire.SEQUENCE]))
+        else:
+            self._taken.forget(run_id)
+
+    def _vouch(self, run_id: str, msg: Msg) -> None:
+        """Keep the ending ``msg`` stores when the chain vouches for it."""
+        taken_seq = self._taken.forget(run_id)
+        if taken_seq is None:
+            return
+        names = self.conn.settings.names
+        event = ev.decode_stored(names.run_subject_of_stored(msg.subject), msg.data)
+        if not isinstance(event, ev.RunCompleted | ev.RunFailed):
+            return
+        if vouched_ending(event, msg.headers or {}, names, run_id, taken_seq):
+            self._vouched[run_id] = event
+            if len(self._vouched) > VOUCHED_MAX:
+                self._vouched.popitem(last=False)
+
+    def vouched(self, run_id: str) -> ev.RunCompleted | ev.RunFailed | None:
+        """The run's ending, when a notice the chain vouches for has brought it."""
+        return self._vouched.get(run_id)
+
     async def _on_msg(self, msg: Msg) -> None:
         run_id = run_subject_parts(msg.subject)[0]
+        self._vouch(run_id, msg)
         now = time.monotonic()
         recent = self._recent
         recent[run_id] = now
