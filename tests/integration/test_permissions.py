@@ -304,6 +304,19 @@ async def test_a_worker_cannot_disguise_a_decision_as_a_step(
     assert state.status == "waiting"
 
 
+async def test_only_the_server_writes_where_the_run_log_republishes(
+    server: SecuredNats, engine: TetherServer
+) -> None:
+    """A notice on ``tether.stored.>`` is what the run log stored: clients take an ending
+    from there without reading the run (``tether.engine.taken``)."""
+    for user in ("tether-engine", "worker-payments", "approver-alice"):
+        raw = await Raw.open(server, user)
+        try:
+            assert await raw.publish_refused("tether.stored.r1.completed.0"), user
+        finally:
+            await raw.close()
+
+
 async def test_a_worker_uses_only_its_own_tasks_consumer(
     server: SecuredNats, engine: TetherServer
 ) -> None:
