@@ -21,10 +21,11 @@ from tether.engine.connection import Connection
 from tether.engine.deadlines import Deadlines, wait_deadline_keys
 from tether.engine.decide import CancelRun, decide
 from tether.engine.dispatch import ResolutionDispatches, dispatch_task
+from tether.engine.run_log_reads import guarded_predecessor
 from tether.engine.state import RunState, WaitRecord, fold
 from tether.engine.store import decide_and_append
 from tether.engine.subjects import is_token, run_subject_parts
-from tether.engine.taken import RESOLUTION_TOKENS, TakenByRun, marked_taken, vouched_ending
+from tether.engine.taken import RESOLUTION_TOKENS, RunnableChains, TakenByRun, marked_taken
 from tether.engine.tracing import TRACEPARENT
 
 log = logging.getLogger("tether.engine")
@@ -42,6 +43,10 @@ BOOKED_TOKENS = frozenset(
     }
 )
 
+# Attempt writes whose booking needs no state of the run: taken without a read when the
+# run is known queued or running right before them (tether.engine.taken).
+BOOKED_UNREAD = (ev.WaitStarted, ev.RunCompleted, ev.RunFailed)
+
 
 class Bookkeeper:
     """Keeps dispatches, deadlines and parents in step with a run log's events."""
@@ -52,12 +57,10 @@ class Bookkeeper:
         self._deadlines = Deadlines(
             conn.deadlines, conn.publisher, conn.settings.names.deadlines_bucket
         )
-        # The wait each run took, as read when it was booked: the engine marks its
-        # resolution of that wait as taken (tether.engine.taken).
+        # The wait each run took, as booked: the engine marks its resolution of that wait
+        # as taken (tether.engine.taken).
         self.waits_taken = TakenByRun()
-        # The resolution each run took, as the engine marked it: an ending right after it
-        # needs no read.
-        self._resolutions_taken = TakenByRun()
+        self._chains = RunnableChains(conn.settings.names)
 
     async def _state(self, run_id: str) -> RunState:
         return fold(run_id, await self._conn.store.read(run_id))
@@ -81,29 +84,45 @@ class Bookkeeper:
 
     async def on_run_event(self, msg: Msg) -> None:
         run_id, token = run_subject_parts(msg.subject)
+        seq = msg.metadata.sequence.stream
+        runnable = self._follow_chain(run_id, token, seq, msg.headers or {})
         if token not in BOOKED_TOKENS:
             await msg.ack()  # a step, a start: nothing to book
             return
-        if token in RESOLUTION_TOKENS:  # (only the engine may write these)
-            self.waits_taken.forget(run_id)
-            if marked_taken(msg.headers or {}):
-                self._resolutions_taken.remember(run_id, msg.metadata.sequence.stream)
         if token in RESOLUTION_TOKENS and await self._dispatch_resolved(msg):
             await msg.ack()
             return
-        seq = msg.metadata.sequence.stream
         # read as every reader of the log reads it: a body that does not decode, or does not
         # belong on its subject, is an unusable entry, which the state machine ignores
         event = ev.decode_stored(msg.subject, msg.data)
-        reason, state = await self._refused(event, seq, msg)
+        if runnable and isinstance(event, BOOKED_UNREAD) and event.run_id == run_id:
+            reason, state = None, None  # the run was queued or running: it takes this
+        else:
+            reason, state = await self._refused(event, seq, msg)
         if reason is not None:
             log.warning(
                 "run event not booked: the run's state machine ignores it",
                 extra={"run_id": event.run_id, "seq": seq, "type": event.type, "reason": reason},
             )
         else:
-            await self._book(event, msg, state)
+            await self._book(event, msg, state, runnable=runnable)
         await msg.ack()
+
+    def _follow_chain(self, run_id: str, token: str, seq: int, headers: dict[str, str]) -> bool:
+        """Follow the run's chain with its event stored at ``seq`` (messages come in the
+        order they were stored): was the run known queued or running right before it?"""
+        if token in RESOLUTION_TOKENS:  # (only the engine may write these)
+            self.waits_taken.forget(run_id)
+            if marked_taken(headers):
+                self._chains.anchor(run_id, seq)
+                return False
+        if (
+            token == "requested"
+            and guarded_predecessor(headers, self._conn.settings.names.run_filter(run_id)) == 0
+        ):
+            self._chains.anchor(run_id, seq)  # stored only because the log was empty
+            return False
+        return self._chains.follow(run_id, token, seq, headers)
 
     async def _dispatch_resolved(self, msg: Msg) -> bool:
         """Dispatch a run whose wait the engine resolved, to the task stored beside the
@@ -143,10 +162,6 @@ class Bookkeeper:
             return event.reason, None
         names = self._conn.settings.names
         headers = msg.headers or {}
-        if isinstance(event, ev.RunCompleted | ev.RunFailed):
-            taken_seq = self._resolutions_taken.forget(event.run_id)
-            if vouched_ending(event, headers, names, event.run_id, taken_seq):
-                return None, None  # right after a resolution the run took (tether.engine.taken)
         if (
             isinstance(event, ev.RunRequested)
             and headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ) == "0"
@@ -173,10 +188,13 @@ class Bookkeeper:
         entry = next((e for e in state.ignored if e["seq"] == seq), None)
         return (None if entry is None else str(entry["reason"])), state
 
-    async def _book(self, event: ev.RunEvent, msg: Msg, state: RunState | None) -> None:
+    async def _book(
+        self, event: ev.RunEvent, msg: Msg, state: RunState | None, *, runnable: bool
+    ) -> None:
         """Keep dispatches and deadlines in step with one run-log event (stored as ``msg``);
         ``state`` is the run as ``_refused`` read it (every event booked below but requests,
-        failed attempts and waits was read there)."""
+        failed attempts, waits and endings on a known chain was read there); ``runnable``:
+        the run was known queued or running right before it."""
         names, run_id = self._conn.settings.names, event.run_id
         seq = msg.metadata.sequence.stream
         traceparent = (msg.headers or {}).get(TRACEPARENT)
@@ -210,10 +228,10 @@ class Bookkeeper:
                 traceparent,
             )
         elif isinstance(event, ev.WaitStarted):
-            reason, _ = await self._read_refusal(event, seq)
-            if reason is None:
+            taken = runnable or (await self._read_refusal(event, seq))[0] is None
+            if taken:
                 self.waits_taken.remember(run_id, seq)
-            await self._book_wait(event, seq, traceparent, taken=reason is None)
+            await self._book_wait(event, seq, traceparent, taken=taken)
         elif isinstance(event, ev.TaskRecorded) and event.status == "cancelled":
             await self._cancel_for_task(event, seq)
         elif isinstance(event, ev.WaitSatisfied | ev.WaitTimedOut):

@@ -123,18 +123,19 @@ async def test_an_ending_after_an_unmarked_resolution_is_read(
         assert len(reads) >= 1
 
 
-async def test_a_decision_ends_the_run_with_no_read_after_the_push(
+async def test_the_engine_and_the_client_take_a_decided_run_without_reading_it(
     app: Tether, server: TetherServer
 ) -> None:
-    """The whole path: the bookkeeping reads the run when it books the wait, so the
-    engine marks its resolution; then neither the client nor the bookkeeping reads the
-    run again to take its ending."""
+    """The whole path: the bookkeeping follows the run's chain from its request to its
+    wait, so the engine marks its resolution as taken; then neither the client nor the
+    bookkeeping reads the run to take its ending. The engine never reads the run."""
     approval = define(app)
     engine = server.conn
     assert engine is not None
     names = engine.settings.names
     async with app.worker("w", slots=2):
         ref = await approval.run_no_wait({})
+        engine_reads = count_whole_reads(engine, ref.run_id)
         run_id, partition = ref.run_id, names.partition(ref.run_id)
         await wait_for_status(app, run_id, "waiting")
         state, _ = await app.runs.state(run_id)
@@ -142,12 +143,11 @@ async def test_a_decision_ends_the_run_with_no_read_after_the_push(
         assert wait is not None
         wait_key = ids.wait_deadline_key(partition, run_id, wait.position)
 
-        async def wait_booked() -> bool:  # (booked once the bookkeeping has read the wait)
+        async def wait_booked() -> bool:  # (the bookkeeping has taken the wait)
             return not await deadline_gone(engine, wait_key)
 
         await wait_until(wait_booked, message="the wait's deadline")
         client_reads = count_whole_reads(await app.connection(), run_id)
-        engine_reads = count_whole_reads(engine, run_id)
         waiter = asyncio.create_task(ref.result(timeout=15))
         await listening(app, run_id)
         await app.events.push(KEY, {"runId": run_id, "decision": "approve"})

@@ -9,7 +9,7 @@ from tether.engine import events as ev
 from tether.engine import wire
 from tether.engine.state import fold
 from tether.engine.subjects import Names
-from tether.engine.taken import TakenByRun, vouched_ending
+from tether.engine.taken import RunnableChains, TakenByRun, vouched_ending
 
 NAMES = Names("tether")
 RUN = "r1"
@@ -91,3 +91,32 @@ def test_taken_by_run_keeps_the_latest_and_forgets_the_oldest() -> None:
     taken.remember("c", 4)  # b is the oldest now
     assert taken.get("b") is None and taken.took("a", 3) and not taken.took("a", 1)
     assert taken.forget("c") == 4 and taken.forget("c") is None and len(taken) == 1
+
+
+def chain_of(*events: tuple[int, str, int | None]) -> list[bool]:
+    """Follow (seq, token, guarded predecessor) events from a request stored at 1."""
+    chains = RunnableChains(NAMES)
+    chains.anchor(RUN, 1)
+    return [
+        chains.follow(RUN, token, seq, {} if previous is None else guard(previous))
+        for seq, token, previous in events
+    ]
+
+
+def test_a_chain_from_the_request_shows_the_run_runnable_up_to_its_wait() -> None:
+    assert chain_of((2, "started", 1), (3, "step", 2), (4, "wait_started", 3)) == [True] * 3
+
+
+def test_a_chain_stops_where_the_run_may_no_longer_be_runnable() -> None:
+    # a wait ends it: an ending written after it is not known taken (the run is waiting)
+    assert chain_of((2, "started", 1), (3, "wait_started", 2), (4, "completed", 3)) == [
+        True,
+        True,
+        False,
+    ]
+    # an event in between that the chain did not see, or one written without the guard
+    assert chain_of((2, "started", 1), (4, "completed", 3)) == [True, False]
+    assert chain_of((2, "started", None), (3, "completed", 2)) == [False, False]
+    # an event that may end or suspend the run, whatever its body
+    assert chain_of((2, "task_cancelled", 1), (3, "completed", 2)) == [True, False]
+    assert chain_of((2, "wait_satisfied_in_attempt", 1), (3, "completed", 2)) == [True, False]
