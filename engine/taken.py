@@ -73,7 +73,7 @@ def vouched_ending(
 
 
 class TakenByRun:
-    """The latest event of each run known to be taken, by sequence; bounded."""
+    """A sequence per run (the latest remembered); bounded, the oldest run forgotten first."""
 
     def __init__(self, most: int = MOST_REMEMBERED) -> None:
         self._seqs: OrderedDict[str, int] = OrderedDict()

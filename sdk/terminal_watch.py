@@ -25,8 +25,8 @@ from tether.engine.taken import RESOLUTION_TOKENS, TakenByRun, marked_taken, vou
 # Notices are remembered this long (and at most this many) for callers that register late.
 RECENT_NOTICE_S = 30.0
 RECENT_NOTICE_MAX = 100_000
-# Endings the chain vouched for, kept for the waiters they woke (beyond this many, the
-# oldest are read instead).
+# Endings the chain vouched for, kept until a waiter they woke takes them (beyond this
+# many, the oldest are read instead).
 VOUCHED_MAX = 10_000
 
 
@@ -73,8 +73,9 @@ class TerminalWatch:
         if run_id not in self._waiters:
             return  # (every resolution of the namespace comes here)
         headers = msg.headers or {}
-        if marked_taken(headers) and wire.SEQUENCE in headers:
-            self._taken.remember(run_id, int(headers[wire.SEQUENCE]))
+        seq = headers.get(wire.SEQUENCE, "")
+        if marked_taken(headers) and seq.isdigit():
+            self._taken.remember(run_id, int(seq))
         else:
             self._taken.forget(run_id)
 
@@ -93,8 +94,9 @@ class TerminalWatch:
                 self._vouched.popitem(last=False)
 
     def vouched(self, run_id: str) -> ev.RunCompleted | ev.RunFailed | None:
-        """The run's ending, when a notice the chain vouches for has brought it."""
-        return self._vouched.get(run_id)
+        """The run's ending, when a notice the chain vouches for has brought it (once: a
+        second waiter of the same run reads it)."""
+        return self._vouched.pop(run_id, None)
 
     async def _on_msg(self, msg: Msg) -> None:
         run_id = run_subject_parts(msg.subject)[0]
