@@ -9,6 +9,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from nats.js.errors import KeyNotFoundError
 
 from tests.helpers import wait_for_status, wait_until
@@ -95,32 +96,20 @@ async def resolve_as_the_engine(
     return waiter, reads
 
 
-async def test_an_ending_right_after_a_resolution_marked_taken_is_not_read(
-    app: Tether, settings: Settings
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
+async def test_an_ending_right_after_a_resolution_is_read_unless_marked_taken(
+    app: Tether, settings: Settings, marked: bool
 ) -> None:
+    """The waiter takes the ending without reading the run only after a resolution the
+    engine marked as taken: the mark, not the shape of the chain, vouches."""
     approval = define(app)
     serve = TetherServer(settings)
     await serve.start()
     async with app.worker("w", slots=2):
         ref = await approval.run_no_wait({})
-        waiter, reads = await resolve_as_the_engine(app, serve, ref.run_id, taken=True)
+        waiter, reads = await resolve_as_the_engine(app, serve, ref.run_id, taken=marked)
         assert await waiter == {"decision": "approve"}
-        assert reads == []
-
-
-async def test_an_ending_after_an_unmarked_resolution_is_read(
-    app: Tether, settings: Settings
-) -> None:
-    """The same resolution without the engine's mark: the waiter reads the run (the mark,
-    not the chain's shape, is what vouches)."""
-    approval = define(app)
-    serve = TetherServer(settings)
-    await serve.start()
-    async with app.worker("w", slots=2):
-        ref = await approval.run_no_wait({})
-        waiter, reads = await resolve_as_the_engine(app, serve, ref.run_id, taken=False)
-        assert await waiter == {"decision": "approve"}
-        assert len(reads) >= 1
+        assert (reads == []) is marked
 
 
 async def test_the_engine_and_the_client_take_a_decided_run_without_reading_it(
