@@ -174,7 +174,7 @@ class Bookkeeper:
             # the engine applies a retry only while the run is queued since exactly this
             # event, and resolves only the wait registered at it (a forged wait_started
             # reusing an open wait's id gets its resolutions ignored). A deadline it would
-            # overwrite is checked first (see _book_wait), on the read _book_wait makes.
+            # overwrite is checked first (see _book: the chain, or else a read, tells).
             return None, None
         return await self._read_refusal(event, seq)
 
