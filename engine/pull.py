@@ -74,12 +74,14 @@ class SlotBudget:
         self.active += 1
         return True
 
-    def give_back(self) -> None:
-        """Return a slot from ``take``; the pullers ask again if they could not."""
+    def give_back(self) -> bool:
+        """Return a slot (taken by ``take`` or by a puller's delivery); when every slot was
+        taken, every puller asks again. Whether they were all taken."""
         starved = self.free() <= 0
         self.active -= 1
         if starved:
             self.wake_all()
+        return starved
 
 
 class SlotPuller:
@@ -218,14 +220,9 @@ class SlotPuller:
             # Soon, not after the whole ack wait: most failures are NATS passing trouble.
             await hand_back(msg, HANDLER_FAILED_REDELIVERY_S)
         finally:
-            budget = self._budget
             # The freed slot is this puller's to ask again for; the others only gain from
             # it when the slots were all taken (otherwise they had slots to ask with).
-            starved = budget.free() <= 0
-            budget.active -= 1
-            if starved:
-                budget.wake_all()
-            elif self._wanted() > 0:
+            if not self._budget.give_back() and self._wanted() > 0:
                 self.wake()
 
     async def stop(self, grace_s: float = 10.0) -> None:
