@@ -2,12 +2,12 @@
 
 The run log republishes every event once it has stored it, with its stream sequence
 (``Names.stored_runs_*``); workers hear the engine's resolutions of waits by a pushed event
-(``wait_satisfied``). The worker that
-suspended the run holds its log (``SuspendedLogs``); when that log ends right where the
-resolution follows, the worker starts the resumed attempt at once, as if the dispatch had
-arrived carrying the resolution. The dispatch still comes (it is what survives a crash or a
-worker that does not hold the log): for an attempt started early it waits for that attempt
-and is acknowledged without running the run again, unless the attempt was interrupted.
+(``wait_satisfied``). The worker that suspended the run holds its log (``SuspendedLogs``);
+when that log ends right where the resolution follows, the worker starts the resumed
+attempt at once, as if the dispatch had arrived carrying the resolution. The dispatch still
+comes (it is what survives a crash or a worker that does not hold the log): for an attempt
+started early it waits for that attempt and is acknowledged without running the run again,
+unless the attempt was interrupted.
 
 One message, the republished resolution, takes the place of three on the way to the worker
 (the engine's acknowledgement, its dispatch, the dispatch's delivery). A republished
@@ -30,6 +30,7 @@ from nats.aio.subscription import Subscription
 from tether.engine import wire
 from tether.engine.nats_io import unsubscribe_quietly
 from tether.engine.pull import SlotBudget, finish_or_cancel
+from tether.engine.run_log_reads import guarded_predecessor
 from tether.engine.subjects import Names, run_subject_parts
 from tether.runtime.suspended_logs import CarriedEvent, SuspendedLogs
 
@@ -68,9 +69,11 @@ class EarlyResumes:
         self._started: OrderedDict[tuple[str, int], asyncio.Future[str]] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
+        self._names: Names | None = None
         self.started = 0
 
     async def start(self, nc: NATS, names: Names) -> None:
+        self._names = names
         self._sub = await nc.subscribe(
             names.stored_token_filter(STORED_RESOLUTION_TOKEN), cb=self._on_stored
         )
@@ -107,15 +110,17 @@ class EarlyResumes:
         """The run, its stored resolution as a dispatch would carry it, and its task, when
         this worker holds the run's log up to right before it; else None."""
         headers = msg.headers or {}
+        if self._names is None:
+            return None
         try:
             run_id = run_subject_parts(msg.subject)[0]
             seq = int(headers[wire.SEQUENCE])
-            previous = int(headers[wire.EXPECTED_LAST_SUBJECT_SEQ])
             subject = headers[wire.SUBJECT]
         except (KeyError, ValueError, IndexError):
             return None
+        previous = guarded_predecessor(headers, self._names.run_filter(run_id))
         task = self._tasks.get(headers.get(wire.TASK, ""))
-        if task is None or self._suspended.ends_at(run_id) != previous:
+        if task is None or previous is None or self._suspended.ends_at(run_id) != previous:
             return None
         if (run_id, seq) in self._started:
             return None  # the server republished it twice (a replica's copy)
