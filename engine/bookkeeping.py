@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 import orjson
 from nats.aio.msg import Msg
@@ -51,12 +52,12 @@ BOOKED_UNREAD = (ev.WaitStarted, ev.RunCompleted, ev.RunFailed)
 class Bookkeeper:
     """Keeps dispatches, deadlines and parents in step with a run log's events."""
 
-    def __init__(self, conn: Connection, resolutions: ResolutionDispatches) -> None:
+    def __init__(
+        self, conn: Connection, resolutions: ResolutionDispatches, deadlines: Deadlines
+    ) -> None:
         self._conn = conn
         self._resolutions = resolutions
-        self._deadlines = Deadlines(
-            conn.deadlines, conn.publisher, conn.settings.names.deadlines_bucket
-        )
+        self._deadlines = deadlines
         # The wait each run took, as booked: the engine marks its resolution of that wait
         # as taken (tether.engine.taken).
         self.waits_taken = TakenByRun()
@@ -116,13 +117,14 @@ class Bookkeeper:
             if marked_taken(headers):
                 self._chains.anchor(run_id, seq)
                 return False
-        if (
-            token == "requested"
-            and guarded_predecessor(headers, self._conn.settings.names.run_filter(run_id)) == 0
-        ):
-            self._chains.anchor(run_id, seq)  # stored only because the log was empty
+        if token == "requested" and self._first_in_log(run_id, headers):
+            self._chains.anchor(run_id, seq)
             return False
         return self._chains.follow(run_id, token, seq, headers)
+
+    def _first_in_log(self, run_id: str, headers: Mapping[str, str]) -> bool:
+        """Was this stored only because the run's log was empty (guarded on sequence 0)?"""
+        return guarded_predecessor(headers, self._conn.settings.names.run_filter(run_id)) == 0
 
     async def _dispatch_resolved(self, msg: Msg) -> bool:
         """Dispatch a run whose wait the engine resolved, to the task stored beside the
@@ -160,14 +162,8 @@ class Bookkeeper:
         say) must not dispatch, move deadlines or tell a parent."""
         if isinstance(event, ev.UnusableEntry):
             return event.reason, None
-        names = self._conn.settings.names
         headers = msg.headers or {}
-        if (
-            isinstance(event, ev.RunRequested)
-            and headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ) == "0"
-            and headers.get(wire.EXPECTED_LAST_SUBJECT_SEQ_SUBJECT)
-            == names.run_filter(event.run_id)
-        ):
+        if isinstance(event, ev.RunRequested) and self._first_in_log(event.run_id, headers):
             return None, None  # the server stored it only because the run's log was empty
         if isinstance(event, ev.AttemptFailed | ev.WaitStarted):
             # Booking these only sets deadlines whose commands name the event's sequence:

@@ -53,10 +53,10 @@ class EngineService:
         self._bookkeeping_slots = SlotBudget(concurrency)
         self._pullers: dict[int, list[SlotPuller]] = {}
         self._resolutions = ResolutionDispatches()
-        self._bookkeeper = Bookkeeper(conn, self._resolutions)
         self._deadlines = Deadlines(
             conn.deadlines, conn.publisher, conn.settings.names.deadlines_bucket
         )
+        self._bookkeeper = Bookkeeper(conn, self._resolutions, self._deadlines)
         self.commands_handled = 0
         conn.on_reconnect(self._forget_requests)
 
