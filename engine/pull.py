@@ -5,7 +5,8 @@ messages. This sends its own pull requests (one reply inbox each, under one subs
 counts what the server still owes, and asks for more only when a slot frees, so a worker
 with 2 slots never holds a third task.
 Pullers sharing slots (one per task of a worker) split them; each idle puller keeps at least
-one request open, and a message that arrives when every slot is taken is handed back at once.
+one request open, and a message that arrives when every slot is taken is handed back at once,
+unless its owner can settle it without a slot (``Settles``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -27,6 +29,10 @@ from tether.engine.nats_io import DESCRIPTION, hand_back, status_of, unsubscribe
 log = logging.getLogger("tether.pull")
 
 Handler = Callable[[Msg], Awaitable[None]]
+# For a message that may need no slot of its own (work already running elsewhere in the
+# process), an awaitable that settles it without one: True once it is acknowledged, False
+# when it needs a slot and the handler after all. None for any other message.
+Settles = Callable[[Msg], Awaitable[bool] | None]
 
 HANDLER_FAILED_REDELIVERY_S = 1.0
 # A pull request lives this long on the server, which then answers 408. One that gets no
@@ -94,11 +100,13 @@ class SlotPuller:
         *,
         budget: SlotBudget,
         expires_s: float = PULL_EXPIRES_S,
+        settles: Settles | None = None,
     ) -> None:
         self._nc = nc
         self._next_subject = wire.consumer_next(stream, consumer)
         self._consumer = consumer
         self._handler = handler
+        self._settles = settles
         self._budget = budget
         budget.pullers.append(self)
         self._expires_s = expires_s
@@ -154,7 +162,8 @@ class SlotPuller:
         """How many messages to ask for now. Pullers sharing a budget each ask for at most
         their share of it, and an idle puller always keeps one request open while a slot is
         free: otherwise one task's standing request could hold every slot of the worker and
-        starve its other tasks. The rare delivery beyond capacity is handed back at once.
+        starve its other tasks. A delivery beyond capacity is handed back at once (unless it
+        settles without a slot).
 
         While messages are still owed, a puller asks again only once half its share is
         used up: a request per handled message would double the messages a busy consumer
@@ -202,13 +211,39 @@ class SlotPuller:
             self._wake.set()
             return
         self._owed = max(0, self._owed - 1)
+        settling = None if self._settles is None or self._stopping else self._settles(msg)
+        if settling is not None:
+            self._spawn(self._settle(msg, settling))
+            return
         if self._stopping or self._budget.active >= self._budget.capacity:
             await msg.nak()  # hand it straight back rather than strand it until ack_wait
             return
         self._budget.active += 1
-        task = asyncio.create_task(self._handle(msg))
+        self._spawn(self._handle(msg))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, msg: Msg, settling: Awaitable[bool]) -> None:
+        """Settle ``msg`` without a slot; if it needs one after all, run it in a free slot
+        (or hand it back when there is none, as a delivery beyond capacity is)."""
+        try:
+            if await settling:
+                if self._wanted() > 0:
+                    self.wake()  # the delivery it was owed is used up
+                return
+        except Exception:
+            log.exception(
+                "settling a message failed; redelivering", extra={"consumer": self._consumer}
+            )
+            await hand_back(msg, HANDLER_FAILED_REDELIVERY_S)
+            return
+        if self._stopping or not self._budget.take():
+            await msg.nak()
+            return
+        await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -86,6 +86,11 @@ class EarlyResumes:
             await unsubscribe_quietly(sub, "stored resolutions")
         await finish_or_cancel(self._running, grace_s)
 
+    def took(self, run_id: str, seq: int) -> bool:
+        """Whether an attempt started early for the dispatch of ``run_id`` at ``seq``, and
+        ``settled`` has not been asked about it yet."""
+        return (run_id, seq) in self._started
+
     async def settled(self, run_id: str, seq: int) -> bool:
         """For the dispatch of ``run_id`` at ``seq``: True once an attempt started early
         for it has ended in a way that leaves nothing for the dispatch to do."""

@@ -41,6 +41,16 @@ BEHIND_RETRY_DELAY_S = 0.25
 INTERRUPTED_RETRY_MAX_S = 15.0
 
 
+def _dispatch_of(msg: Msg) -> tuple[dict[str, Any], str, int] | None:
+    """A task message's body, the run it dispatches and the log sequence it was sent for;
+    None for a malformed message."""
+    try:
+        body = orjson.loads(msg.data)
+        return body, str(body["run_id"]), int(body.get("seq", 0))
+    except Exception:
+        return None
+
+
 def _carried(body: dict[str, Any], seq: int) -> CarriedEvent | None:
     """The event that made the run runnable, if the dispatch carries it usably (the run
     is read otherwise: a dispatch is not dropped for what it carries)."""
@@ -132,6 +142,7 @@ class Worker:
                 consumer,
                 self._handler(task),
                 budget=self._budget,
+                settles=self._settles,
             )
             await puller.start()
             conn.on_reconnect(puller.forget_requests)
@@ -148,15 +159,32 @@ class Worker:
 
         return handle
 
-    async def _handle(self, task: DurableTask[Any, Any], msg: Msg) -> None:
+    def _settles(self, msg: Msg) -> Awaitable[bool] | None:
+        """A dispatch of a run an attempt started early for needs no slot of its own: it
+        waits for that attempt (which holds one) and is acknowledged if it did the work."""
+        dispatch = _dispatch_of(msg)
+        if dispatch is None or not self.early.took(dispatch[1], dispatch[2]):
+            return None
+        return self._settle(msg, dispatch[1], dispatch[2])
+
+    async def _settle(self, msg: Msg, run_id: str, dispatched_seq: int) -> bool:
+        conn = await self._connect()
+        heartbeat = asyncio.create_task(self._keep_alive(msg, conn.settings.task_ack_wait_s))
         try:
-            body = orjson.loads(msg.data)
-            run_id = str(body["run_id"])
-            dispatched_seq = int(body.get("seq", 0))
-        except Exception:
+            if not await self.early.settled(run_id, dispatched_seq):
+                return False
+        finally:
+            heartbeat.cancel()
+        await msg.ack()  # resumed from its stored resolution already
+        return True
+
+    async def _handle(self, task: DurableTask[Any, Any], msg: Msg) -> None:
+        dispatch = _dispatch_of(msg)
+        if dispatch is None:
             log.error("malformed task message dropped", extra={"data": msg.data[:200]})
             await msg.term()
             return
+        body, run_id, dispatched_seq = dispatch
         conn = await self._connect()
         heartbeat = asyncio.create_task(self._keep_alive(msg, conn.settings.task_ack_wait_s))
         try:

@@ -130,3 +130,52 @@ async def test_a_dispatch_waits_for_an_early_attempt_holding_the_only_slot(
     # while its one slot is taken the worker asks for no message: no delivery goes round
     # and round while the early attempt runs
     assert info.delivered.consumer_seq <= 4, f"{info.delivered.consumer_seq} deliveries"
+
+
+async def test_dispatches_arriving_while_early_attempts_hold_every_slot_wait_without_one(
+    app: Tether, settings: Settings
+) -> None:
+    """Both slots of a worker are held by attempts resumed from stored resolutions when the
+    worker's open pull request brings their dispatches. Each dispatch waits for its
+    attempt without a slot and is acknowledged: none is handed back and delivered again."""
+    bodies: list[str] = []
+    release = asyncio.Event()
+
+    @app.durable_task(name="held")
+    async def held(input: Any, ctx: DurableContext) -> Any:
+        bodies.append(ctx.run_id)
+        decision = await ctx.wait_for_event(KEY, expression=f"input.runId == '{ctx.run_id}'")
+        await release.wait()  # work after the decision, holding the slot
+        return decision["decision"]
+
+    names = settings.names
+    consumer = names.task_consumer("held")
+
+    async def consumer_info() -> Any:
+        conn = await app.connection()
+        return await conn.js.consumer_info(names.tasks_stream, consumer)
+
+    async with TetherServer(settings), app.worker("w", slots=2) as worker:
+        refs = [await held.run_no_wait({}) for _ in range(2)]
+        for ref in refs:
+            await wait_for_status(app, ref.run_id, "waiting")
+        for ref in refs:
+            await app.events.push(KEY, {"runId": ref.run_id, "decision": "approve"})
+
+        async def both_dispatches_held() -> bool:
+            info = await consumer_info()
+            return info.delivered.stream_seq == 4 and info.num_ack_pending == 2
+
+        await wait_until(both_dispatches_held, message="both dispatches delivered and held")
+        assert worker.early.started == 2 and worker.active == 2
+        release.set()
+        assert [await ref.result(timeout=10) for ref in refs] == ["approve", "approve"]
+
+        async def dispatches_acknowledged() -> Any:
+            info = await consumer_info()
+            return info if info.num_ack_pending == 0 else None
+
+        info = await wait_until(dispatches_acknowledged, message="the dispatches acked")
+    assert sorted(bodies) == sorted([r.run_id for r in refs] * 2)  # first attempts, early ones
+    # two requests and two resolutions, each delivered once
+    assert (info.delivered.consumer_seq, info.num_redelivered) == (4, 0)

@@ -62,3 +62,64 @@ async def test_a_busy_puller_stays_within_its_slots_and_asks_in_batches(plain_nc
     # Asking again once half the slots' share is used up: about one request per eight
     # messages here, where asking per handled message made one request per message.
     assert len(requests) <= MESSAGES // (SLOTS // 2) + 10, f"{len(requests)} pull requests"
+
+
+async def test_deliveries_that_settle_without_a_slot_are_not_handed_back(plain_nc: NATS) -> None:
+    """Every slot is held by work from outside the puller when its open request brings two
+    messages. Both wait without a slot: one is settled by that work, the other needs the
+    handler after all and runs once a slot is free. Neither is delivered twice."""
+    stream, consumer = f"PULL_{uuid.uuid4().hex[:8]}", "work"
+    subject = f"pull.{stream}"
+    js = plain_nc.jetstream()
+    await js.add_stream(name=stream, subjects=[subject])
+    await js.add_consumer(
+        stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
+    )
+    outside_done = asyncio.Event()
+    waiting: list[bytes] = []
+    handled: list[bytes] = []
+
+    async def settle(msg: Msg) -> bool:
+        waiting.append(msg.data)
+        await outside_done.wait()
+        if msg.data == b"settled":
+            await msg.ack()
+            return True
+        return False
+
+    async def handle(msg: Msg) -> None:
+        handled.append(msg.data)
+        await msg.ack()
+
+    budget = SlotBudget(2)
+    puller = SlotPuller(plain_nc, stream, consumer, handle, budget=budget, settles=settle)
+    await puller.start()
+    try:
+
+        async def asked_for_both() -> bool:
+            return puller.outstanding == 2
+
+        await wait_until(asked_for_both, message="a request for two messages")
+        assert budget.take() and budget.take()  # the outside work holds every slot
+        await js.publish(subject, b"settled")
+        await js.publish(subject, b"unsettled")
+
+        async def both_waiting() -> bool:
+            return len(waiting) == 2
+
+        await wait_until(both_waiting, message="both deliveries waiting without a slot")
+        assert handled == [] and budget.active == 2
+        budget.give_back()
+        budget.give_back()
+        outside_done.set()
+
+        async def all_acknowledged() -> bool:
+            info = await js.consumer_info(stream, consumer)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        await wait_until(all_acknowledged, message="both messages acknowledged")
+        info = await js.consumer_info(stream, consumer)
+    finally:
+        await puller.stop()
+    assert handled == [b"unsettled"]
+    assert info.delivered.consumer_seq == 2  # each delivered once
