@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -40,6 +41,9 @@ HANDLER_FAILED_REDELIVERY_S = 1.0
 # count is dropped and asked again, so a failover stalls a puller for seconds, not longer.
 PULL_EXPIRES_S = 3.0
 PULL_GRACE_S = 1.0
+# Messages handed back without being run are remembered (at most this many), so that a
+# redelivery that only ever came here counts as a first delivery (``first_run``).
+UNRUN_REMEMBERED = 10_000
 
 
 async def finish_or_cancel(tasks: set[asyncio.Task[None]], grace_s: float) -> None:
@@ -119,6 +123,7 @@ class SlotPuller:
         # open request inbox -> (batch, client-side give-up time)
         self._requests: dict[str, tuple[int, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unrun: OrderedDict[int, int] = OrderedDict()  # stream seq -> hand-backs
         self._wake = asyncio.Event()
         self._stopping = False
         self._sub: Subscription | None = None
@@ -216,7 +221,7 @@ class SlotPuller:
             self._spawn(self._settle(msg, settling))
             return
         if self._stopping or self._budget.active >= self._budget.capacity:
-            await msg.nak()  # hand it straight back rather than strand it until ack_wait
+            await self._hand_back_unrun(msg)  # rather than strand it until ack_wait
             return
         self._budget.active += 1
         self._spawn(self._handle(msg))
@@ -241,9 +246,22 @@ class SlotPuller:
             await hand_back(msg, HANDLER_FAILED_REDELIVERY_S)
             return
         if self._stopping or not self._budget.take():
-            await msg.nak()
+            await self._hand_back_unrun(msg)
             return
         await self._handle(msg)
+
+    async def _hand_back_unrun(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        self._unrun[seq] = self._unrun.pop(seq, 0) + 1
+        while len(self._unrun) > UNRUN_REMEMBERED:
+            self._unrun.popitem(last=False)
+        await msg.nak()
+
+    def first_run(self, msg: Msg) -> bool:
+        """Whether no earlier delivery of ``msg`` may have run it: this is its first, or
+        each one before came to this puller and was handed back unrun."""
+        unrun = self._unrun.get(msg.metadata.sequence.stream, 0)
+        return (msg.metadata.num_delivered or 1) - unrun <= 1
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -255,6 +273,7 @@ class SlotPuller:
             # Soon, not after the whole ack wait: most failures are NATS passing trouble.
             await hand_back(msg, HANDLER_FAILED_REDELIVERY_S)
         finally:
+            self._unrun.pop(msg.metadata.sequence.stream, None)  # run: no longer first
             # The freed slot is this puller's to ask again for; the others only gain from
             # it when the slots were all taken (otherwise they had slots to ask with).
             if not self._budget.give_back() and self._wanted() > 0:

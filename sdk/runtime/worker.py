@@ -91,7 +91,7 @@ class Worker:
         self.slots = slots
         self.worker_id = f"{name}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._budget = SlotBudget(slots)
-        self._pullers: list[SlotPuller] = []
+        self._pullers: dict[str, SlotPuller] = {}  # by task name
         self._nc: NATS | None = None
         self._watch: ClosedConnectionWatch | None = None
         self._stopped = asyncio.Event()
@@ -146,7 +146,7 @@ class Worker:
             )
             await puller.start()
             conn.on_reconnect(puller.forget_requests)
-            self._pullers.append(puller)
+            self._pullers[task.name] = puller
         await self.early.start(conn.nc, names)
         log.info(
             "worker started",
@@ -185,15 +185,17 @@ class Worker:
             await msg.term()
             return
         body, run_id, dispatched_seq = dispatch
+        # A dispatch that was run before (an attempt interrupted, a worker gone) may have
+        # writes after the event it carries: only one never run before uses it.
+        puller = self._pullers.get(task.name)
+        first_run = puller.first_run(msg) if puller is not None else False
         conn = await self._connect()
         heartbeat = asyncio.create_task(self._keep_alive(msg, conn.settings.task_ack_wait_s))
         try:
             if await self.early.settled(run_id, dispatched_seq):
                 await msg.ack()  # resumed from its stored resolution already
                 return
-            # A dispatch handed back (an attempt interrupted, a worker gone) may have
-            # writes after the event it carries: only a first delivery uses it.
-            carried = _carried(body, dispatched_seq) if msg.metadata.num_delivered <= 1 else None
+            carried = _carried(body, dispatched_seq) if first_run else None
             result = await self._attempt(task, run_id, dispatched_seq, carried)
         except asyncio.CancelledError:
             await hand_back(msg)
@@ -312,7 +314,7 @@ class Worker:
 
     async def _stop_pullers(self) -> None:
         await self.early.stop()
-        for puller in self._pullers:
+        for puller in self._pullers.values():
             await puller.stop()
         self._pullers.clear()
         self._budget.pullers.clear()

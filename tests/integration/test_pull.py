@@ -123,3 +123,52 @@ async def test_deliveries_that_settle_without_a_slot_are_not_handed_back(plain_n
         await puller.stop()
     assert handled == [b"unsettled"]
     assert info.delivered.consumer_seq == 2  # each delivered once
+
+
+async def test_a_message_handed_back_unrun_still_counts_as_never_run(plain_nc: NATS) -> None:
+    """A delivery that finds every slot taken is handed back without running; when it comes
+    back it is still one no attempt ran (``first_run``), unlike one handed back after its
+    handler ran it."""
+    stream, consumer = f"PULL_{uuid.uuid4().hex[:8]}", "work"
+    subject = f"pull.{stream}"
+    js = plain_nc.jetstream()
+    await js.add_stream(name=stream, subjects=[subject])
+    await js.add_consumer(
+        stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
+    )
+    runs: list[tuple[int, bool]] = []  # (delivery, never run before) per handler call
+    budget = SlotBudget(1)
+
+    async def handle(msg: Msg) -> None:
+        runs.append((msg.metadata.num_delivered, puller.first_run(msg)))
+        if len(runs) == 1:
+            await msg.nak()  # ran, then handed back: its next delivery was run before
+        else:
+            await msg.ack()
+
+    puller = SlotPuller(plain_nc, stream, consumer, handle, budget=budget)
+    await puller.start()
+    try:
+
+        async def asked() -> bool:
+            return puller.outstanding == 1
+
+        await wait_until(asked, message="a request for one message")
+        assert budget.take()  # the only slot is busy when the message arrives
+        await js.publish(subject, b"work")
+
+        async def handed_back() -> bool:  # delivered on the request, which is used up
+            info = await js.consumer_info(stream, consumer)
+            return info.delivered.consumer_seq == 1 and puller.outstanding == 0
+
+        await wait_until(handed_back, message="the delivery handed back unrun")
+        assert runs == []
+        budget.give_back()
+
+        async def acknowledged() -> bool:
+            return len(runs) == 2
+
+        await wait_until(acknowledged, message="the message run twice")
+    finally:
+        await puller.stop()
+    assert runs == [(2, True), (3, False)]

@@ -57,11 +57,10 @@ async def test_runs_resume_from_the_kept_log_or_by_reading(
 ) -> None:
     calls: list[int] = []
     task = define(app, calls)
-    # A slot for each run's attempt and one for its dispatch. With fewer, a run whose
-    # early attempt found no free slot may have its dispatch arrive while attempts hold
-    # every slot: it is handed back, and a redelivered dispatch reads the run, as only a
-    # first delivery uses what it carries.
-    async with app.worker("kept", slots=8) as worker:
+    # Two slots for four runs: dispatches often arrive while attempts (resumed early from
+    # stored resolutions, or not) hold both. They wait for an early attempt without a slot,
+    # or are handed back unrun, and their redelivery still uses what they carry.
+    async with app.worker("kept", slots=2) as worker:
         refs = [await task.run_no_wait({"amount": n}) for n in range(4)]
         for ref in refs:
             await wait_for_status(app, ref.run_id, "waiting")
