@@ -19,14 +19,21 @@ SLOTS = 16
 MESSAGES = 400
 
 
-async def test_a_busy_puller_stays_within_its_slots_and_asks_in_batches(plain_nc: NATS) -> None:
+async def work_queue(nc: NATS) -> tuple[str, str, str]:
+    """A fresh stream with a durable pull consumer: (stream, consumer, subject)."""
     stream, consumer = f"PULL_{uuid.uuid4().hex[:8]}", "work"
     subject = f"pull.{stream}"
-    js = plain_nc.jetstream()
+    js = nc.jetstream()
     await js.add_stream(name=stream, subjects=[subject])
     await js.add_consumer(
         stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
     )
+    return stream, consumer, subject
+
+
+async def test_a_busy_puller_stays_within_its_slots_and_asks_in_batches(plain_nc: NATS) -> None:
+    stream, consumer, subject = await work_queue(plain_nc)
+    js = plain_nc.jetstream()
     requests: list[bytes] = []
 
     async def on_request(msg: Msg) -> None:  # every pull request the puller sends
@@ -68,13 +75,8 @@ async def test_deliveries_that_settle_without_a_slot_are_not_handed_back(plain_n
     """Every slot is held by work from outside the puller when its open request brings two
     messages. Both wait without a slot: one is settled by that work, the other needs the
     handler after all and runs once a slot is free. Neither is delivered twice."""
-    stream, consumer = f"PULL_{uuid.uuid4().hex[:8]}", "work"
-    subject = f"pull.{stream}"
+    stream, consumer, subject = await work_queue(plain_nc)
     js = plain_nc.jetstream()
-    await js.add_stream(name=stream, subjects=[subject])
-    await js.add_consumer(
-        stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
-    )
     outside_done = asyncio.Event()
     waiting: list[bytes] = []
     handled: list[bytes] = []
@@ -129,13 +131,8 @@ async def test_a_message_handed_back_unrun_still_counts_as_never_run(plain_nc: N
     """A delivery that finds every slot taken is handed back without running; when it comes
     back it is still one no attempt ran (``first_run``), unlike one handed back after its
     handler ran it."""
-    stream, consumer = f"PULL_{uuid.uuid4().hex[:8]}", "work"
-    subject = f"pull.{stream}"
+    stream, consumer, subject = await work_queue(plain_nc)
     js = plain_nc.jetstream()
-    await js.add_stream(name=stream, subjects=[subject])
-    await js.add_consumer(
-        stream, ConsumerConfig(durable_name=consumer, ack_policy=AckPolicy.EXPLICIT)
-    )
     runs: list[tuple[int, bool]] = []  # (delivery, never run before) per handler call
     budget = SlotBudget(1)
 
