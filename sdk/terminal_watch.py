@@ -5,7 +5,9 @@ A notice is a hint (the run's state machine may ignore the event, and a replica 
 a read may not hold it yet): a waiter woken by one reads the run. Except where the chain
 vouches for the ending (``tether.engine.taken``): a completion or failure stored right
 after an engine resolution marked as taken, both heard here, is the run's ending, and the
-waiter needs no read. Resolutions are kept only for runs someone here waits for."""
+waiter needs no read. The latest resolutions heard are kept whoever waits (a caller may
+start waiting after its run's resolution, when the push that decided it was acknowledged
+late); endings are vouched for only to runs someone here waits for."""
 
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ RECENT_NOTICE_MAX = 100_000
 # Endings the chain vouched for, kept until a waiter they woke takes them (beyond this
 # many, the oldest are read instead).
 VOUCHED_MAX = 10_000
+# Resolutions heard, by run (every one of the namespace comes here): the latest this many.
+RESOLUTIONS_REMEMBERED = 10_000
 
 
 class TerminalWatch:
@@ -45,7 +49,8 @@ class TerminalWatch:
         # Bumped when notices may have been lost: a reconnect (none comes while the
         # connection is down) or a recent notice forgotten to keep RECENT_NOTICE_MAX.
         self.epoch = 0
-        self._taken = TakenByRun()  # the resolution each awaited run took, by sequence
+        # the marked resolution each run took, by sequence
+        self._taken = TakenByRun(RESOLUTIONS_REMEMBERED)
         self._vouched: OrderedDict[str, ev.RunCompleted | ev.RunFailed] = OrderedDict()
 
     async def start(self) -> None:
@@ -70,8 +75,6 @@ class TerminalWatch:
 
     async def _on_resolution(self, msg: Msg) -> None:
         run_id = run_subject_parts(msg.subject)[0]
-        if run_id not in self._waiters:
-            return  # (every resolution of the namespace comes here)
         headers = msg.headers or {}
         seq = headers.get(wire.SEQUENCE, "")
         if marked_taken(headers) and seq.isdigit():
@@ -82,7 +85,7 @@ class TerminalWatch:
     def _vouch(self, run_id: str, msg: Msg) -> None:
         """Keep the ending ``msg`` stores when the chain vouches for it."""
         taken_seq = self._taken.forget(run_id)
-        if taken_seq is None:
+        if taken_seq is None or run_id not in self._waiters:
             return
         names = self.conn.settings.names
         event = ev.decode_stored(names.run_subject_of_stored(msg.subject), msg.data)

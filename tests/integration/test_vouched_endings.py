@@ -147,3 +147,40 @@ async def test_the_engine_and_the_client_take_a_decided_run_without_reading_it(
         stored = await engine.store.read_raw(run_id)
         [resolution] = [h for _, e, h in stored if isinstance(e, ev.WaitSatisfied)]
         assert resolution.get(wire.TAKEN) == "1"
+
+
+async def test_a_waiter_that_starts_after_the_resolution_still_takes_the_ending_unread(
+    app: Tether, server: TetherServer
+) -> None:
+    """The push that decides a run may be acknowledged after the run's resolution is
+    stored, so the caller starts waiting only then: the client has kept the resolution it
+    heard, and takes the ending without reading the run."""
+    release = asyncio.Event()
+
+    @app.durable_task(name="held-approval", execution_timeout=timedelta(minutes=5))
+    async def held(input: Any, ctx: DurableContext) -> Any:
+        decision = await ctx.wait_for_event(KEY, expression=f"input.runId == '{ctx.run_id}'")
+        await release.wait()  # the run's ending comes once the test has started its waiter
+        return {"decision": decision["decision"]}
+
+    @app.durable_task(name="quick")
+    async def quick(input: Any, ctx: DurableContext) -> Any:
+        return "done"
+
+    async with app.worker("w", slots=2):
+        assert await (await quick.run_no_wait({})).result(timeout=10) == "done"  # (listening)
+        ref = await held.run_no_wait({})
+        await wait_for_status(app, ref.run_id, "waiting")
+        await app.events.push(KEY, {"runId": ref.run_id, "decision": "approve"})
+
+        async def resolution_heard() -> bool:
+            watcher = app.runs._watcher
+            return watcher is not None and watcher._taken.get(ref.run_id) is not None
+
+        await wait_until(resolution_heard, message="the client to hear the marked resolution")
+        reads = count_whole_reads(await app.connection(), ref.run_id)
+        waiter = asyncio.create_task(ref.result(timeout=15))
+        await listening(app, ref.run_id)
+        release.set()
+        assert await waiter == {"decision": "approve"}
+    assert reads == []
