@@ -163,9 +163,12 @@ class Worker:
         """A dispatch of a run an attempt started early for needs no slot of its own: it
         waits for that attempt (which holds one) and is acknowledged if it did the work."""
         dispatch = _dispatch_of(msg)
-        if dispatch is None or not self.early.took(dispatch[1], dispatch[2]):
+        if dispatch is None:
             return None
-        return self._settle(msg, dispatch[1], dispatch[2])
+        _, run_id, dispatched_seq = dispatch
+        if not self.early.took(run_id, dispatched_seq):
+            return None
+        return self._settle(msg, run_id, dispatched_seq)
 
     async def _settle(self, msg: Msg, run_id: str, dispatched_seq: int) -> bool:
         conn = await self._connect()
@@ -173,6 +176,9 @@ class Worker:
         try:
             if not await self.early.settled(run_id, dispatched_seq):
                 return False
+        except asyncio.CancelledError:
+            await hand_back(msg)  # (the worker is stopping: another takes it at once)
+            raise
         finally:
             heartbeat.cancel()
         await msg.ack()  # resumed from its stored resolution already
