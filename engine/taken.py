@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import TypeGuard
 
 from tether.engine import events as ev
 from tether.engine import wire
@@ -60,7 +61,7 @@ def vouched_ending(
     names: Names,
     run_id: str,
     taken_seq: int | None,
-) -> bool:
+) -> TypeGuard[ev.RunCompleted | ev.RunFailed]:
     """Does the chain vouch that run ``run_id`` took ``event``, stored with ``headers``?
     Only for a completion or failure of the run stored right after a resolution the run
     took (at ``taken_seq``)."""

@@ -89,8 +89,6 @@ class TerminalWatch:
             return
         names = self.conn.settings.names
         event = ev.decode_stored(names.run_subject_of_stored(msg.subject), msg.data)
-        if not isinstance(event, ev.RunCompleted | ev.RunFailed):
-            return
         if vouched_ending(event, msg.headers or {}, names, run_id, taken_seq):
             self._vouched[run_id] = event
             if len(self._vouched) > VOUCHED_MAX:
